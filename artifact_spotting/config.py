@@ -1,0 +1,202 @@
+"""Experiment configuration: the shared base config, ablations, validation.
+
+Configs are ``ml_collections.ConfigDict``s built by ``configs/<name>.py:get_config(arg)``.
+``arg`` is a comma-separated list such as ``"smoke,ablation=k"``.
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Any, Dict
+
+import ml_collections
+
+DATASET_SOURCES = ("idx", "tfds", "image_folder")
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+
+# Paper ablation rows (Jenni & Favaro 2018, Table 1) as config overrides.
+# Keys are the row letters; "full" is the method itself.
+ABLATIONS: Dict[str, Dict[str, Any]] = {
+    "full": {},
+    "a": {"spotter.real_input": "raw"},                 # input image as real
+    "b": {"spotter.repair_placement": "local"},         # local repair
+    "c": {"spotter.drop_rate": 0.1},
+    "d": {"spotter.drop_rate": 0.3},
+    "e": {"spotter.drop_rate": 0.7},
+    "f": {"spotter.drop_rate": 0.9},
+    "g": {"spotter.mask_weight": 0.0},                  # no mask prediction
+    "h": {"autoencoder.kernel_size": 3},                # 3x3 encoder convs
+    "i": {"spotter.gated": False},                      # no gating
+    "j": {"spotter.history_size": 0},                   # no history
+    "k": {"spotter.repair": False},                     # no repair network
+    "l": {"spotter.fakes": "gan"},                      # GAN instead of D&R
+    # The released TF1 code's extra loss terms.
+    "released_code": {"spotter.generator_adds_c_losses": True,
+                      "spotter.mask_real_weight": 0.1},
+}
+
+
+def parse_arg(arg: str) -> Dict[str, Any]:
+  """``"smoke,ablation=k,batch=8"`` -> ``{"smoke": True, "ablation": "k", ...}``."""
+  out: Dict[str, Any] = {}
+  for part in filter(None, (p.strip() for p in (arg or "").split(","))):
+    if "=" in part:
+      key, value = part.split("=", 1)
+      try:
+        out[key.strip()] = ast.literal_eval(value.strip())
+      except (ValueError, SyntaxError):
+        out[key.strip()] = value.strip()
+    else:
+      out[part] = True
+  return out
+
+
+def set_dotted(config, dotted: str, value):
+  node = config
+  *parents, leaf = dotted.split(".")
+  for p in parents:
+    node = node[p]
+  if leaf not in node:
+    raise KeyError(f"config has no field {dotted!r}")
+  node[leaf] = value
+
+
+def apply_ablation(config, name: str):
+  if name not in ABLATIONS:
+    raise ValueError(f"Unknown ablation {name!r}; known: {sorted(ABLATIONS)}")
+  for k, v in ABLATIONS[name].items():
+    set_dotted(config, k, v)
+  config.ablation = name
+  return config
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field a config may set, with the paper's / released code's defaults."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.ablation = "full"
+
+  c.dataset = ml_collections.ConfigDict(dict(
+      source="idx",                # idx | tfds | image_folder
+      name="fashion_mnist",        # tfds name, or a label for logs
+      path="",                     # idx: folder of IDX files; image_folder: root
+      split="train",
+      data_dir="",                 # tfds data_dir ("" = tfds default)
+      manual_dir="",               # tfds manual download dir (imagenet2012)
+      auto_install=True,           # idx: apt-get install dataset-fashion-mnist
+      tfds_fallback=True,          # idx: fall back to tfds when files are missing
+      shuffle_buffer=10_000,
+      cache=False,
+  ))
+  c.resolution = 32
+  c.channels = 1
+  c.pp = "value_range(-1, 1)"     # training preprocessing ops, see data/pp.py
+
+  c.autoencoder = ml_collections.ConfigDict(dict(
+      stem_filters=32, widths=(64, 128, 256), kernel_size=2,
+      decoder_widths=(128, 64, 32),
+      steps=2000, batch_size=128, lr=3e-4,
+      recon_weight=30.0, l2_weight=5e-5,
+  ))
+  c.spotter = ml_collections.ConfigDict(dict(
+      drop_rate=0.7, fill="average",
+      repair=True, gated=True, repair_placement="distributed", repair_hidden=0,
+      fakes="repair", real_input="autoencoded", noise_dim=128,
+      history_size=1024, history_fraction=0.5,
+      mask_weight=1.0, mask_real_weight=0.0, recon_weight=30.0,
+      generator_adds_c_losses=False,
+      steps=2000, batch_size=64, lr=3e-4, repair_lr=3e-4,
+  ))
+  c.discriminator = ml_collections.ConfigDict(dict(
+      convs=small_alexnet(), fc_units=512, dropout=0.5, fc_norm=True))
+  c.optimizer = ml_collections.ConfigDict(dict(
+      beta1=0.5, beta2=0.999, epsilon=1e-5,
+      end_lr_ratio=0.01, decay_fraction=0.9))
+  c.probe = ml_collections.ConfigDict(dict(enabled=True, num_classes=10, lr=1e-3))
+  c.train = ml_collections.ConfigDict(dict(
+      log_every=50, summary_every=500, checkpoint_every=1000,
+      keep_checkpoints=3, jit_compile=False, montage_size=8))
+  c.distribute = ml_collections.ConfigDict(dict(strategy="default", devices=()))
+  return c
+
+
+def small_alexnet():
+  """conv1..conv5 for 32x32 inputs, conv5 on a 4x4 grid (1.55M conv weights)."""
+  return (
+      dict(filters=64, kernel=5, stride=1, pool=True, norm="batch"),
+      dict(filters=128, kernel=3, stride=1, pool=True, norm="batch"),
+      dict(filters=256, kernel=3, stride=1, pool=True, norm="batch"),
+      dict(filters=256, kernel=3, stride=1, pool=False, norm="batch"),
+      dict(filters=256, kernel=3, stride=1, pool=False, norm="batch"),
+  )
+
+
+def alexnet():
+  """Caffe AlexNet conv layers (LRN after conv1, conv2; BN on conv5) with
+  'same' padding so that 96x96 inputs give conv5 on the 6x6 mask grid."""
+  return (
+      dict(filters=96, kernel=11, stride=4, pool=True, norm="lrn"),
+      dict(filters=256, kernel=5, stride=1, pool=True, norm="lrn"),
+      dict(filters=384, kernel=3, stride=1, pool=False, norm="none"),
+      dict(filters=384, kernel=3, stride=1, pool=False, norm="none"),
+      dict(filters=256, kernel=3, stride=1, pool=False, norm="batch"),
+  )
+
+
+def _to_py(obj):
+  if isinstance(obj, ml_collections.ConfigDict):
+    return {k: _to_py(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_to_py(v) for v in obj]
+  return obj
+
+
+def validate(config):
+  """Fails before any training with a message naming the offending field."""
+  ds = config.dataset
+  if ds.source not in DATASET_SOURCES:
+    raise ValueError(f"config.dataset.source={ds.source!r} is unknown; "
+                     f"use one of {DATASET_SOURCES}")
+  if config.distribute.strategy not in STRATEGIES:
+    raise ValueError(f"config.distribute.strategy={config.distribute.strategy!r} "
+                     f"is unknown; use one of {STRATEGIES}")
+  factor = 2 ** len(config.autoencoder.widths)
+  if config.resolution % factor:
+    raise ValueError(
+        f"config.resolution={config.resolution} is not divisible by "
+        f"2**len(config.autoencoder.widths)={factor}: the encoder cannot "
+        f"divide it into a grid of cells")
+  if not 0.0 <= config.spotter.drop_rate < 1.0:
+    raise ValueError(f"config.spotter.drop_rate={config.spotter.drop_rate} must "
+                     f"be in [0, 1)")
+  for key in ("autoencoder", "spotter"):
+    sub = config[key]
+    if sub.batch_size <= 0 or sub.steps < 0:
+      raise ValueError(f"config.{key}.batch_size and .steps must be positive")
+  if config.channels not in (1, 3):
+    raise ValueError(f"config.channels={config.channels} must be 1 or 3")
+  return config
+
+
+def model_spec(config) -> Dict[str, Any]:
+  """The ArtifactSpotter spec (plain dict) for an experiment config."""
+  ae, sp, disc = config.autoencoder, config.spotter, config.discriminator
+  return dict(
+      resolution=(config.resolution, config.resolution),
+      channels=config.channels, seed=config.seed,
+      encoder=dict(stem_filters=ae.stem_filters, widths=tuple(ae.widths),
+                   kernel_size=ae.kernel_size),
+      decoder_widths=tuple(ae.decoder_widths),
+      damage=dict(drop_rate=sp.drop_rate, fill=sp.fill),
+      repair=dict(enabled=sp.repair, gated=sp.gated,
+                  placement=sp.repair_placement, hidden=sp.repair_hidden or None),
+      fakes=sp.fakes, real_input=sp.real_input, noise_dim=sp.noise_dim,
+      discriminator=dict(convs=_to_py(disc.convs), fc_units=disc.fc_units,
+                         dropout=disc.dropout, fc_norm=disc.fc_norm),
+      history=dict(size=sp.history_size, fraction=sp.history_fraction),
+      loss=dict(ae_recon_weight=ae.recon_weight, l2_weight=ae.l2_weight,
+                mask_weight=sp.mask_weight, mask_real_weight=sp.mask_real_weight,
+                recon_weight=sp.recon_weight,
+                generator_adds_c_losses=sp.generator_adds_c_losses),
+      probe_classes=config.probe.num_classes if config.probe.enabled else 0,
+  )

@@ -1,0 +1,107 @@
+"""tf.data input pipelines, one per input pipeline (worker) and per-replica batch."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import tensorflow as tf
+from absl import logging
+
+from artifact_spotting.data import pp as pp_lib
+from artifact_spotting.data import sources
+
+
+class Source:
+  """A resolved data source: the undecoded dataset and how to decode it."""
+
+  def __init__(self, dataset, has_label: bool, decode=None, info=None,
+               in_memory: bool = False):
+    self.dataset = dataset
+    self.has_label = has_label
+    self.decode = decode
+    self.info = info or {}
+    self.in_memory = in_memory
+
+
+def open_source(dataset_cfg, channels: int, split: Optional[str] = None,
+                training: bool = True) -> Source:
+  """Resolves config.dataset into a Source, fetching data when allowed."""
+  split = split or dataset_cfg.split
+  kind = dataset_cfg.source
+  if kind == "idx":
+    path, fallback = sources.resolve_idx(_with_split(dataset_cfg, split))
+    if fallback == "tfds":
+      logging.info("IDX files missing; using tfds %s", dataset_cfg.name)
+      ds, has_label = sources.tfds_source(dataset_cfg, split, training)
+      return Source(ds, has_label)
+    images, labels = sources.idx_source(path, split)
+    ds = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
+    return Source(ds, True, info={"images": len(images)}, in_memory=True)
+  if kind == "tfds":
+    ds, has_label = sources.tfds_source(dataset_cfg, split, training)
+    return Source(ds, has_label)
+  if kind == "image_folder":
+    ds, has_label, decode, info = sources.image_folder_source(dataset_cfg, channels)
+    return Source(ds, has_label, decode, info)
+  raise ValueError(f"config.dataset.source={kind!r} is unknown; use one of "
+                   f"idx | tfds | image_folder")
+
+
+def _with_split(dataset_cfg, split):
+  cfg = dataset_cfg.copy_and_resolve_references()
+  cfg.split = split
+  return cfg
+
+
+def make_dataset(source: Source, pp: str, batch_size: int, *, training: bool,
+                 shuffle_buffer: int = 10_000, input_context=None,
+                 seed: Optional[int] = None, drop_remainder: bool = True,
+                 cache: bool = False, keep_label: bool = True):
+  """Shard -> (cache) -> shuffle -> repeat -> decode -> pp -> batch -> prefetch.
+
+  ``batch_size`` is the batch of *this* pipeline's replica; with
+  ``distribute_datasets_from_function`` pass
+  ``input_context.get_per_replica_batch_size(global_batch)``.
+  """
+  ds = source.dataset
+  if input_context is not None and input_context.num_input_pipelines > 1:
+    ds = ds.shard(input_context.num_input_pipelines,
+                  input_context.input_pipeline_id)
+  if cache:
+    ds = ds.cache()
+  if training:
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.repeat()
+  if source.decode is not None:
+    ds = ds.map(source.decode, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.ignore_errors(log_warning=True)
+  process = pp_lib.parse(pp)
+
+  def prepare(features):
+    out = process(features)
+    keep = {"image": tf.cast(out["image"], tf.float32)}
+    if keep_label and source.has_label and "label" in out:
+      keep["label"] = out["label"]
+    return keep
+  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
+              deterministic=not training)
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  options = tf.data.Options()
+  options.deterministic = not training
+  options.experimental_optimization.map_parallelization = True
+  ds = ds.with_options(options)
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def distributed_dataset(strategy, source: Source, pp: str, global_batch: int,
+                        *, shuffle_buffer: int, seed=None, cache=False):
+  """Per-replica batches through distribute_datasets_from_function."""
+  if global_batch % strategy.num_replicas_in_sync:
+    raise ValueError(f"global batch {global_batch} is not divisible by the "
+                     f"{strategy.num_replicas_in_sync} replicas")
+
+  def dataset_fn(ctx):
+    return make_dataset(source, pp, ctx.get_per_replica_batch_size(global_batch),
+                        training=True, shuffle_buffer=shuffle_buffer,
+                        input_context=ctx, seed=seed, cache=cache)
+  return strategy.distribute_datasets_from_function(dataset_fn)

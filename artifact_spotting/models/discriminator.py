@@ -1,0 +1,142 @@
+"""The artifact spotter C: conv1..conv5 features, a real/fake head, a mask head."""
+
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import keras
+import tensorflow as tf
+from keras import layers, ops
+
+from artifact_spotting.models.autoencoder import PACKAGE
+
+FEATURE_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5")
+NORMS = ("batch", "lrn", "none")
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class LocalResponseNorm(layers.Layer):
+  """Caffe AlexNet's cross-channel LRN (size 5, alpha 1e-4, beta 0.75)."""
+
+  def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
+               bias: float = 1.0, **kwargs):
+    super().__init__(**kwargs)
+    self.size, self.alpha, self.beta, self.bias = int(size), float(alpha), float(beta), float(bias)
+
+  def call(self, x):
+    # Caffe divides alpha by the window size; tf.nn's depth_radius is half of it.
+    return tf.nn.local_response_normalization(
+        x, depth_radius=self.size // 2, bias=self.bias,
+        alpha=self.alpha / self.size, beta=self.beta)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(size=self.size, alpha=self.alpha, beta=self.beta, bias=self.bias)
+    return config
+
+
+def _check_spec(spec, index):
+  required = {"filters", "kernel", "stride"}
+  missing = required - set(spec)
+  if missing:
+    raise ValueError(f"discriminator.convs[{index}] is missing {sorted(missing)}")
+  norm = spec.get("norm", "batch")
+  if norm not in NORMS:
+    raise ValueError(f"discriminator.convs[{index}].norm must be one of {NORMS}, "
+                     f"got {norm!r}")
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class Discriminator(layers.Layer):
+  """AlexNet-style C with named features.
+
+  ``convs`` holds five dicts ``{filters, kernel, stride, pool, norm}``; ``pool``
+  adds a 3x3 stride-2 max pool after the layer. ``call`` returns a dict with
+  ``conv1``..``conv5`` (post-activation, pre-pool), ``logits`` [B] (real = 1)
+  and ``mask_logits`` [B, M, N] (keep = 1) where conv5's grid is M x N.
+  """
+
+  def __init__(self, convs: Sequence[Dict], fc_units: int = 512,
+               dropout: float = 0.5, negative_slope: float = 0.2,
+               fc_norm: bool = True, **kwargs):
+    super().__init__(**kwargs)
+    if len(convs) != len(FEATURE_NAMES):
+      raise ValueError(f"discriminator.convs needs {len(FEATURE_NAMES)} layers, "
+                       f"got {len(convs)}")
+    self.convs = [dict(c) for c in convs]
+    for i, spec in enumerate(self.convs):
+      _check_spec(spec, i)
+    self.fc_units = int(fc_units)
+    self.dropout = float(dropout)
+    self.negative_slope = float(negative_slope)
+    self.fc_norm = bool(fc_norm)
+    dt = self.dtype_policy
+    self.blocks = []
+    for name, spec in zip(FEATURE_NAMES, self.convs):
+      norm = spec.get("norm", "batch")
+      block = [layers.Conv2D(int(spec["filters"]), int(spec["kernel"]),
+                             strides=int(spec["stride"]), padding="same",
+                             use_bias=norm != "batch", name=name, dtype=dt)]
+      if norm == "batch":
+        block.append(layers.BatchNormalization(
+            momentum=0.9, epsilon=1e-5, synchronized=True, name=f"{name}_bn",
+            dtype=dt))
+      block.append(layers.LeakyReLU(self.negative_slope, name=f"{name}_act", dtype=dt))
+      if norm == "lrn":
+        block.append(LocalResponseNorm(name=f"{name}_lrn", dtype=dt))
+      self.blocks.append(block)
+    self.pools = [
+        layers.MaxPooling2D(3, 2, padding="same", name=f"{n}_pool", dtype=dt)
+        if spec.get("pool", False) else None
+        for n, spec in zip(FEATURE_NAMES, self.convs)
+    ]
+    self.flatten = layers.Flatten(name="flatten", dtype=dt)
+    self.fc = layers.Dense(self.fc_units, use_bias=not self.fc_norm,
+                           name="fc1", dtype=dt)
+    self.fc_bn = (layers.BatchNormalization(momentum=0.9, epsilon=1e-5,
+                                            synchronized=True, name="fc1_bn",
+                                            dtype=dt)
+                  if self.fc_norm else None)
+    self.fc_drop = layers.Dropout(self.dropout, name="fc1_dropout", dtype=dt)
+    self.class_head = layers.Dense(1, name="class_head", dtype=dt)
+    self.mask_head = layers.Conv2D(1, 3, padding="same", name="mask_head", dtype=dt)
+
+  def grid(self, resolution):
+    """The M x N grid of conv5 (and of the mask head) for an input size."""
+    size = list(resolution)
+    for i, spec in enumerate(self.convs):
+      if i and self.convs[i - 1].get("pool", False):
+        size = [-(-s // 2) for s in size]
+      size = [-(-s // int(spec["stride"])) for s in size]
+    return tuple(size)
+
+  def features(self, x, training=False):
+    out = {}
+    h = x
+    for name, block, pool in zip(FEATURE_NAMES, self.blocks, self.pools):
+      for layer in block:
+        h = layer(h, training=training) if isinstance(
+            layer, layers.BatchNormalization) else layer(h)
+      out[name] = h
+      if pool is not None:
+        h = pool(h)
+    return out
+
+  def call(self, x, training=False):
+    out = self.features(x, training=training)
+    c5 = out["conv5"]
+    h = self.fc(self.flatten(c5))
+    if self.fc_bn is not None:
+      h = self.fc_bn(h, training=training)
+    h = keras.activations.leaky_relu(h, self.negative_slope)
+    h = self.fc_drop(h, training=training)
+    out["logits"] = ops.cast(self.class_head(h)[:, 0], "float32")
+    out["mask_logits"] = ops.cast(self.mask_head(c5)[..., 0], "float32")
+    return out
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(convs=[dict(c) for c in self.convs], fc_units=self.fc_units,
+                  dropout=self.dropout, negative_slope=self.negative_slope,
+                  fc_norm=self.fc_norm)
+    return config

@@ -1,0 +1,349 @@
+"""ArtifactSpotter: one keras.Model owning E, D, R (or G), C and the probe.
+
+The networks carry no losses; the train steps below combine them with the
+loss functions in ``artifact_spotting.losses``. Both steps are written for one
+replica of a global batch: the trainer wraps them in ``strategy.run``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+from artifact_spotting import losses
+from artifact_spotting.models.autoencoder import PACKAGE, Decoder, Encoder, NoiseGenerator
+from artifact_spotting.models.damage_repair import Damage, RepairBlock, sample_keep_mask, upsample_mask
+from artifact_spotting.models.discriminator import Discriminator
+from artifact_spotting.models.history import HistoryBuffer
+
+# Offsets that make the stateless seeds of one step independent streams.
+_MASK, _HISTORY_SAMPLE, _HISTORY_SLOTS, _NOISE = 0, 1, 2, 3
+
+DEFAULTS: Dict[str, Any] = dict(
+    resolution=(32, 32), channels=1, seed=0,
+    encoder=dict(stem_filters=32, widths=(64, 128, 256), kernel_size=2),
+    decoder_widths=(128, 64, 32),
+    damage=dict(drop_rate=0.7, fill="average"),
+    repair=dict(enabled=True, gated=True, placement="distributed", hidden=None),
+    fakes="repair",               # "repair" (damage & repair) | "gan" (ablation l)
+    real_input="autoencoded",     # "autoencoded" | "raw" (ablation a)
+    noise_dim=128,
+    discriminator=dict(convs=(), fc_units=512, dropout=0.5, fc_norm=True),
+    history=dict(size=0, fraction=0.5),
+    loss=dict(ae_recon_weight=30.0, l2_weight=5e-5, mask_weight=1.0,
+              mask_real_weight=0.0, recon_weight=30.0,
+              generator_adds_c_losses=False),
+    probe_classes=0,
+)
+
+
+def _merge(base, override):
+  out = copy.deepcopy(base)
+  for k, v in (override or {}).items():
+    if isinstance(v, dict) and isinstance(out.get(k), dict):
+      out[k] = _merge(out[k], v)
+    else:
+      out[k] = v
+  return out
+
+
+def _listify(obj):
+  if isinstance(obj, dict):
+    return {k: _listify(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_listify(v) for v in obj]
+  return obj
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class ArtifactSpotter(keras.Model):
+  """Damage & repair generator and artifact-spotting discriminator.
+
+  ``spec`` is a plain dict (see ``DEFAULTS``); ``configs/*.py`` build it from
+  the experiment config via ``artifact_spotting.config.model_spec``.
+  """
+
+  def __init__(self, spec: Dict[str, Any], **kwargs):
+    super().__init__(**kwargs)
+    self.spec = _listify(_merge(DEFAULTS, spec))
+    s = self.spec
+    res = tuple(s["resolution"])
+    enc = s["encoder"]
+    self.encoder = Encoder(enc["stem_filters"], enc["widths"], enc["kernel_size"],
+                           name="encoder")
+    factor = self.encoder.downsampling
+    if res[0] % factor or res[1] % factor:
+      raise ValueError(
+          f"resolution {res} is not divisible by 2**len(encoder.widths) = "
+          f"{factor}; change `resolution` or `encoder.widths`.")
+    self.grid = (res[0] // factor, res[1] // factor)
+    if len(s["decoder_widths"]) != len(enc["widths"]):
+      raise ValueError(
+          f"decoder_widths {s['decoder_widths']} must have one entry per "
+          f"encoder stage ({len(enc['widths'])}) so the decoder restores "
+          f"resolution {res}.")
+    self.decoder = Decoder(s["decoder_widths"], s["channels"], name="decoder")
+    self.damage = Damage(s["damage"]["fill"], name="damage")
+    if s["fakes"] not in ("repair", "gan"):
+      raise ValueError(f"fakes must be 'repair' or 'gan', got {s['fakes']!r}")
+    if s["real_input"] not in ("autoencoded", "raw"):
+      raise ValueError(
+          f"real_input must be 'autoencoded' or 'raw', got {s['real_input']!r}")
+    rep = s["repair"]
+    if rep["placement"] not in ("distributed", "local"):
+      raise ValueError(f"repair.placement must be 'distributed' or 'local', "
+                       f"got {rep['placement']!r}")
+    self.repair_blocks = []
+    if s["fakes"] == "repair" and rep["enabled"]:
+      widths = [enc["widths"][-1]] + list(s["decoder_widths"])
+      if rep["placement"] == "local":
+        widths = [enc["widths"][-1]] * len(widths)
+      for i, w in enumerate(widths):
+        self.repair_blocks.append(RepairBlock(
+            w, rep["hidden"] or w, gated=rep["gated"], name=f"repair{i + 1}"))
+    self.generator = None
+    if s["fakes"] == "gan":
+      self.generator = NoiseGenerator(
+          s["noise_dim"], self.grid, enc["widths"][-1], s["decoder_widths"],
+          s["channels"], name="generator")
+    self.discriminator = Discriminator(**s["discriminator"], name="discriminator")
+    c_grid = self.discriminator.grid(res)
+    if c_grid != self.grid:
+      raise ValueError(
+          f"discriminator.convs give a conv5 grid of {c_grid} at resolution "
+          f"{res}, but the mask grid is {self.grid}; change the strides/pools "
+          f"in discriminator.convs.")
+    hist = s["history"]
+    self.history = None
+    if hist["size"] > 0:
+      self.history = HistoryBuffer(hist["size"], res + (s["channels"],), self.grid,
+                                   name="history")
+    self.probe = None
+    if s["probe_classes"]:
+      self.probe = layers.Dense(s["probe_classes"], name="probe")
+    self.seed = int(s["seed"])
+
+  # ----------------------------------------------------------------- building
+  def build(self, input_shape=None):
+    res = tuple(self.spec["resolution"])
+    x = tf.zeros((2,) + res + (self.spec["channels"],))
+    self.autoencode(x)
+    mask = tf.ones((2,) + self.grid + (1,))
+    fakes = self.make_fakes(x, mask, training=False)
+    out = self.discriminator(fakes, training=False)
+    if self.probe is not None:
+      self.probe(self.probe_features(out))
+    self.built = True
+
+  # ----------------------------------------------------------- sub-variables
+  @property
+  def autoencoder_variables(self):
+    return self.encoder.trainable_variables + self.decoder.trainable_variables
+
+  @property
+  def generator_variables(self):
+    if self.generator is not None:
+      return self.generator.trainable_variables
+    return [v for b in self.repair_blocks for v in b.trainable_variables]
+
+  @property
+  def discriminator_variables(self):
+    return self.discriminator.trainable_variables
+
+  @property
+  def probe_variables(self):
+    return [] if self.probe is None else self.probe.trainable_variables
+
+  # ------------------------------------------------------------------ forward
+  def call(self, images, training=False):
+    """Discriminator outputs (features and heads) for images in [-1, 1]."""
+    return self.discriminator(images, training=training)
+
+  def autoencode(self, images, training=False):
+    return self.decoder(self.encoder(images, training=training), training=training)
+
+  def repair_fn(self, keep_mask, training):
+    blocks = self.repair_blocks
+    local = self.spec["repair"]["placement"] == "local"
+
+    def stage_fn(i, h):
+      if local:
+        if i == 0:
+          for b in blocks:
+            h = b(h, keep_mask, training=training)
+        return h
+      return blocks[i](h, keep_mask, training=training) if i < len(blocks) else h
+    return stage_fn if blocks else None
+
+  def make_fakes(self, images, keep_mask, training=False, phi=None, noise=None):
+    """Damaged-and-repaired images (or G(noise) for the GAN ablation)."""
+    if self.generator is not None:
+      if noise is None:
+        noise = tf.random.normal([tf.shape(images)[0], self.spec["noise_dim"]])
+      return self.generator(noise, training=training)
+    if phi is None:
+      phi = self.encoder(images, training=False)
+    damaged = self.damage(phi, keep_mask)
+    return self.decoder(damaged, training=False,
+                        stage_fn=self.repair_fn(keep_mask, training))
+
+  def probe_features(self, outputs):
+    return tf.stop_gradient(tf.reshape(outputs["conv5"], [tf.shape(outputs["conv5"])[0], -1]))
+
+  # -------------------------------------------------------------- train steps
+  def _replica(self):
+    ctx = tf.distribute.get_replica_context()
+    n = ctx.num_replicas_in_sync if ctx is not None else 1
+    rid = ctx.replica_id_in_sync_group if ctx is not None else 0
+    return ctx, n, rid
+
+  def _seed(self, stream, step):
+    return tf.stack([tf.constant(self.seed * 16 + stream, tf.int64),
+                     tf.cast(step, tf.int64)])
+
+  def autoencoder_step(self, batch, optimizer):
+    """One replica's phase-1 step: MSE reconstruction + L2 on kernels."""
+    x = batch["image"]
+    ctx, n, _ = self._replica()
+    global_b = x.shape[0] * n
+    w = self.spec["loss"]
+    variables = self.autoencoder_variables
+    with tf.GradientTape() as tape:
+      x_ae = self.autoencode(x, training=True)
+      recon = losses.mse(x, x_ae, global_b)
+      l2 = losses.l2_penalty(variables)
+      loss = w["ae_recon_weight"] * recon + w["l2_weight"] * l2 / n
+    grads = tape.gradient(loss, variables)
+    optimizer.apply_gradients(zip(grads, variables))
+    return {"ae/loss": loss * n, "ae/mse": recon * n,
+            "ae/grad_norm": tf.linalg.global_norm(grads)}
+
+  def adversarial_step(self, batch, c_optimizer, r_optimizer,
+                       probe_optimizer=None):
+    """One replica's phase-2 step: C and R (or G) updated simultaneously
+    from a single forward pass of C over [reals, fakes, history]."""
+    x = batch["image"]
+    _, n, rid = self._replica()
+    b = x.shape[0]
+    gb = b * n
+    s, w = self.spec, self.spec["loss"]
+    step = c_optimizer.iterations
+    keep = sample_keep_mask(self._seed(_MASK, step), b, self.grid,
+                            s["damage"]["drop_rate"], offset=rid * b,
+                            total_batch=gb)
+    hist_k = 0
+    if self.history is not None:
+      hist_k = int(round(s["history"]["fraction"] * b))
+    phi = self.encoder(x, training=False)
+    x_ae = self.decoder(phi, training=False)
+    real = x if s["real_input"] == "raw" else x_ae
+    noise = None
+    if self.generator is not None:
+      noise = tf.random.stateless_normal([gb, s["noise_dim"]],
+                                         seed=self._seed(_NOISE, step))[rid * b:(rid + 1) * b]
+      # Every cell of a generated image is fake.
+      keep = tf.zeros_like(keep)
+    c_vars = self.discriminator_variables
+    r_vars = self.generator_variables
+    with tf.GradientTape(persistent=True) as tape:
+      fake = self.make_fakes(x, keep, training=True, phi=phi, noise=noise)
+      fake_masks = keep
+      inputs = [real, fake]
+      if hist_k:
+        h_img, h_mask = self.history.sample(
+            self._seed(_HISTORY_SAMPLE, step), hist_k, rid * hist_k,
+            hist_k * n, tf.stop_gradient(fake), keep)
+        inputs.append(h_img)
+        fake_masks = tf.concat([keep, h_mask], axis=0)
+      out = self.discriminator(tf.concat(inputs, axis=0), training=True)
+      logits, mask_logits = out["logits"], out["mask_logits"]
+      real_logits, all_fake_logits = logits[:b], logits[b:]
+      fake_logits = logits[b:2 * b]
+      g_fake = (b + hist_k) * n
+      class_loss = losses.real_fake_loss(real_logits, all_fake_logits, gb, g_fake)
+      mask_fake = losses.mask_loss(mask_logits[b:], fake_masks, g_fake)
+      c_loss = class_loss
+      if w["mask_weight"]:
+        c_loss += w["mask_weight"] * mask_fake
+      if w["mask_real_weight"]:
+        c_loss += w["mask_real_weight"] * losses.mask_loss(
+            mask_logits[:b], tf.ones_like(keep), gb)
+      adv = losses.non_saturating_loss(fake_logits, gb)
+      r_loss = adv
+      recon = tf.constant(0.0)
+      if self.generator is None and w["recon_weight"]:
+        keep_up = upsample_mask(keep, (x.shape[1], x.shape[2]))
+        recon = losses.masked_mse(x_ae, fake, keep_up, gb)
+        r_loss += w["recon_weight"] * recon
+      if w["generator_adds_c_losses"]:
+        r_loss += losses.confusion_loss(fake_logits, gb)
+        r_loss += w["mask_weight"] * losses.mask_loss(mask_logits[b:2 * b], keep, gb)
+    c_grads = tape.gradient(c_loss, c_vars)
+    r_grads = tape.gradient(r_loss, r_vars) if r_vars else []
+    del tape
+    c_optimizer.apply_gradients(zip(c_grads, c_vars))
+    if r_vars:
+      r_optimizer.apply_gradients(zip(r_grads, r_vars))
+    if self.history is not None:
+      ctx = tf.distribute.get_replica_context()
+      all_fakes = tf.stop_gradient(fake)
+      all_keep = keep
+      if ctx is not None and n > 1:
+        all_fakes = ctx.all_gather(all_fakes, axis=0)
+        all_keep = ctx.all_gather(all_keep, axis=0)
+      self.history.update(self._seed(_HISTORY_SLOTS, step), all_fakes, all_keep)
+
+    f32 = lambda t: tf.cast(t, tf.float32)
+    cells_keep = f32(keep[..., 0])
+    mask_pred = f32(mask_logits[b:2 * b] > 0)
+    metrics = {
+        "c/loss": c_loss * n, "c/class_loss": class_loss * n,
+        "c/mask_loss": mask_fake * n,
+        "c/real_accuracy": tf.reduce_mean(f32(real_logits > 0)),
+        "c/fake_accuracy": tf.reduce_mean(f32(fake_logits < 0)),
+        "c/mask_accuracy": tf.reduce_mean(f32(tf.equal(mask_pred, cells_keep))),
+        "c/grad_norm": tf.linalg.global_norm(c_grads),
+        "r/loss": r_loss * n, "r/adversarial": adv * n, "r/recon_kept": recon * n,
+        "r/grad_norm": tf.linalg.global_norm(r_grads) if r_vars else tf.constant(0.0),
+    }
+    if self.probe is not None and probe_optimizer is not None and "label" in batch:
+      labels = batch["label"]
+      feats = self.probe_features({"conv5": out["conv5"][:b]})
+      with tf.GradientTape() as ptape:
+        plogits = tf.cast(self.probe(feats), tf.float32)
+        ploss = losses.global_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=plogits), gb)
+      pgrads = ptape.gradient(ploss, self.probe_variables)
+      probe_optimizer.apply_gradients(zip(pgrads, self.probe_variables))
+      metrics["probe/loss"] = ploss * n
+      metrics["probe/accuracy"] = tf.reduce_mean(
+          f32(tf.equal(tf.argmax(plogits, -1, output_type=labels.dtype), labels)))
+    return metrics
+
+  def visualize(self, images, step):
+    """Montage parts for TensorBoard: input, autoencoded, mask, repaired,
+    predicted mask (all [B, H, W, C] in [0, 1])."""
+    b = images.shape[0]
+    keep = sample_keep_mask(self._seed(_MASK, step), b, self.grid,
+                            self.spec["damage"]["drop_rate"])
+    noise = None
+    if self.generator is not None:
+      noise = tf.random.stateless_normal([b, self.spec["noise_dim"]],
+                                         seed=self._seed(_NOISE, step))
+    x_ae = self.autoencode(images)
+    fake = self.make_fakes(images, keep, noise=noise)
+    pred = tf.sigmoid(self.discriminator(fake)["mask_logits"])[..., None]
+    size = (images.shape[1], images.shape[2])
+    ch = images.shape[-1]
+    to_img = lambda m: tf.tile(upsample_mask(m, size), [1, 1, 1, ch])
+    unit = lambda t: tf.clip_by_value((t + 1.0) / 2.0, 0.0, 1.0)
+    return [unit(images), unit(x_ae), to_img(keep), unit(fake), to_img(pred)]
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(spec=copy.deepcopy(self.spec))
+    return config

@@ -1,0 +1,313 @@
+"""Pretraining: phase 1 (autoencoder), then phase 2 (damage, repair, spot).
+
+Order of business in ``train``: setup -> strategy -> input -> model and
+optimizers -> restore -> phase loops. Restore order: the workdir's latest
+checkpoint (resume), else from scratch. Each phase's step count is its
+optimizer's ``iterations``, so a rerun continues whichever phase is unfinished.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from typing import Callable, Dict, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from artifact_spotting import config as config_lib
+from artifact_spotting import distribute
+from artifact_spotting.data import pipeline
+from artifact_spotting.models.spotter import ArtifactSpotter
+from artifact_spotting.schedules import LinearDecay
+
+CHECKPOINT_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
+
+
+# ------------------------------------------------------------------- pieces
+def make_adam(lr: float, steps: int, opt_cfg, name: str):
+  schedule = LinearDecay(lr, int(math.ceil(opt_cfg.decay_fraction * steps)),
+                         opt_cfg.end_lr_ratio)
+  return keras.optimizers.Adam(learning_rate=schedule, beta_1=opt_cfg.beta1,
+                               beta_2=opt_cfg.beta2, epsilon=opt_cfg.epsilon,
+                               name=name)
+
+
+class Players:
+  """The model and one optimizer per player, built inside the strategy scope."""
+
+  def __init__(self, config, strategy, probe: bool = True):
+    spec = config_lib.model_spec(config)
+    if not probe:
+      spec["probe_classes"] = 0
+    with strategy.scope():
+      self.model = ArtifactSpotter(spec, name="artifact_spotter")
+      self.model.build()
+      o = config.optimizer
+      self.ae_opt = make_adam(config.autoencoder.lr, config.autoencoder.steps, o,
+                              "ae_optimizer")
+      self.c_opt = make_adam(config.spotter.lr, config.spotter.steps, o,
+                             "c_optimizer")
+      self.r_opt = make_adam(config.spotter.repair_lr, config.spotter.steps, o,
+                             "r_optimizer")
+      self.probe_opt = keras.optimizers.Adam(config.probe.lr, name="probe_optimizer")
+      m = self.model
+      self.ae_opt.build(m.autoencoder_variables)
+      self.c_opt.build(m.discriminator_variables)
+      self.r_opt.build(m.generator_variables)
+      self.probe_opt.build(m.probe_variables)
+    self.checkpoint = tf.train.Checkpoint(
+        model=self.model, ae_optimizer=self.ae_opt, c_optimizer=self.c_opt,
+        r_optimizer=self.r_opt, probe_optimizer=self.probe_opt)
+
+  @property
+  def ae_step(self) -> int:
+    return int(self.ae_opt.iterations.numpy())
+
+  @property
+  def adv_step(self) -> int:
+    return int(self.c_opt.iterations.numpy())
+
+
+class CheckpointKeeper:
+  """Periodic/final checkpoints in workdir/checkpoints; only the chief keeps
+  them (other workers write to a scratch dir that is removed again)."""
+
+  def __init__(self, checkpoint, workdir, strategy, max_to_keep=3):
+    self.chief = distribute.is_chief(strategy)
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    if not self.chief:
+      directory = os.path.join(workdir, ".scratch", distribute.task_name(strategy))
+    self.directory = directory
+    self.manager = tf.train.CheckpointManager(checkpoint, directory,
+                                              max_to_keep=max_to_keep)
+    self.checkpoint = checkpoint
+    self.main_dir = os.path.join(workdir, CHECKPOINT_DIR)
+
+  def restore(self) -> Optional[str]:
+    latest = tf.train.latest_checkpoint(self.main_dir)
+    if latest is None:
+      return None
+    status = self.checkpoint.restore(latest)
+    try:
+      status.assert_existing_objects_matched()
+    except AssertionError as e:
+      raise ValueError(
+          f"Checkpoint {latest} does not match this config's model (was the "
+          f"architecture changed since it was written?): {e}") from e
+    return latest
+
+  def save(self, step_tag: str):
+    path = self.manager.save(checkpoint_number=None)
+    if not self.chief:
+      shutil.rmtree(self.directory, ignore_errors=True)
+    return path
+
+
+class Progress:
+  """One console line per log interval: step, images/s, ETA, a few metrics."""
+
+  def __init__(self, phase, total, global_batch, stream=sys.stdout):
+    self.phase, self.total, self.batch, self.stream = phase, total, global_batch, stream
+    self.rates = []
+
+  def update(self, step, steps_done, seconds, metrics, keys):
+    rate = steps_done * self.batch / max(seconds, 1e-9)
+    self.rates = (self.rates + [rate])[-5:]
+    avg = float(np.median(self.rates))
+    eta = (self.total - step) * self.batch / max(avg, 1e-9)
+    width = 20
+    filled = int(width * step / max(self.total, 1))
+    bar = "=" * filled + ">" + "." * (width - filled)
+    vals = " ".join(f"{k.split('/')[-1]}={metrics[k]:.3f}" for k in keys if k in metrics)
+    line = (f"[{self.phase}] {step}/{self.total} [{bar[:width + 1]}] "
+            f"{rate:.1f} img/s ETA {time.strftime('%H:%M:%S', time.gmtime(eta))} {vals}")
+    print(line, file=self.stream, flush=True)
+    return rate
+
+
+# --------------------------------------------------------------------- loop
+def make_loop(strategy, step_fn: Callable, jit_compile: bool):
+  """A tf.function running ``n`` steps on a distributed iterator and
+  returning the metrics averaged over replicas and steps (one host sync per
+  call, not per step)."""
+  replica_fn = tf.function(step_fn, jit_compile=True) if jit_compile else step_fn
+
+  def one(iterator):
+    per_replica = strategy.run(replica_fn, args=(next(iterator),))
+    return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+            for k, v in per_replica.items()}
+
+  @tf.function
+  def loop(iterator, n):
+    acc = one(iterator)
+    for _ in tf.range(n - 1):
+      m = one(iterator)
+      acc = {k: acc[k] + m[k] for k in acc}
+    return {k: v / tf.cast(n, v.dtype) for k, v in acc.items()}
+  return loop
+
+
+def run_phase(*, name, strategy, loop, iterator, step_of: Callable[[], int],
+              total: int, global_batch: int, log_every: int,
+              checkpoint_every: int, keeper: CheckpointKeeper, writer,
+              lr_of: Dict[str, Callable[[], float]],
+              on_summary: Optional[Callable[[int], None]] = None,
+              summary_every: int = 0, show=("loss",)):
+  step = step_of()
+  if step >= total:
+    logging.info("Phase %s already complete (%d/%d steps).", name, step, total)
+    return None
+  logging.info("Phase %s: steps %d -> %d, global batch %d.", name, step, total,
+               global_batch)
+  progress = Progress(name, total, global_batch)
+  last_ckpt = step // checkpoint_every if checkpoint_every else 0
+  last_summary = step // summary_every if summary_every else 0
+  metrics = {}
+  rates = []
+  while step < total:
+    n = min(log_every, total - step)
+    t0 = time.perf_counter()
+    out = loop(iterator, tf.constant(n, tf.int32))
+    metrics = {k: float(v) for k, v in out.items()}
+    seconds = time.perf_counter() - t0
+    step = step_of()
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if bad:
+      raise FloatingPointError(
+          f"Phase {name}: non-finite {bad} at step {step}; the last good "
+          f"checkpoint in {keeper.main_dir} is kept.")
+    rate = progress.update(step, n, seconds, metrics, show)
+    rates.append(rate)
+    if writer is not None:
+      with writer.as_default(step=step):
+        for k, v in metrics.items():
+          tf.summary.scalar(k, v)
+        for k, fn in lr_of.items():
+          tf.summary.scalar(f"lr/{k}", fn())
+        tf.summary.scalar(f"perf/{name}_images_per_second", rate)
+    if on_summary is not None and summary_every and (
+        step // summary_every > last_summary or step >= total):
+      last_summary = step // summary_every
+      on_summary(step)
+    if checkpoint_every and step // checkpoint_every > last_ckpt and step < total:
+      last_ckpt = step // checkpoint_every
+      keeper.save(f"{name}-{step}")
+  keeper.save(f"{name}-{step}")
+  if writer is not None:
+    writer.flush()
+  # The first call traces (and compiles); report the steady-state rate.
+  steady = rates[1:] or rates
+  return {"steps": step, "images_per_second": float(np.median(steady)),
+          "metrics": metrics}
+
+
+def montage(parts):
+  """[input, autoencoded, mask, repaired, predicted mask] -> one image [1, h, w, c]
+  with one row per example."""
+  row = tf.concat(parts, axis=2)
+  return tf.reshape(row, [1, -1, row.shape[2], row.shape[3]])
+
+
+# -------------------------------------------------------------------- train
+def write_config(config, workdir):
+  with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def train(config, workdir: str, strategy=None) -> Dict[str, Dict]:
+  """Runs (or resumes) both phases; returns per-phase summaries."""
+  # --- setup
+  config_lib.validate(config)
+  tf.io.gfile.makedirs(workdir)
+  strategy = strategy or distribute.make_strategy(config.distribute)
+  chief = distribute.is_chief(strategy)
+  if chief:
+    write_config(config, workdir)
+  logging.info("Strategy %s with %d replica(s).", type(strategy).__name__,
+               strategy.num_replicas_in_sync)
+
+  # --- input
+  source = pipeline.open_source(config.dataset, config.channels)
+  use_probe = bool(config.probe.enabled and source.has_label)
+
+  def dataset(global_batch, seed):
+    return pipeline.distributed_dataset(
+        strategy, source, config.pp, global_batch,
+        shuffle_buffer=config.dataset.shuffle_buffer, seed=seed,
+        cache=config.dataset.cache)
+
+  # --- model, optimizers, restore
+  players = Players(config, strategy, probe=use_probe)
+  model = players.model
+  keeper = CheckpointKeeper(players.checkpoint, workdir, strategy,
+                            config.train.keep_checkpoints)
+  restored = keeper.restore()
+  if restored:
+    logging.info("Resumed from %s (autoencoder step %d, adversarial step %d).",
+                 restored, players.ae_step, players.adv_step)
+  writer = (tf.summary.create_file_writer(os.path.join(workdir, TENSORBOARD_DIR))
+            if chief else None)
+  t = config.train
+  results = {}
+
+  # --- phase 1: autoencoder
+  ae_batch = config.autoencoder.batch_size
+  if players.ae_step < config.autoencoder.steps:
+    ae_loop = make_loop(strategy, lambda b: model.autoencoder_step(b, players.ae_opt),
+                        t.jit_compile)
+    it = iter(dataset(ae_batch, config.seed))
+    results["autoencoder"] = run_phase(
+        name="autoencoder", strategy=strategy, loop=ae_loop, iterator=it,
+        step_of=lambda: players.ae_step, total=config.autoencoder.steps,
+        global_batch=ae_batch, log_every=t.log_every,
+        checkpoint_every=t.checkpoint_every, keeper=keeper, writer=writer,
+        lr_of={"autoencoder": lambda: float(players.ae_opt.learning_rate)},
+        show=("loss", "mse"))
+
+  # --- phase 2: damage & repair vs. artifact spotter
+  adv_batch = config.spotter.batch_size
+  if players.adv_step < config.spotter.steps:
+    samples = next(iter(pipeline.make_dataset(
+        source, config.pp, t.montage_size, training=False, keep_label=False)))["image"]
+    visualize = tf.function(model.visualize)
+
+    def on_summary(step):
+      if writer is None:
+        return
+      parts = visualize(samples, tf.constant(step, tf.int64))
+      with writer.as_default(step=step):
+        tf.summary.image("montage/input|autoencoded|mask|repaired|predicted_mask",
+                         montage(parts), max_outputs=1)
+
+    probe_opt = players.probe_opt if use_probe else None
+    adv_loop = make_loop(
+        strategy,
+        lambda b: model.adversarial_step(b, players.c_opt, players.r_opt, probe_opt),
+        t.jit_compile)
+    it = iter(dataset(adv_batch, config.seed + 1))
+    if players.adv_step == 0:
+      on_summary(0)
+    results["spotter"] = run_phase(
+        name="spotter", strategy=strategy, loop=adv_loop, iterator=it,
+        step_of=lambda: players.adv_step, total=config.spotter.steps,
+        global_batch=adv_batch, log_every=t.log_every,
+        checkpoint_every=t.checkpoint_every, keeper=keeper, writer=writer,
+        lr_of={"discriminator": lambda: float(players.c_opt.learning_rate),
+               "repair": lambda: float(players.r_opt.learning_rate)},
+        on_summary=on_summary, summary_every=t.summary_every,
+        show=("class_loss", "real_accuracy", "fake_accuracy", "mask_accuracy",
+              "adversarial", "accuracy"))
+  if chief:
+    summary = {k: v for k, v in results.items() if v}
+    if summary:
+      with tf.io.gfile.GFile(os.path.join(workdir, "train_summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+  return results

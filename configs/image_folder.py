@@ -1,0 +1,30 @@
+r"""Your own unlabeled images: every .jpg/.jpeg/.png/.gif/.bmp under a folder.
+
+  python -m trainers.pretrain --config=configs/image_folder.py \
+      --config.dataset.path=/path/to/images --workdir=/tmp/as_mine
+
+Sub-folders one level down are taken as class labels for the online probe
+when every image sits in one (set --config.probe.num_classes to their
+number); otherwise the probe is off. Unreadable, truncated and non-image files
+are skipped and counted in the log. ``:res=64`` picks another resolution
+(must be divisible by 16 with the default 4 encoder stages).
+"""
+
+from artifact_spotting import config as config_lib
+from configs import stl10
+
+
+def get_config(arg: str = ""):
+  args = config_lib.parse_arg(arg)
+  c = stl10.get_config(arg)
+  res = int(args.get("res", 96))
+  c.dataset.update(source="image_folder", name="image_folder", path="",
+                   shuffle_buffer=10_000)
+  c.resolution = res
+  c.pp = (f"random_resized_crop({res}, area=(1/3, 1.0))|flip_lr|"
+          "color_jitter|value_range(-1, 1)")
+  c.probe.update(enabled=False, num_classes=0)
+  if not args.get("smoke"):
+    c.autoencoder.steps = 50_000
+    c.spotter.steps = 50_000
+  return c
