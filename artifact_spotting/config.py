@@ -157,6 +157,12 @@ def validate(config):
   if ds.source not in DATASET_SOURCES:
     raise ValueError(f"config.dataset.source={ds.source!r} is unknown; "
                      f"use one of {DATASET_SOURCES}")
+  if ds.source == "tfds":
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    base = ds.name.split("/")[0].split(":")[0]
+    if base not in tfds.list_builders():
+      raise ValueError(f"config.dataset.name={ds.name!r} is not a tfds dataset "
+                       f"(see tfds.list_builders())")
   if config.distribute.strategy not in STRATEGIES:
     raise ValueError(f"config.distribute.strategy={config.distribute.strategy!r} "
                      f"is unknown; use one of {STRATEGIES}")

@@ -95,10 +95,11 @@ class CheckpointKeeper:
     latest = tf.train.latest_checkpoint(self.main_dir)
     if latest is None:
       return None
-    status = self.checkpoint.restore(latest)
     try:
+      status = self.checkpoint.restore(latest)
       status.assert_existing_objects_matched()
-    except AssertionError as e:
+      status.expect_partial()
+    except (AssertionError, ValueError) as e:
       raise ValueError(
           f"Checkpoint {latest} does not match this config's model (was the "
           f"architecture changed since it was written?): {e}") from e

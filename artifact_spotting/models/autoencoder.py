@@ -28,6 +28,14 @@ def conv_bn_act(filters, kernel_size, strides, name, negative_slope=0.2,
   ]
 
 
+def build_layers(seq, shape):
+  """Builds each layer of ``seq`` in turn; returns the output shape."""
+  for layer in seq:
+    layer.build(shape)
+    shape = layer.compute_output_shape(shape)
+  return shape
+
+
 def run_layers(seq, x, training):
   for layer in seq:
     if isinstance(layer, layers.BatchNormalization):
@@ -60,6 +68,12 @@ class Encoder(layers.Layer):
   @property
   def downsampling(self) -> int:
     return 2 ** len(self.widths)
+
+  def build(self, input_shape):
+    shape = build_layers(self.stem, input_shape)
+    for stage in self.stages:
+      shape = build_layers(stage, shape)
+    self.built = True
 
   def call(self, x, training=False):
     h = run_layers(self.stem, x, training)
@@ -112,6 +126,14 @@ class Decoder(layers.Layer):
   def num_stages(self) -> int:
     return len(self.widths)
 
+  def build(self, input_shape):
+    shape = input_shape
+    for stage in self.stages:
+      self.upsample.build(shape)
+      shape = build_layers(stage, self.upsample.compute_output_shape(shape))
+    self.to_image.build(shape)
+    self.built = True
+
   def call(self, z, training=False,
            stage_fn: Optional[Callable] = None):
     h = z
@@ -162,6 +184,11 @@ class NoiseGenerator(layers.Layer):
     self.decoder = Decoder(self.decoder_widths, self.channels,
                            self.negative_slope, name="decoder",
                            dtype=self.dtype_policy)
+
+  def build(self, input_shape):
+    self.project.build(input_shape)
+    self.decoder.build((input_shape[0],) + self.grid + (self.bottleneck,))
+    self.built = True
 
   def call(self, z, training=False):
     h = keras.activations.leaky_relu(self.project(z), self.negative_slope)

@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-from artifact_spotting.models.autoencoder import PACKAGE, conv_bn_act, run_layers
+from artifact_spotting.models.autoencoder import PACKAGE, build_layers, conv_bn_act, run_layers
 
 FILL_MODES = ("zeros", "average")
 
@@ -93,6 +93,11 @@ class RepairBlock(layers.Layer):
     self.out = layers.Conv2D(self.filters, 3, padding="same", name="out",
                              kernel_initializer="zeros",
                              dtype=self.dtype_policy)
+
+  def build(self, h_shape, keep_mask_shape=None):
+    shape = build_layers(self.body, tuple(h_shape[:-1]) + (h_shape[-1] + 1,))
+    self.out.build(shape)
+    self.built = True
 
   def call(self, h, keep_mask, training=False):
     mask = ops.cast(upsample_mask(keep_mask, (h.shape[1], h.shape[2])),

@@ -29,6 +29,9 @@ class LocalResponseNorm(layers.Layer):
         x, depth_radius=self.size // 2, bias=self.bias,
         alpha=self.alpha / self.size, beta=self.beta)
 
+  def compute_output_shape(self, input_shape):
+    return input_shape
+
   def get_config(self):
     config = super().get_config()
     config.update(size=self.size, alpha=self.alpha, beta=self.beta, bias=self.bias)
@@ -109,6 +112,23 @@ class Discriminator(layers.Layer):
         size = [-(-s // 2) for s in size]
       size = [-(-s // int(spec["stride"])) for s in size]
     return tuple(size)
+
+  def build(self, input_shape):
+    shape = tuple(input_shape)
+    for i, (block, pool) in enumerate(zip(self.blocks, self.pools)):
+      for layer in block:
+        layer.build(shape)
+        shape = layer.compute_output_shape(shape)
+      if i == len(self.blocks) - 1:
+        self.mask_head.build(shape)
+        flat = self.flatten.compute_output_shape(shape)
+      if pool is not None:
+        shape = pool.compute_output_shape(shape)
+    self.fc.build(flat)
+    if self.fc_bn is not None:
+      self.fc_bn.build((flat[0], self.fc_units))
+    self.class_head.build((flat[0], self.fc_units))
+    self.built = True
 
   def features(self, x, training=False):
     out = {}

@@ -9,6 +9,19 @@ from keras import layers
 from artifact_spotting.models.autoencoder import PACKAGE
 
 
+def _scatter(variable, slots, values):
+  """variable[slots] = values, in place, also for a mirrored variable updated
+  from replica context (every replica passes the same values)."""
+  def update(strategy, var, idx, vals):
+    strategy.extended.update(
+        var, lambda v, i, x: v.scatter_nd_update(i, x), args=(idx, vals),
+        group=False)
+  if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
+    tf.distribute.get_replica_context().merge_call(update, args=(variable, slots, values))
+  else:
+    variable.scatter_nd_update(slots, values)
+
+
 @keras.saving.register_keras_serializable(PACKAGE)
 class HistoryBuffer(layers.Layer):
   """A fixed-size pool of (fake image, keep-mask) pairs.
@@ -45,9 +58,15 @@ class HistoryBuffer(layers.Layer):
     idx = tf.minimum(idx, self.size - 1)
     images = tf.gather(self.images.value, idx)
     masks = tf.gather(self.masks.value, idx)
+    # Empty pool: evenly strided rows of the current fakes, which selects the
+    # same global rows whether the batch is split over replicas or not.
+    b = fallback_images.shape[0]
+    rows = (tf.range(num) * b) // num
     empty = tf.equal(filled, 0)
-    images = tf.where(empty, tf.cast(fallback_images[:num], images.dtype), images)
-    masks = tf.where(empty, tf.cast(fallback_masks[:num], masks.dtype), masks)
+    images = tf.where(empty, tf.cast(tf.gather(fallback_images, rows), images.dtype),
+                      images)
+    masks = tf.where(empty, tf.cast(tf.gather(fallback_masks, rows), masks.dtype),
+                     masks)
     return images, masks
 
   def update(self, seed, images, masks):
@@ -61,8 +80,8 @@ class HistoryBuffer(layers.Layer):
                          tf.int32)
     random = tf.argsort(tf.random.stateless_uniform([self.size], seed=seed))[:n]
     slots = tf.where(count + n <= self.size, sequential, random)[:, None]
-    self.images.value.scatter_nd_update(slots, tf.cast(images, self.images.dtype))
-    self.masks.value.scatter_nd_update(slots, tf.cast(masks, self.masks.dtype))
+    _scatter(self.images.value, slots, tf.cast(images, self.images.dtype))
+    _scatter(self.masks.value, slots, tf.cast(masks, self.masks.dtype))
     self.count.assign(count + n)
 
   def get_config(self):

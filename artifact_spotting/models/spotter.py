@@ -152,7 +152,14 @@ class ArtifactSpotter(keras.Model):
 
   @property
   def discriminator_variables(self):
-    return self.discriminator.trainable_variables
+    variables = self.discriminator.trainable_variables
+    w = self.spec["loss"]
+    if not (w["mask_weight"] or w["mask_real_weight"] or
+            w["generator_adds_c_losses"]):
+      # Ablation (g): the mask head is never trained.
+      head = {id(v) for v in self.discriminator.mask_head.trainable_variables}
+      variables = [v for v in variables if id(v) not in head]
+    return variables
 
   @property
   def probe_variables(self):
@@ -293,8 +300,10 @@ class ArtifactSpotter(keras.Model):
       all_fakes = tf.stop_gradient(fake)
       all_keep = keep
       if ctx is not None and n > 1:
-        all_fakes = ctx.all_gather(all_fakes, axis=0)
-        all_keep = ctx.all_gather(all_keep, axis=0)
+        all_fakes = tf.reshape(ctx.all_gather(all_fakes, axis=0),
+                               [gb] + fake.shape[1:].as_list())
+        all_keep = tf.reshape(ctx.all_gather(all_keep, axis=0),
+                              [gb] + keep.shape[1:].as_list())
       self.history.update(self._seed(_HISTORY_SLOTS, step), all_fakes, all_keep)
 
     f32 = lambda t: tf.cast(t, tf.float32)

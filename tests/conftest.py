@@ -1,0 +1,77 @@
+"""Test setup: two logical CPU devices (for MirroredStrategy tests) and helpers."""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import tensorflow as tf  # noqa: E402
+
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import pytest  # noqa: E402
+
+from artifact_spotting import config as config_lib  # noqa: E402
+
+
+def tiny_config(**overrides):
+  """A 16x16 grayscale config with a 4x4 grid that trains in seconds."""
+  c = config_lib.base_config()
+  c.resolution, c.channels = 16, 1
+  c.autoencoder.update(stem_filters=4, widths=(8, 8), decoder_widths=(8, 4),
+                       steps=4, batch_size=8, lr=1e-3)
+  c.spotter.update(steps=4, batch_size=8, history_size=16)
+  c.discriminator.update(
+      convs=(dict(filters=8, kernel=3, stride=1, pool=True, norm="batch"),
+             dict(filters=8, kernel=3, stride=1, pool=True, norm="batch"),
+             dict(filters=8, kernel=3, stride=1, pool=False, norm="lrn"),
+             dict(filters=8, kernel=3, stride=1, pool=False, norm="none"),
+             dict(filters=8, kernel=3, stride=1, pool=False, norm="batch")),
+      fc_units=16, dropout=0.0)
+  c.train.update(log_every=2, summary_every=2, checkpoint_every=2, montage_size=2)
+  c.dataset.shuffle_buffer = 64
+  for k, v in overrides.items():
+    config_lib.set_dotted(c, k, v)
+  return c
+
+
+@pytest.fixture
+def tiny():
+  return tiny_config
+
+
+def write_idx(path, array):
+  """Writes a uint8 array as a gzipped IDX file (the real format)."""
+  import gzip
+  import struct
+  import numpy as np
+  array = np.asarray(array, np.uint8)
+  header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(
+      ">" + "I" * array.ndim, *array.shape)
+  with gzip.open(path + ".gz", "wb") as f:
+    f.write(header + array.tobytes())
+
+
+@pytest.fixture
+def idx_dir(tmp_path):
+  """A folder of Fashion-MNIST-format IDX files with 256 random images."""
+  import numpy as np
+  rng = np.random.default_rng(0)
+  d = tmp_path / "idx"
+  d.mkdir()
+  for split, n in (("train", 256), ("t10k", 64)):
+    write_idx(str(d / f"{split}-images-idx3-ubyte"),
+              rng.integers(0, 256, (n, 28, 28)))
+    write_idx(str(d / f"{split}-labels-idx1-ubyte"), rng.integers(0, 10, (n,)))
+  return str(d)
+
+
+def tiny_idx_config(idx_path, **overrides):
+  c = tiny_config(**overrides)
+  c.dataset.update(source="idx", name="fashion_mnist", path=idx_path,
+                   auto_install=False, tfds_fallback=False)
+  c.pp = "resize(16)|flip_lr|value_range(-1, 1)"
+  return c

@@ -1,0 +1,245 @@
+"""Shapes, gating, mask alignment, damage, history and serialization."""
+
+import importlib
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from artifact_spotting import config as config_lib
+from artifact_spotting.models.autoencoder import Decoder, Encoder, NoiseGenerator
+from artifact_spotting.models.damage_repair import (Damage, RepairBlock,
+                                                    sample_keep_mask, upsample_mask)
+from artifact_spotting.models.discriminator import Discriminator, LocalResponseNorm
+from artifact_spotting.models.history import HistoryBuffer
+from artifact_spotting.models.spotter import ArtifactSpotter
+from conftest import tiny_config
+
+
+def _randomize(layer, seed=0):
+  rng = np.random.default_rng(seed)
+  for w in layer.weights:
+    if "moving_variance" in w.path:
+      w.assign(rng.uniform(0.5, 1.5, w.shape).astype("float32"))
+    elif w.dtype == "float32":
+      w.assign(rng.normal(0, 0.3, w.shape).astype("float32"))
+
+
+@pytest.mark.parametrize("name,res,grid,channels", [
+    ("fashion_mnist", 32, 4, 1), ("stl10", 96, 6, 3), ("imagenet", 96, 6, 3),
+    ("image_folder", 96, 6, 3)])
+def test_output_shapes_per_config(name, res, grid, channels):
+  c = importlib.import_module(f"configs.{name}").get_config("smoke")
+  c.discriminator.fc_units = 8
+  model = ArtifactSpotter(config_lib.model_spec(c))
+  model.build()
+  assert model.grid == (grid, grid)
+  x = tf.random.uniform([2, res, res, channels], -1, 1)
+  assert model.autoencode(x).shape == (2, res, res, channels)
+  keep = sample_keep_mask([0, 1], 2, model.grid, 0.5)
+  fake = model.make_fakes(x, keep)
+  assert fake.shape == (2, res, res, channels)
+  out = model(fake)
+  assert out["logits"].shape == (2,)
+  assert out["mask_logits"].shape == (2, grid, grid)
+  for k in ("conv1", "conv2", "conv3", "conv4", "conv5"):
+    assert out[k].shape[0] == 2 and out[k].shape.rank == 4
+  assert out["conv5"].shape[1:3] == (grid, grid)
+  assert len(model.repair_blocks) == len(c.autoencoder.widths) + 1
+
+
+def test_repair_block_gating_leaves_kept_cells_untouched():
+  block = RepairBlock(6, 5, gated=True)
+  h = tf.random.normal([3, 8, 8, 6])
+  keep = sample_keep_mask([1, 2], 3, (4, 4), 0.5)
+  block(h, keep, training=False)
+  _randomize(block)
+  out = block(h, keep, training=False)
+  up = upsample_mask(keep, (8, 8)).numpy()
+  diff = np.abs(out.numpy() - h.numpy())
+  assert np.all(diff[np.broadcast_to(up, diff.shape) == 1] == 0)
+  assert diff[np.broadcast_to(up, diff.shape) == 0].max() > 1e-3
+  ungated = RepairBlock(6, 5, gated=False)
+  ungated(h, keep)
+  _randomize(ungated)
+  diff = np.abs(ungated(h, keep).numpy() - h.numpy())
+  assert diff[np.broadcast_to(up, diff.shape) == 1].max() > 1e-3
+
+
+def test_gating_at_every_decoder_stage_of_the_model():
+  model = ArtifactSpotter(config_lib.model_spec(tiny_config()))
+  model.build()
+  for block in model.repair_blocks:
+    _randomize(block, seed=3)
+  x = tf.random.uniform([2, 16, 16, 1], -1, 1)
+  keep = sample_keep_mask([5, 6], 2, model.grid, 0.5)
+  phi = model.damage(model.encoder(x), keep)
+  repair = model.repair_fn(keep, training=False)
+  seen = []
+
+  def spy(i, h):
+    out = repair(i, h)
+    seen.append((h.numpy(), out.numpy()))
+    return out
+  model.decoder(phi, stage_fn=spy)
+  assert len(seen) == len(model.repair_blocks) == 3
+  for before, after in seen:
+    up = np.broadcast_to(upsample_mask(keep, before.shape[1:3]).numpy(), before.shape)
+    assert np.array_equal(before[up == 1], after[up == 1])
+    assert np.abs(before[up == 0] - after[up == 0]).max() > 1e-3
+
+
+def test_mask_cells_line_up_with_image_patches():
+  """Bottleneck cell (i, j) sees the f x f image patch (i, j) (plus the 3x3
+  stem's one-pixel border), and upsampling puts the mask on that patch."""
+  enc = Encoder(4, (8, 8), kernel_size=2)
+  x = tf.random.uniform([1, 16, 16, 1])
+  enc(x)
+  _randomize(enc)
+  f = 4
+  for i, j in [(0, 0), (1, 2), (3, 3)]:
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      phi = enc(x, training=False)
+      y = tf.reduce_sum(phi[0, i, j, :] ** 2)
+    g = np.abs(tape.gradient(y, x).numpy()[0, :, :, 0]) > 0
+    rows, cols = np.nonzero(g)
+    assert rows.min() >= i * f - 1 and rows.max() <= (i + 1) * f
+    assert cols.min() >= j * f - 1 and cols.max() <= (j + 1) * f
+    assert g[i * f:(i + 1) * f, j * f:(j + 1) * f].all()
+    keep = np.ones([1, 4, 4, 1], np.float32)
+    keep[0, i, j, 0] = 0
+    up = upsample_mask(tf.constant(keep), (16, 16)).numpy()[0, :, :, 0]
+    expected = np.ones([16, 16])
+    expected[i * f:(i + 1) * f, j * f:(j + 1) * f] = 0
+    assert np.array_equal(up, expected)
+
+
+def test_damage_fill_modes():
+  phi = tf.random.normal([2, 4, 4, 3])
+  keep = sample_keep_mask([7, 8], 2, (4, 4), 0.5)
+  k = keep.numpy()
+  zeros = Damage("zeros")(phi, keep).numpy()
+  assert np.array_equal(zeros, phi.numpy() * k)
+  avg = Damage("average")(phi, keep).numpy()
+  assert np.allclose(avg[np.broadcast_to(k, avg.shape) == 1],
+                     phi.numpy()[np.broadcast_to(k, avg.shape) == 1])
+  p = phi.numpy()
+  for b, i, j in zip(*np.nonzero(k[..., 0] == 0)):
+    i0, i1, j0, j1 = max(i - 1, 0), min(i + 2, 4), max(j - 1, 0), min(j + 2, 4)
+    w = k[b, i0:i1, j0:j1, 0]
+    expect = (p[b, i0:i1, j0:j1] * w[..., None]).sum((0, 1)) / max(w.sum(), 1)
+    np.testing.assert_allclose(avg[b, i, j], expect, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="fill"):
+    Damage("noise")
+
+
+def test_keep_mask_rate_and_replica_slices():
+  full = sample_keep_mask([3, 4], 512, (6, 6), 0.7).numpy()
+  assert abs(1 - full.mean() - 0.7) < 0.02
+  part = sample_keep_mask([3, 4], 128, (6, 6), 0.7, offset=256, total_batch=512)
+  assert np.array_equal(part.numpy(), full[256:384])
+
+
+def test_history_buffer_fills_in_order_then_replaces():
+  hb = HistoryBuffer(4, (2, 2, 1), (1, 1))
+  imgs = tf.reshape(tf.range(8, dtype=tf.float32), [8, 1, 1, 1]) * tf.ones([8, 2, 2, 1])
+  masks = tf.ones([8, 1, 1, 1])
+  fallback = -tf.ones([3, 2, 2, 1])
+  out, _ = hb.sample([0, 0], 2, 0, 2, fallback, masks)
+  assert np.all(out.numpy() == -1)  # empty: current fakes are used
+  hb.update([0, 1], imgs[:2], masks[:2])
+  hb.update([0, 2], imgs[2:4], masks[2:4])
+  assert np.array_equal(hb.images.numpy()[:, 0, 0, 0], [0, 1, 2, 3])
+  hb.update([0, 3], imgs[4:6], masks[4:6])
+  stored = sorted(hb.images.numpy()[:, 0, 0, 0].tolist())
+  assert 4 in stored and 5 in stored and len(set(stored)) == 4
+  out, _ = hb.sample([1, 1], 3, 0, 3, fallback, masks)
+  assert set(out.numpy()[:, 0, 0, 0].tolist()) <= set(stored)
+
+
+def _roundtrip(layer, *inputs):
+  cfg = layer.get_config()
+  clone = layer.__class__.from_config(cfg)
+  assert clone.get_config() == cfg
+  ser = keras.saving.serialize_keras_object(layer)
+  clone2 = keras.saving.deserialize_keras_object(ser)
+  assert type(clone2) is type(layer)
+  if inputs:
+    clone(*inputs)
+    clone.set_weights(layer.get_weights())
+    a, b = layer(*inputs), clone(*inputs)
+    for u, v in zip(tf.nest.flatten(a), tf.nest.flatten(b)):
+      np.testing.assert_allclose(u.numpy(), v.numpy(), atol=1e-6)
+
+
+def test_serialization_round_trips():
+  x = tf.random.uniform([2, 16, 16, 1])
+  enc = Encoder(4, (8, 8))
+  enc(x)
+  _roundtrip(enc, x)
+  dec = Decoder((8, 4), 1)
+  z = tf.random.normal([2, 4, 4, 8])
+  dec(z)
+  _roundtrip(dec, z)
+  keep = sample_keep_mask([0, 0], 2, (4, 4), 0.5)
+  _roundtrip(Damage("average"), z, keep)
+  rb = RepairBlock(8, 4, gated=False)
+  rb(z, keep)
+  _roundtrip(rb, z, keep)
+  c = tiny_config()
+  disc = Discriminator(**config_lib.model_spec(c)["discriminator"])
+  disc(x)
+  _roundtrip(disc, x)
+  _roundtrip(LocalResponseNorm(), tf.random.normal([1, 2, 2, 8]))
+  g = NoiseGenerator(6, (4, 4), 8, (8, 4), 1)
+  n = tf.random.normal([2, 6])
+  g(n)
+  _roundtrip(g, n)
+  _roundtrip(HistoryBuffer(4, (16, 16, 1), (4, 4)))
+  model = ArtifactSpotter(config_lib.model_spec(c))
+  model.build()
+  clone = ArtifactSpotter.from_config(model.get_config())
+  clone.build()
+  assert clone.get_config() == model.get_config()
+  clone.set_weights(model.get_weights())
+  np.testing.assert_allclose(clone(x)["logits"].numpy(), model(x)["logits"].numpy(),
+                             atol=1e-6)
+
+
+def test_bad_geometry_fails_with_field_names():
+  c = tiny_config()
+  c.resolution = 18
+  with pytest.raises(ValueError, match="resolution"):
+    config_lib.validate(c)
+  spec = config_lib.model_spec(tiny_config())
+  spec["resolution"] = (18, 18)
+  with pytest.raises(ValueError, match="encoder.widths"):
+    ArtifactSpotter(spec)
+  spec = config_lib.model_spec(tiny_config())
+  spec["discriminator"]["convs"][2]["pool"] = True
+  with pytest.raises(ValueError, match="discriminator.convs"):
+    ArtifactSpotter(spec)
+
+
+@pytest.mark.parametrize("row", sorted(config_lib.ABLATIONS))
+def test_every_ablation_row_builds_and_steps(row):
+  c = tiny_config()
+  config_lib.apply_ablation(c, row)
+  model = ArtifactSpotter(config_lib.model_spec(c))
+  model.build()
+  opts = [keras.optimizers.Adam(1e-3) for _ in range(3)]
+  x = {"image": tf.random.uniform([4, 16, 16, 1], -1, 1),
+       "label": tf.constant([0, 1, 2, 3], tf.int64)}
+  before = [v.numpy().copy() for v in model.discriminator_variables]
+  m = model.adversarial_step(x, opts[0], opts[1], opts[2])
+  assert all(np.isfinite(float(v)) for v in m.values())
+  after = model.discriminator_variables
+  assert any(not np.allclose(a, b.numpy()) for a, b in zip(before, after))
+  if row == "k":
+    assert model.generator_variables == []
+  if row == "l":
+    assert model.generator is not None and not model.repair_blocks
+  if row == "b":
+    assert len({b.filters for b in model.repair_blocks}) == 1

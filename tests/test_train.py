@@ -1,0 +1,190 @@
+"""Training: end to end, resume, MirroredStrategy equivalence, error paths."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from artifact_spotting import config as config_lib
+from artifact_spotting import train_lib
+from artifact_spotting.data.sources import idx_present, DEBIAN_FASHION_MNIST
+from conftest import tiny_idx_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _scalars(logdir):
+  """{tag: [(step, value), ...]} from the TensorBoard event files."""
+  from tensorboard.backend.event_processing import event_accumulator
+  acc = event_accumulator.EventAccumulator(logdir, size_guidance={"tensors": 0, "images": 0})
+  acc.Reload()
+  scalars, images = {}, {}
+  for tag in acc.Tags()["tensors"]:
+    events = acc.Tensors(tag)
+    values = [tf.make_ndarray(e.tensor_proto) for e in events]
+    if values[0].ndim == 0:
+      scalars[tag] = [(e.step, float(v)) for e, v in zip(events, values)]
+    else:
+      images[tag] = [(e.step, v) for e, v in zip(events, values)]
+  return scalars, images
+
+
+def test_train_end_to_end_then_resume(idx_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  c = tiny_idx_config(idx_dir)
+  results = train_lib.train(c, workdir)
+  assert results["autoencoder"]["steps"] == 4
+  assert results["spotter"]["steps"] == 4
+  assert json.load(open(os.path.join(workdir, "config.json")))["spotter"]["steps"] == 4
+  ckpts = tf.train.get_checkpoint_state(os.path.join(workdir, "checkpoints"))
+  assert ckpts is not None
+  scalars, images = _scalars(os.path.join(workdir, "tensorboard"))
+  for tag in ("ae/loss", "c/class_loss", "c/mask_loss", "c/real_accuracy",
+              "c/fake_accuracy", "c/mask_accuracy", "r/adversarial",
+              "c/grad_norm", "r/grad_norm", "lr/discriminator", "lr/repair",
+              "lr/autoencoder", "probe/accuracy", "perf/spotter_images_per_second"):
+    assert tag in scalars, tag
+  assert [s for s, _ in scalars["c/class_loss"]] == [2, 4]
+  montages = [v for t, v in images.items() if t.startswith("montage/")]
+  assert montages and [s for s, _ in montages[0]] == [0, 2, 4]
+  # An encoded PNG of 2 rows x 5 panels of 16x16: width 80, height 32.
+  png = tf.io.decode_png(montages[0][-1][1][2])
+  assert png.shape[:2] == (32, 80)
+
+  # Rerunning with more steps resumes where it stopped.
+  c.autoencoder.steps = 6
+  c.spotter.steps = 6
+  results = train_lib.train(c, workdir)
+  assert results["autoencoder"]["steps"] == 6
+  assert results["spotter"]["steps"] == 6
+  scalars, _ = _scalars(os.path.join(workdir, "tensorboard"))
+  assert [s for s, _ in scalars["c/class_loss"]] == [2, 4, 6]
+  # Nothing left to do: a third run trains no step.
+  assert train_lib.train(c, workdir) == {}
+
+
+def test_resume_restores_phase_two_weights_exactly(idx_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  c = tiny_idx_config(idx_dir)
+  train_lib.train(c, workdir)
+  players = train_lib.Players(c, tf.distribute.get_strategy())
+  keeper = train_lib.CheckpointKeeper(players.checkpoint, workdir,
+                                      tf.distribute.get_strategy())
+  assert keeper.restore() is not None
+  assert players.ae_step == 4 and players.adv_step == 4
+  reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
+  names = [n for n, _ in tf.train.list_variables(os.path.join(workdir, "checkpoints"))]
+  hist = [n for n in names if "history" in n and "images" in n]
+  assert hist, "history buffer is checkpointed"
+  np.testing.assert_array_equal(reader.get_tensor(hist[0]),
+                                players.model.history.images.numpy())
+
+
+def test_changed_architecture_does_not_silently_resume(idx_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  c = tiny_idx_config(idx_dir)
+  train_lib.train(c, workdir)
+  c.discriminator.fc_units = 32
+  c.spotter.steps = 8
+  with pytest.raises(ValueError, match="does not match"):
+    train_lib.train(c, workdir)
+
+
+def test_unknown_dataset_fails_before_training(tmp_path):
+  c = tiny_idx_config("/nonexistent")
+  c.dataset.source = "s3"
+  with pytest.raises(ValueError, match="config.dataset.source"):
+    train_lib.train(c, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w" / "checkpoints")
+  c = tiny_idx_config("/nonexistent", resolution=18)
+  with pytest.raises(ValueError, match="config.resolution=18"):
+    train_lib.train(c, str(tmp_path / "w"))
+  c = tiny_idx_config("/nonexistent")
+  c.dataset.update(source="tfds", name="stl_10")
+  with pytest.raises(ValueError, match="config.dataset.name='stl_10'"):
+    train_lib.train(c, str(tmp_path / "w"))
+
+
+def _copy_weights(src, dst):
+  for a, b in zip(src.weights, dst.weights):
+    assert a.path == b.path
+    b.assign(a.numpy())
+
+
+def test_mirrored_step_matches_single_device(idx_dir):
+  """Two replicas on 2 logical CPUs, each with half of a global batch of 8,
+  reach the same weights, BN statistics and history as one device."""
+  c = tiny_idx_config(idx_dir)
+  single = tf.distribute.get_strategy()
+  mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  assert mirrored.num_replicas_in_sync == 2
+  p1 = train_lib.Players(c, single)
+  p2 = train_lib.Players(c, mirrored)
+  _copy_weights(p1.model, p2.model)
+  rng = np.random.default_rng(0)
+  batches = [{"image": tf.constant(rng.uniform(-1, 1, (8, 16, 16, 1)), tf.float32),
+              "label": tf.constant(rng.integers(0, 10, 8), tf.int64)}
+             for _ in range(3)]
+
+  def split(batch):
+    return mirrored.experimental_distribute_values_from_function(
+        lambda ctx: {k: v[ctx.replica_id_in_sync_group * 4:
+                          (ctx.replica_id_in_sync_group + 1) * 4]
+                     for k, v in batch.items()})
+
+  steps = {
+      "ae": lambda p: (lambda b: p.model.autoencoder_step(b, p.ae_opt)),
+      "adv": lambda p: (lambda b: p.model.adversarial_step(
+          b, p.c_opt, p.r_opt, p.probe_opt)),
+  }
+  for name in ("ae", "adv"):
+    f1 = tf.function(steps[name](p1))
+    f2 = tf.function(lambda b, f=steps[name](p2): mirrored.run(f, args=(b,)))
+    for batch in batches:
+      m1 = f1(batch)
+      m2 = f2(split(batch))
+      loss_key = "ae/loss" if name == "ae" else "c/class_loss"
+      total = mirrored.reduce("MEAN", m2[loss_key], axis=None)
+      np.testing.assert_allclose(float(total), float(m1[loss_key]), rtol=1e-5)
+  checked = 0
+  for a, b in zip(p1.model.weights, p2.model.weights):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5,
+                               err_msg=a.path)
+    checked += 1
+  names = " ".join(w.path for w in p1.model.weights)
+  assert "moving_mean" in names and "history/images" in names
+  assert int(p2.model.history.count.numpy()) == 24
+  assert checked == len(p1.model.weights)
+
+
+@pytest.mark.skipif(not idx_present(DEBIAN_FASHION_MNIST),
+                    reason="Debian dataset-fashion-mnist not installed (.ci/run installs it)")
+def test_smoke_config_end_to_end_binary(tmp_path):
+  """The README command with the smoke config on real Fashion-MNIST."""
+  workdir = str(tmp_path / "smoke")
+  cmd = [sys.executable, "-m", "trainers.pretrain",
+         "--config=configs/fashion_mnist.py:smoke", f"--workdir={workdir}"]
+  r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "autoencoder: 60 steps" in r.stdout and "spotter: 30 steps" in r.stdout
+  assert "img/s ETA" in r.stdout
+  summary = json.load(open(os.path.join(workdir, "train_summary.json")))
+  assert summary["spotter"]["images_per_second"] > 0
+  # Rerun: both phases complete, nothing to do, exit 0.
+  r = subprocess.run(cmd + ["--config.spotter.steps=40"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "spotter: 40 steps" in r.stdout and "autoencoder:" not in r.stdout
+
+
+def test_binary_reports_bad_config_field(tmp_path):
+  cmd = [sys.executable, "-m", "trainers.pretrain",
+         "--config=configs/fashion_mnist.py:smoke", f"--workdir={tmp_path}",
+         "--config.resolution=30"]
+  r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2
+  assert "config.resolution=30" in r.stderr
