@@ -116,7 +116,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       log_every=50, summary_every=500, checkpoint_every=1000,
       keep_checkpoints=3, jit_compile=False, montage_size=8))
-  c.distribute = ml_collections.ConfigDict(dict(strategy="default", devices=()))
+  c.distribute = ml_collections.ConfigDict(dict(strategy="default", devices=(), tpu=""))
   return c
 
 

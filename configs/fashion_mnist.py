@@ -22,9 +22,9 @@ def get_config(arg: str = ""):
   # A lighter autoencoder than the 96x96 one: 28x28 grayscale needs less.
   c.autoencoder.update(stem_filters=16, widths=(32, 64, 128),
                        decoder_widths=(64, 32, 16),
-                       steps=2000, batch_size=128, lr=1e-3)
+                       steps=1500, batch_size=128, lr=1e-3)
   c.discriminator.fc_units = 256
-  c.spotter.update(steps=3000, batch_size=64)
+  c.spotter.update(steps=1500, batch_size=64)
   c.probe.update(enabled=True, num_classes=10)
   c.train.update(log_every=50, summary_every=500, checkpoint_every=500)
   if args.get("smoke"):

@@ -243,3 +243,24 @@ def test_every_ablation_row_builds_and_steps(row):
     assert model.generator is not None and not model.repair_blocks
   if row == "b":
     assert len({b.filters for b in model.repair_blocks}) == 1
+
+
+@pytest.mark.parametrize("row", ["full", "l"])
+def test_checkpoint_holds_every_weight(tmp_path, row):
+  """TF checkpoints must see every variable, BN statistics included (layers
+  kept in Python lists would be silently left out)."""
+  c = tiny_config()
+  config_lib.apply_ablation(c, row)
+  model = ArtifactSpotter(config_lib.model_spec(c))
+  model.build()
+  for w in model.weights:
+    if w.dtype == "float32":
+      w.assign(tf.random.normal(w.shape))
+  path = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+  saved = [n for n, _ in tf.train.list_variables(path) if n.startswith("model/")]
+  assert len(saved) == len(model.weights)
+  clone = ArtifactSpotter(config_lib.model_spec(c))
+  clone.build()
+  tf.train.Checkpoint(model=clone).read(path).assert_existing_objects_matched()
+  for a, b in zip(model.weights, clone.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)

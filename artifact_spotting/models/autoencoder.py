@@ -16,33 +16,75 @@ from keras import layers, ops
 PACKAGE = "artifact_spotting"
 
 
-def conv_bn_act(filters, kernel_size, strides, name, negative_slope=0.2,
-                dtype=None):
-  """Conv (no bias) -> BN -> leaky ReLU, as a list of named layers."""
-  return [
-      layers.Conv2D(filters, kernel_size, strides=strides, padding="same",
-                    use_bias=False, name=f"{name}_conv", dtype=dtype),
-      layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=True,
-                                name=f"{name}_bn", dtype=dtype),
-      layers.LeakyReLU(negative_slope, name=f"{name}_act", dtype=dtype),
-  ]
+@keras.saving.register_keras_serializable(PACKAGE)
+class ConvBlock(layers.Layer):
+  """Conv -> norm -> leaky ReLU, sublayers held as attributes.
+
+  norm: "batch" (synchronized across replicas; conv without bias), "lrn"
+  (Caffe AlexNet's LRN, after the activation) or "none".
+  """
+
+  def __init__(self, filters: int, kernel_size: int, strides: int = 1,
+               norm: str = "batch", negative_slope: float = 0.2, **kwargs):
+    super().__init__(**kwargs)
+    if norm not in ("batch", "lrn", "none"):
+      raise ValueError(f"norm must be 'batch', 'lrn' or 'none', got {norm!r}")
+    self.filters, self.kernel_size, self.strides = int(filters), int(kernel_size), int(strides)
+    self.norm, self.negative_slope = norm, float(negative_slope)
+    dt = self.dtype_policy
+    self.conv = layers.Conv2D(self.filters, self.kernel_size, strides=self.strides,
+                              padding="same", use_bias=norm != "batch",
+                              name="conv", dtype=dt)
+    self.bn = (layers.BatchNormalization(momentum=0.9, epsilon=1e-5,
+                                         synchronized=True, name="bn", dtype=dt)
+               if norm == "batch" else None)
+    self.act = layers.LeakyReLU(self.negative_slope, name="act", dtype=dt)
+    self.lrn = None
+    if norm == "lrn":
+      from artifact_spotting.models.discriminator import LocalResponseNorm  # pylint: disable=g-import-not-at-top
+      self.lrn = LocalResponseNorm(name="lrn", dtype=dt)
+
+  def build(self, input_shape):
+    self.conv.build(input_shape)
+    shape = self.conv.compute_output_shape(input_shape)
+    if self.bn is not None:
+      self.bn.build(shape)
+    self.built = True
+
+  def compute_output_shape(self, input_shape):
+    return self.conv.compute_output_shape(input_shape)
+
+  def call(self, x, training=False):
+    x = self.conv(x)
+    if self.bn is not None:
+      x = self.bn(x, training=training)
+    x = self.act(x)
+    if self.lrn is not None:
+      x = self.lrn(x)
+    return x
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(filters=self.filters, kernel_size=self.kernel_size,
+                  strides=self.strides, norm=self.norm,
+                  negative_slope=self.negative_slope)
+    return config
 
 
-def build_layers(seq, shape):
-  """Builds each layer of ``seq`` in turn; returns the output shape."""
-  for layer in seq:
-    layer.build(shape)
-    shape = layer.compute_output_shape(shape)
-  return shape
+def set_indexed(owner, prefix, items):
+  """owner.<prefix>1, owner.<prefix>2, ... = items.
+
+  Sublayers are held as attributes, not in Python lists: TensorFlow's
+  checkpoint and SavedModel graphs do not see layers inside Keras' tracked
+  lists, so their variables (BN statistics included) would not be saved.
+  """
+  for i, item in enumerate(items):
+    setattr(owner, f"{prefix}{i + 1}", item)
+  return len(items)
 
 
-def run_layers(seq, x, training):
-  for layer in seq:
-    if isinstance(layer, layers.BatchNormalization):
-      x = layer(x, training=training)
-    else:
-      x = layer(x)
-  return x
+def get_indexed(owner, prefix, count):
+  return [getattr(owner, f"{prefix}{i + 1}") for i in range(count)]
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
@@ -57,28 +99,32 @@ class Encoder(layers.Layer):
     self.widths = tuple(int(w) for w in widths)
     self.kernel_size = int(kernel_size)
     self.negative_slope = float(negative_slope)
-    self.stem = conv_bn_act(self.stem_filters, 3, 1, "stem",
-                            self.negative_slope, dtype=self.dtype_policy)
-    self.stages = [
-        conv_bn_act(w, self.kernel_size, 2, f"stage{i + 1}",
-                    self.negative_slope, dtype=self.dtype_policy)
-        for i, w in enumerate(self.widths)
-    ]
+    self.stem = ConvBlock(self.stem_filters, 3, 1, "batch", self.negative_slope,
+                          name="stem", dtype=self.dtype_policy)
+    self._num_stages = set_indexed(self, "stage", [
+        ConvBlock(w, self.kernel_size, 2, "batch", self.negative_slope,
+                  name=f"stage{i + 1}", dtype=self.dtype_policy)
+        for i, w in enumerate(self.widths)])
+
+  @property
+  def stages(self):
+    return get_indexed(self, "stage", self._num_stages)
 
   @property
   def downsampling(self) -> int:
     return 2 ** len(self.widths)
 
   def build(self, input_shape):
-    shape = build_layers(self.stem, input_shape)
-    for stage in self.stages:
-      shape = build_layers(stage, shape)
+    shape = input_shape
+    for block in [self.stem] + self.stages:
+      block.build(shape)
+      shape = block.compute_output_shape(shape)
     self.built = True
 
   def call(self, x, training=False):
-    h = run_layers(self.stem, x, training)
+    h = self.stem(x, training=training)
     for stage in self.stages:
-      h = run_layers(stage, h, training)
+      h = stage(h, training=training)
     return h
 
   def compute_output_shape(self, input_shape):
@@ -114,11 +160,10 @@ class Decoder(layers.Layer):
     self.upsample = layers.UpSampling2D(2, interpolation="bilinear",
                                         name="upsample",
                                         dtype=self.dtype_policy)
-    self.stages = [
-        conv_bn_act(w, 3, 1, f"stage{i + 1}", self.negative_slope,
-                    dtype=self.dtype_policy)
-        for i, w in enumerate(self.widths)
-    ]
+    self._num_stages = set_indexed(self, "stage", [
+        ConvBlock(w, 3, 1, "batch", self.negative_slope, name=f"stage{i + 1}",
+                  dtype=self.dtype_policy)
+        for i, w in enumerate(self.widths)])
     self.to_image = layers.Conv2D(self.channels, 3, padding="same",
                                   name="to_image", dtype=self.dtype_policy)
 
@@ -126,11 +171,17 @@ class Decoder(layers.Layer):
   def num_stages(self) -> int:
     return len(self.widths)
 
+  @property
+  def stages(self):
+    return get_indexed(self, "stage", self._num_stages)
+
   def build(self, input_shape):
     shape = input_shape
     for stage in self.stages:
       self.upsample.build(shape)
-      shape = build_layers(stage, self.upsample.compute_output_shape(shape))
+      shape = self.upsample.compute_output_shape(shape)
+      stage.build(shape)
+      shape = stage.compute_output_shape(shape)
     self.to_image.build(shape)
     self.built = True
 
@@ -140,7 +191,7 @@ class Decoder(layers.Layer):
     if stage_fn is not None:
       h = stage_fn(0, h)
     for i, stage in enumerate(self.stages):
-      h = run_layers(stage, self.upsample(h), training)
+      h = stage(self.upsample(h), training=training)
       if stage_fn is not None:
         h = stage_fn(i + 1, h)
     return ops.tanh(ops.cast(self.to_image(h), "float32"))

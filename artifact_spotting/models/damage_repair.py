@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-from artifact_spotting.models.autoencoder import PACKAGE, build_layers, conv_bn_act, run_layers
+from artifact_spotting.models.autoencoder import PACKAGE, ConvBlock
 
 FILL_MODES = ("zeros", "average")
 
@@ -88,21 +88,22 @@ class RepairBlock(layers.Layer):
     self.hidden = int(hidden)
     self.gated = bool(gated)
     self.negative_slope = float(negative_slope)
-    self.body = conv_bn_act(self.hidden, 3, 1, "body", self.negative_slope,
-                            dtype=self.dtype_policy)
+    self.body = ConvBlock(self.hidden, 3, 1, "batch", self.negative_slope,
+                          name="body", dtype=self.dtype_policy)
     self.out = layers.Conv2D(self.filters, 3, padding="same", name="out",
                              kernel_initializer="zeros",
                              dtype=self.dtype_policy)
 
   def build(self, h_shape, keep_mask_shape=None):
-    shape = build_layers(self.body, tuple(h_shape[:-1]) + (h_shape[-1] + 1,))
-    self.out.build(shape)
+    shape = tuple(h_shape[:-1]) + (h_shape[-1] + 1,)
+    self.body.build(shape)
+    self.out.build(self.body.compute_output_shape(shape))
     self.built = True
 
   def call(self, h, keep_mask, training=False):
     mask = ops.cast(upsample_mask(keep_mask, (h.shape[1], h.shape[2])),
                     h.dtype)
-    r = run_layers(self.body, ops.concatenate([h, mask], axis=-1), training)
+    r = self.body(ops.concatenate([h, mask], axis=-1), training=training)
     r = self.out(r)
     if self.gated:
       r = (1.0 - mask) * r

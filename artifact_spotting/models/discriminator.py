@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-from artifact_spotting.models.autoencoder import PACKAGE
+from artifact_spotting.models.autoencoder import PACKAGE, ConvBlock, get_indexed
 
 FEATURE_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 NORMS = ("batch", "lrn", "none")
@@ -74,25 +74,15 @@ class Discriminator(layers.Layer):
     self.negative_slope = float(negative_slope)
     self.fc_norm = bool(fc_norm)
     dt = self.dtype_policy
-    self.blocks = []
+    # Named attributes (conv1..conv5, conv1_pool, ...), not lists: see
+    # autoencoder.set_indexed.
     for name, spec in zip(FEATURE_NAMES, self.convs):
-      norm = spec.get("norm", "batch")
-      block = [layers.Conv2D(int(spec["filters"]), int(spec["kernel"]),
-                             strides=int(spec["stride"]), padding="same",
-                             use_bias=norm != "batch", name=name, dtype=dt)]
-      if norm == "batch":
-        block.append(layers.BatchNormalization(
-            momentum=0.9, epsilon=1e-5, synchronized=True, name=f"{name}_bn",
-            dtype=dt))
-      block.append(layers.LeakyReLU(self.negative_slope, name=f"{name}_act", dtype=dt))
-      if norm == "lrn":
-        block.append(LocalResponseNorm(name=f"{name}_lrn", dtype=dt))
-      self.blocks.append(block)
-    self.pools = [
-        layers.MaxPooling2D(3, 2, padding="same", name=f"{n}_pool", dtype=dt)
-        if spec.get("pool", False) else None
-        for n, spec in zip(FEATURE_NAMES, self.convs)
-    ]
+      setattr(self, name, ConvBlock(
+          int(spec["filters"]), int(spec["kernel"]), int(spec["stride"]),
+          spec.get("norm", "batch"), self.negative_slope, name=name, dtype=dt))
+      setattr(self, f"{name}_pool",
+              layers.MaxPooling2D(3, 2, padding="same", name=f"{name}_pool", dtype=dt)
+              if spec.get("pool", False) else None)
     self.flatten = layers.Flatten(name="flatten", dtype=dt)
     self.fc = layers.Dense(self.fc_units, use_bias=not self.fc_norm,
                            name="fc1", dtype=dt)
@@ -116,10 +106,9 @@ class Discriminator(layers.Layer):
   def build(self, input_shape):
     shape = tuple(input_shape)
     for i, (block, pool) in enumerate(zip(self.blocks, self.pools)):
-      for layer in block:
-        layer.build(shape)
-        shape = layer.compute_output_shape(shape)
-      if i == len(self.blocks) - 1:
+      block.build(shape)
+      shape = block.compute_output_shape(shape)
+      if i == len(FEATURE_NAMES) - 1:
         self.mask_head.build(shape)
         flat = self.flatten.compute_output_shape(shape)
       if pool is not None:
@@ -130,13 +119,19 @@ class Discriminator(layers.Layer):
     self.class_head.build((flat[0], self.fc_units))
     self.built = True
 
+  @property
+  def blocks(self):
+    return [getattr(self, n) for n in FEATURE_NAMES]
+
+  @property
+  def pools(self):
+    return [getattr(self, f"{n}_pool") for n in FEATURE_NAMES]
+
   def features(self, x, training=False):
     out = {}
     h = x
     for name, block, pool in zip(FEATURE_NAMES, self.blocks, self.pools):
-      for layer in block:
-        h = layer(h, training=training) if isinstance(
-            layer, layers.BatchNormalization) else layer(h)
+      h = block(h, training=training)
       out[name] = h
       if pool is not None:
         h = pool(h)

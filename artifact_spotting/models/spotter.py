@@ -15,7 +15,7 @@ import tensorflow as tf
 from keras import layers
 
 from artifact_spotting import losses
-from artifact_spotting.models.autoencoder import PACKAGE, Decoder, Encoder, NoiseGenerator
+from artifact_spotting.models.autoencoder import PACKAGE, Decoder, Encoder, NoiseGenerator, get_indexed, set_indexed
 from artifact_spotting.models.damage_repair import Damage, RepairBlock, sample_keep_mask, upsample_mask
 from artifact_spotting.models.discriminator import Discriminator
 from artifact_spotting.models.history import HistoryBuffer
@@ -97,14 +97,16 @@ class ArtifactSpotter(keras.Model):
     if rep["placement"] not in ("distributed", "local"):
       raise ValueError(f"repair.placement must be 'distributed' or 'local', "
                        f"got {rep['placement']!r}")
-    self.repair_blocks = []
+    blocks = []
     if s["fakes"] == "repair" and rep["enabled"]:
       widths = [enc["widths"][-1]] + list(s["decoder_widths"])
       if rep["placement"] == "local":
         widths = [enc["widths"][-1]] * len(widths)
       for i, w in enumerate(widths):
-        self.repair_blocks.append(RepairBlock(
+        blocks.append(RepairBlock(
             w, rep["hidden"] or w, gated=rep["gated"], name=f"repair{i + 1}"))
+    # R1..Rn as attributes repair1.. (see autoencoder.set_indexed).
+    self._num_repair = set_indexed(self, "repair", blocks)
     self.generator = None
     if s["fakes"] == "gan":
       self.generator = NoiseGenerator(
@@ -126,6 +128,10 @@ class ArtifactSpotter(keras.Model):
     if s["probe_classes"]:
       self.probe = layers.Dense(s["probe_classes"], name="probe")
     self.seed = int(s["seed"])
+
+  @property
+  def repair_blocks(self):
+    return get_indexed(self, "repair", self._num_repair)
 
   # ----------------------------------------------------------------- building
   def build(self, input_shape=None):

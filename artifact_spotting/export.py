@@ -1,0 +1,172 @@
+"""Export a pretraining workdir as a TF-Serving SavedModel and a .keras file.
+
+``export(workdir, output)`` writes ``output/<version>/`` (the layout TF Serving
+loads) holding a SavedModel with three signatures, preprocessing inside the
+graph so clients send raw uint8 pixels:
+
+- ``serving_default``: images -> ``embedding`` (global-average-pooled conv5),
+  ``artifact_probability`` [B] and ``artifact_mask`` [B, M, N] (probability
+  that each cell was damaged);
+- ``features``: images -> ``conv1``..``conv5``;
+- ``repair``: images, ``keep_mask`` [B, M, N] (1 = keep) -> ``damaged`` (the
+  decoder's output without repair) and ``repaired`` images (uint8).
+
+and ``discriminator.keras`` beside it: the backbone as a functional Keras
+model (registered classes only; loads with ``safe_mode=True``). Everything is
+written to a temporary directory first and renamed into place, so a failure
+never leaves a half-written export.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import keras
+import ml_collections
+import tensorflow as tf
+
+from artifact_spotting import config as config_lib
+from artifact_spotting import train_lib
+from artifact_spotting.models.discriminator import Discriminator
+
+
+class ExportError(RuntimeError):
+  """The workdir cannot be exported; the message names what is missing."""
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not tf.io.gfile.isdir(workdir):
+    raise ExportError(f"workdir {workdir!r} does not exist")
+  if not tf.io.gfile.exists(path):
+    raise ExportError(f"{path} is missing: {workdir!r} is not a pretraining "
+                      f"workdir (run trainers.pretrain first)")
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except (json.JSONDecodeError, ValueError) as e:
+    raise ExportError(f"{path} is not valid JSON ({e}); the workdir is "
+                      f"half-written") from e
+
+
+def restore_players(workdir: str, require_spotter: bool = True):
+  """Players (model and optimizers) restored from the workdir's checkpoint."""
+  config = load_config(workdir)
+  ckpt_dir = os.path.join(workdir, train_lib.CHECKPOINT_DIR)
+  latest = tf.train.latest_checkpoint(ckpt_dir)
+  if latest is None:
+    raise ExportError(f"no checkpoint in {ckpt_dir}: pretraining has not "
+                      f"saved one yet")
+  players = train_lib.Players(config, tf.distribute.get_strategy(),
+                              probe=bool(config.probe.enabled))
+  try:
+    status = players.checkpoint.restore(latest)
+    status.assert_existing_objects_matched()
+    status.expect_partial()
+  except (AssertionError, ValueError, tf.errors.OpError) as e:
+    raise ExportError(f"checkpoint {latest} cannot be restored into the model "
+                      f"of {workdir}/config.json: {e}") from e
+  if require_spotter and players.adv_step == 0:
+    raise ExportError(f"{workdir}: phase 2 has not run (adversarial step 0), "
+                      f"so the discriminator is untrained")
+  return config, players
+
+
+class ServingModule(tf.Module):
+  """The discriminator (and the frozen autoencoder and repair network for the
+  ``repair`` signature) with uint8 preprocessing inside."""
+
+  def __init__(self, model, resolution: int, channels: int):
+    super().__init__(name="artifact_spotting")
+    self.model = model
+    self.resolution = int(resolution)
+    self.channels = int(channels)
+    m, n = model.grid
+    spec = tf.TensorSpec([None, None, None, self.channels], tf.uint8, name="images")
+    self.serve = tf.function(self._serve, input_signature=[spec])
+    self.features = tf.function(self._features, input_signature=[spec])
+    self.repair = tf.function(self._repair, input_signature=[
+        spec, tf.TensorSpec([None, m, n], tf.float32, name="keep_mask")])
+
+  def _preprocess(self, images):
+    expected = f"images must be uint8 [batch, height, width, {self.channels}]"
+    # The signature fixes dtype and rank; TF checks the dtype on every call
+    # and the rank where shapes are known, this checks the channel count.
+    checks = [tf.debugging.assert_equal(
+        tf.shape(images)[-1], self.channels,
+        message=expected + "; got another channel count")]
+    with tf.control_dependencies(checks):
+      x = tf.cast(images, tf.float32) / 127.5 - 1.0
+    size = tf.shape(x)[1:3]
+    target = tf.constant([self.resolution, self.resolution])
+    x = tf.cond(
+        tf.reduce_all(tf.equal(size, target)),
+        lambda: x,
+        lambda: tf.image.resize(x, target, method="bilinear", antialias=True))
+    return tf.ensure_shape(x, [None, self.resolution, self.resolution, self.channels])
+
+  def _serve(self, images):
+    out = self.model.discriminator(self._preprocess(images), training=False)
+    return {
+        "embedding": tf.reduce_mean(out["conv5"], axis=[1, 2]),
+        "artifact_probability": tf.sigmoid(-out["logits"]),
+        "artifact_mask": tf.sigmoid(-out["mask_logits"]),
+    }
+
+  def _features(self, images):
+    out = self.model.discriminator(self._preprocess(images), training=False)
+    return {k: out[k] for k in ("conv1", "conv2", "conv3", "conv4", "conv5")}
+
+  def _repair(self, images, keep_mask):
+    x = self._preprocess(images)
+    keep = tf.cast(keep_mask > 0.5, tf.float32)[..., None]
+    phi = self.model.encoder(x, training=False)
+    damaged = self.model.decoder(self.model.damage(phi, keep), training=False)
+    repaired = self.model.make_fakes(x, keep, training=False, phi=phi)
+    to_uint8 = lambda t: tf.cast(tf.round((tf.clip_by_value(t, -1.0, 1.0) + 1.0) * 127.5),
+                                 tf.uint8)
+    return {"damaged": to_uint8(damaged), "repaired": to_uint8(repaired)}
+
+
+def backbone_model(model, resolution: int, channels: int) -> keras.Model:
+  """A functional keras.Model around a copy of the trained discriminator."""
+  disc = Discriminator.from_config(model.discriminator.get_config())
+  inputs = keras.Input((resolution, resolution, channels), name="images")
+  outputs = disc(inputs)
+  disc.set_weights(model.discriminator.get_weights())
+  return keras.Model(inputs, outputs, name="artifact_spotting_discriminator")
+
+
+def export(workdir: str, output: str, version: int | None = None) -> str:
+  """Writes output/<version>/ and returns its path."""
+  config, players = restore_players(workdir)
+  model = players.model
+  version = players.adv_step if version is None else int(version)
+  final = os.path.join(output, str(version))
+  if tf.io.gfile.exists(final):
+    raise ExportError(f"{final} exists already; pass another --version or "
+                      f"remove it")
+  os.makedirs(output, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=output)
+  try:
+    module = ServingModule(model, config.resolution, config.channels)
+    tf.saved_model.save(module, tmp, signatures={
+        "serving_default": module.serve,
+        "features": module.features,
+        "repair": module.repair})
+    backbone_model(model, config.resolution, config.channels).save(
+        os.path.join(tmp, "discriminator.keras"))
+    with open(os.path.join(tmp, "export_info.json"), "w") as f:
+      json.dump({"workdir": os.path.abspath(workdir),
+                 "adversarial_step": players.adv_step,
+                 "autoencoder_step": players.ae_step,
+                 "resolution": config.resolution, "channels": config.channels,
+                 "grid": list(model.grid)}, f, indent=2)
+    os.rename(tmp, final)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return final

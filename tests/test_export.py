@@ -1,0 +1,190 @@
+"""SavedModel / .keras export: fresh-process loading, signatures, errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from artifact_spotting import export as export_lib
+from artifact_spotting import train_lib
+from conftest import tiny_idx_config
+
+LOADER = r'''
+import json, sys
+import numpy as np
+import tensorflow as tf
+path, images, keep, out = sys.argv[1:5]
+m = tf.saved_model.load(path)
+x = tf.constant(np.load(images))
+k = tf.constant(np.load(keep))
+res = {}
+for name, kwargs in (("serving_default", {"images": x}), ("features", {"images": x}),
+                     ("repair", {"images": x, "keep_mask": k})):
+  for key, val in m.signatures[name](**kwargs).items():
+    res[f"{name}/{key}"] = val.numpy()
+# a different batch size and a different resolution are accepted
+m.signatures["serving_default"](images=tf.zeros([5, 20, 24, x.shape[-1]], tf.uint8))
+np.savez(out, **res)
+print(json.dumps(sorted(sys.modules.keys() & {"artifact_spotting", "keras"})))
+'''
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  root = tmp_path_factory.mktemp("export")
+  from conftest import write_idx
+  rng = np.random.default_rng(0)
+  idx = root / "idx"
+  idx.mkdir()
+  for split, n in (("train", 64), ("t10k", 8)):
+    write_idx(str(idx / f"{split}-images-idx3-ubyte"), rng.integers(0, 256, (n, 28, 28)))
+    write_idx(str(idx / f"{split}-labels-idx1-ubyte"), rng.integers(0, 10, (n,)))
+  workdir = str(root / "work")
+  train_lib.train(tiny_idx_config(str(idx)), workdir)
+  return workdir, root
+
+
+def test_export_loads_in_a_fresh_process_and_matches(trained, tmp_path):
+  workdir, _ = trained
+  path = export_lib.export(workdir, str(tmp_path / "serving"))
+  assert os.path.basename(path) == "4"  # version = adversarial step
+  assert sorted(os.listdir(tmp_path / "serving")) == ["4"]
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (3, 16, 16, 1), dtype=np.uint8)
+  keep = (rng.uniform(size=(3, 4, 4)) > 0.5).astype(np.float32)
+  np.save(tmp_path / "images.npy", images)
+  np.save(tmp_path / "keep.npy", keep)
+  script = tmp_path / "load.py"
+  script.write_text(LOADER)
+  r = subprocess.run([sys.executable, str(script), path, str(tmp_path / "images.npy"),
+                      str(tmp_path / "keep.npy"), str(tmp_path / "out.npz")],
+                     cwd=str(tmp_path), capture_output=True, text=True, timeout=300,
+                     env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "artifact_spotting" not in r.stdout.splitlines()[-1]
+  got = np.load(tmp_path / "out.npz")
+
+  # In-process reference from the restored model.
+  _, players = export_lib.restore_players(workdir)
+  module = export_lib.ServingModule(players.model, 16, 1)
+  ref = {}
+  for name, out in (("serving_default", module.serve(tf.constant(images))),
+                    ("features", module.features(tf.constant(images))),
+                    ("repair", module.repair(tf.constant(images), tf.constant(keep)))):
+    for key, val in out.items():
+      ref[f"{name}/{key}"] = val.numpy()
+  assert sorted(got.files) == sorted(ref)
+  for key in ref:
+    tol = 1 if ref[key].dtype == np.uint8 else 1e-5
+    np.testing.assert_allclose(got[key].astype(np.float64), ref[key].astype(np.float64),
+                               atol=tol, err_msg=key)
+  assert got["serving_default/artifact_probability"].shape == (3,)
+  assert got["serving_default/artifact_mask"].shape == (3, 4, 4)
+  assert got["serving_default/embedding"].shape == (3, 8)
+  assert got["repair/repaired"].dtype == np.uint8
+  # Kept cells stay as the clean decode would leave them far from any dropped
+  # cell: where the whole image is kept, damaged == repaired.
+  all_keep = np.ones_like(keep)
+  out = module.repair(tf.constant(images), tf.constant(all_keep))
+  np.testing.assert_array_equal(out["damaged"].numpy(), out["repaired"].numpy())
+
+
+def test_saved_model_cli_lists_signatures(trained, tmp_path):
+  workdir, _ = trained
+  path = export_lib.export(workdir, str(tmp_path / "serving"), version=7)
+  cli = shutil.which("saved_model_cli") or "saved_model_cli"
+  r = subprocess.run([cli, "show", "--all", "--dir", path], capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  text = r.stdout
+  for sig in ("serving_default", "features", "repair"):
+    assert f"signature_def['{sig}']" in text
+  for out in ("embedding", "artifact_probability", "artifact_mask", "conv1",
+              "conv5", "damaged", "repaired"):
+    assert f"outputs['{out}']" in text
+  assert "dtype: DT_UINT8" in text and "shape: (-1, -1, -1, 1)" in text
+  mask = text[text.index("outputs['artifact_mask']"):][:200]
+  assert "shape: (-1, 4, 4)" in mask
+
+
+def test_keras_file_loads_in_safe_mode(trained, tmp_path):
+  workdir, _ = trained
+  path = export_lib.export(workdir, str(tmp_path / "serving"))
+  model = keras.saving.load_model(os.path.join(path, "discriminator.keras"),
+                                  safe_mode=True)
+  _, players = export_lib.restore_players(workdir)
+  x = tf.random.uniform([2, 16, 16, 1], -1, 1)
+  a = model(x)
+  b = players.model.discriminator(x, training=False)
+  for k in ("conv3", "conv5", "logits", "mask_logits"):
+    np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), atol=1e-5)
+
+
+def test_bad_inputs_fail_at_the_signature(trained, tmp_path):
+  workdir, _ = trained
+  path = export_lib.export(workdir, str(tmp_path / "serving"))
+  sig = tf.saved_model.load(path).signatures["serving_default"]
+  with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError),
+                     match="expected to be a uint8 tensor"):
+    sig(images=tf.zeros([1, 16, 16, 1], tf.float32))
+  expected = r"images must be uint8 \[batch, height, width, 1\]"
+  errors = (TypeError, ValueError, tf.errors.InvalidArgumentError)
+  with pytest.raises(errors, match=expected + "; got another channel count"):
+    sig(images=tf.zeros([1, 16, 16, 3], tf.uint8))
+  with pytest.raises(errors, match="must be 4-dimensional"):
+    sig(images=tf.zeros([16, 16, 1], tf.uint8))
+
+
+def test_bad_workdirs_name_what_is_missing(trained, tmp_path):
+  workdir, _ = trained
+  with pytest.raises(export_lib.ExportError, match="does not exist"):
+    export_lib.export(str(tmp_path / "nope"), str(tmp_path / "out"))
+  half = tmp_path / "half"
+  half.mkdir()
+  with pytest.raises(export_lib.ExportError, match="config.json is missing"):
+    export_lib.export(str(half), str(tmp_path / "out"))
+  shutil.copy(os.path.join(workdir, "config.json"), half / "config.json")
+  with pytest.raises(export_lib.ExportError, match="no checkpoint in"):
+    export_lib.export(str(half), str(tmp_path / "out"))
+  (half / "config.json").write_text('{"resolution": 16, "chan')
+  with pytest.raises(export_lib.ExportError, match="not valid JSON"):
+    export_lib.export(str(half), str(tmp_path / "out"))
+  # An existing version is never overwritten, and nothing half-written is left.
+  out = tmp_path / "serving"
+  first = export_lib.export(workdir, str(out))
+  stamp = os.path.getmtime(os.path.join(first, "saved_model.pb"))
+  with pytest.raises(export_lib.ExportError, match="exists already"):
+    export_lib.export(workdir, str(out))
+  assert os.path.getmtime(os.path.join(first, "saved_model.pb")) == stamp
+  assert sorted(os.listdir(out)) == ["4"]
+
+
+def test_failed_export_leaves_nothing(trained, tmp_path, monkeypatch):
+  workdir, _ = trained
+  def boom(*a, **k):
+    raise RuntimeError("disk full")
+  monkeypatch.setattr(export_lib, "backbone_model", boom)
+  with pytest.raises(RuntimeError, match="disk full"):
+    export_lib.export(workdir, str(tmp_path / "serving"))
+  assert os.listdir(tmp_path / "serving") == []
+
+
+def test_export_binary(trained, tmp_path):
+  workdir, _ = trained
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run([sys.executable, "-m", "trainers.export", f"--workdir={workdir}",
+                      f"--output={tmp_path / 'srv'}"], cwd=root, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "exported" in r.stdout and os.path.isdir(tmp_path / "srv" / "4")
+  r = subprocess.run([sys.executable, "-m", "trainers.export",
+                      f"--workdir={tmp_path / 'missing'}", f"--output={tmp_path / 'srv2'}"],
+                     cwd=root, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and "does not exist" in r.stderr
+  assert not os.path.exists(tmp_path / "srv2")
