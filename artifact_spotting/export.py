@@ -56,19 +56,15 @@ def restore_players(workdir: str, require_spotter: bool = True):
   """Players (model and optimizers) restored from the workdir's checkpoint."""
   config = load_config(workdir)
   ckpt_dir = os.path.join(workdir, train_lib.CHECKPOINT_DIR)
-  latest = tf.train.latest_checkpoint(ckpt_dir)
-  if latest is None:
+  if tf.train.latest_checkpoint(ckpt_dir) is None:
     raise ExportError(f"no checkpoint in {ckpt_dir}: pretraining has not "
                       f"saved one yet")
   players = train_lib.Players(config, tf.distribute.get_strategy(),
                               probe=bool(config.probe.enabled))
   try:
-    status = players.checkpoint.restore(latest)
-    status.assert_existing_objects_matched()
-    status.expect_partial()
-  except (AssertionError, ValueError, tf.errors.OpError) as e:
-    raise ExportError(f"checkpoint {latest} cannot be restored into the model "
-                      f"of {workdir}/config.json: {e}") from e
+    train_lib.restore_latest(players.checkpoint, ckpt_dir)
+  except ValueError as e:
+    raise ExportError(f"{workdir}: {e}") from e
   if require_spotter and players.adv_step == 0:
     raise ExportError(f"{workdir}: phase 2 has not run (adversarial step 0), "
                       f"so the discriminator is untrained")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from artifact_spotting.models.autoencoder import PACKAGE
+from artifact_spotting.models.blocks import PACKAGE
 
 
 @keras.saving.register_keras_serializable(PACKAGE)

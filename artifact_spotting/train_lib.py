@@ -76,6 +76,26 @@ class Players:
     return int(self.c_opt.iterations.numpy())
 
 
+def restore_latest(checkpoint, directory) -> Optional[str]:
+  """Restores the newest checkpoint in ``directory``; None when there is none.
+
+  Raises ValueError when the checkpoint does not fit the model (e.g. the
+  architecture changed since it was written).
+  """
+  latest = tf.train.latest_checkpoint(directory)
+  if latest is None:
+    return None
+  try:
+    status = checkpoint.restore(latest)
+    status.assert_existing_objects_matched()
+    status.expect_partial()
+  except (AssertionError, ValueError, tf.errors.OpError) as e:
+    raise ValueError(
+        f"Checkpoint {latest} does not match this config's model (was the "
+        f"architecture changed since it was written?): {e}") from e
+  return latest
+
+
 class CheckpointKeeper:
   """Periodic/final checkpoints in workdir/checkpoints; only the chief keeps
   them (other workers write to a scratch dir that is removed again)."""
@@ -92,18 +112,7 @@ class CheckpointKeeper:
     self.main_dir = os.path.join(workdir, CHECKPOINT_DIR)
 
   def restore(self) -> Optional[str]:
-    latest = tf.train.latest_checkpoint(self.main_dir)
-    if latest is None:
-      return None
-    try:
-      status = self.checkpoint.restore(latest)
-      status.assert_existing_objects_matched()
-      status.expect_partial()
-    except (AssertionError, ValueError) as e:
-      raise ValueError(
-          f"Checkpoint {latest} does not match this config's model (was the "
-          f"architecture changed since it was written?): {e}") from e
-    return latest
+    return restore_latest(self.checkpoint, self.main_dir)
 
   def save(self, step_tag: str):
     path = self.manager.save(checkpoint_number=None)

@@ -188,3 +188,13 @@ def test_binary_reports_bad_config_field(tmp_path):
   r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert r.returncode == 2
   assert "config.resolution=30" in r.stderr
+
+
+def test_jit_compile_option_trains(idx_dir, tmp_path):
+  c = tiny_idx_config(idx_dir)
+  c.train.jit_compile = True
+  c.autoencoder.steps = 2
+  c.spotter.steps = 2
+  results = train_lib.train(c, str(tmp_path / "xla"))
+  assert results["spotter"]["steps"] == 2
+  assert all(np.isfinite(v) for v in results["spotter"]["metrics"].values())

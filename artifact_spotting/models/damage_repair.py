@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-from artifact_spotting.models.autoencoder import PACKAGE, ConvBlock
+from artifact_spotting.models.blocks import PACKAGE, ConvBlock
 
 FILL_MODES = ("zeros", "average")
 

@@ -8,34 +8,10 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-from artifact_spotting.models.autoencoder import PACKAGE, ConvBlock, get_indexed
+from artifact_spotting.models.blocks import PACKAGE, ConvBlock, LocalResponseNorm  # noqa: F401
 
 FEATURE_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 NORMS = ("batch", "lrn", "none")
-
-
-@keras.saving.register_keras_serializable(PACKAGE)
-class LocalResponseNorm(layers.Layer):
-  """Caffe AlexNet's cross-channel LRN (size 5, alpha 1e-4, beta 0.75)."""
-
-  def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
-               bias: float = 1.0, **kwargs):
-    super().__init__(**kwargs)
-    self.size, self.alpha, self.beta, self.bias = int(size), float(alpha), float(beta), float(bias)
-
-  def call(self, x):
-    # Caffe divides alpha by the window size; tf.nn's depth_radius is half of it.
-    return tf.nn.local_response_normalization(
-        x, depth_radius=self.size // 2, bias=self.bias,
-        alpha=self.alpha / self.size, beta=self.beta)
-
-  def compute_output_shape(self, input_shape):
-    return input_shape
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(size=self.size, alpha=self.alpha, beta=self.beta, bias=self.bias)
-    return config
 
 
 def _check_spec(spec, index):

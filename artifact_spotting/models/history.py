@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from artifact_spotting.models.autoencoder import PACKAGE
+from artifact_spotting.models.blocks import PACKAGE
 
 
 def _scatter(variable, slots, values):

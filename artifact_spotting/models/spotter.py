@@ -15,7 +15,8 @@ import tensorflow as tf
 from keras import layers
 
 from artifact_spotting import losses
-from artifact_spotting.models.autoencoder import PACKAGE, Decoder, Encoder, NoiseGenerator, get_indexed, set_indexed
+from artifact_spotting.models.autoencoder import Decoder, Encoder, NoiseGenerator
+from artifact_spotting.models.blocks import PACKAGE, get_indexed, set_indexed
 from artifact_spotting.models.damage_repair import Damage, RepairBlock, sample_keep_mask, upsample_mask
 from artifact_spotting.models.discriminator import Discriminator
 from artifact_spotting.models.history import HistoryBuffer

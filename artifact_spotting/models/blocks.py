@@ -1,0 +1,101 @@
+"""Building blocks shared by the autoencoder, repair network and discriminator."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+PACKAGE = "artifact_spotting"
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class LocalResponseNorm(layers.Layer):
+  """Caffe AlexNet's cross-channel LRN (size 5, alpha 1e-4, beta 0.75)."""
+
+  def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
+               bias: float = 1.0, **kwargs):
+    super().__init__(**kwargs)
+    self.size, self.alpha, self.beta, self.bias = int(size), float(alpha), float(beta), float(bias)
+
+  def call(self, x):
+    # Caffe divides alpha by the window size; tf.nn's depth_radius is half of it.
+    return tf.nn.local_response_normalization(
+        x, depth_radius=self.size // 2, bias=self.bias,
+        alpha=self.alpha / self.size, beta=self.beta)
+
+  def compute_output_shape(self, input_shape):
+    return input_shape
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(size=self.size, alpha=self.alpha, beta=self.beta, bias=self.bias)
+    return config
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class ConvBlock(layers.Layer):
+  """Conv -> norm -> leaky ReLU, sublayers held as attributes.
+
+  norm: "batch" (synchronized across replicas; conv without bias), "lrn"
+  (Caffe AlexNet's LRN, after the activation) or "none".
+  """
+
+  def __init__(self, filters: int, kernel_size: int, strides: int = 1,
+               norm: str = "batch", negative_slope: float = 0.2, **kwargs):
+    super().__init__(**kwargs)
+    if norm not in ("batch", "lrn", "none"):
+      raise ValueError(f"norm must be 'batch', 'lrn' or 'none', got {norm!r}")
+    self.filters, self.kernel_size, self.strides = int(filters), int(kernel_size), int(strides)
+    self.norm, self.negative_slope = norm, float(negative_slope)
+    dt = self.dtype_policy
+    self.conv = layers.Conv2D(self.filters, self.kernel_size, strides=self.strides,
+                              padding="same", use_bias=norm != "batch",
+                              name="conv", dtype=dt)
+    self.bn = (layers.BatchNormalization(momentum=0.9, epsilon=1e-5,
+                                         synchronized=True, name="bn", dtype=dt)
+               if norm == "batch" else None)
+    self.act = layers.LeakyReLU(self.negative_slope, name="act", dtype=dt)
+    self.lrn = LocalResponseNorm(name="lrn", dtype=dt) if norm == "lrn" else None
+
+  def build(self, input_shape):
+    self.conv.build(input_shape)
+    shape = self.conv.compute_output_shape(input_shape)
+    if self.bn is not None:
+      self.bn.build(shape)
+    self.built = True
+
+  def compute_output_shape(self, input_shape):
+    return self.conv.compute_output_shape(input_shape)
+
+  def call(self, x, training=False):
+    x = self.conv(x)
+    if self.bn is not None:
+      x = self.bn(x, training=training)
+    x = self.act(x)
+    if self.lrn is not None:
+      x = self.lrn(x)
+    return x
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(filters=self.filters, kernel_size=self.kernel_size,
+                  strides=self.strides, norm=self.norm,
+                  negative_slope=self.negative_slope)
+    return config
+
+
+def set_indexed(owner, prefix, items):
+  """owner.<prefix>1, owner.<prefix>2, ... = items.
+
+  Sublayers are held as attributes, not in Python lists: TensorFlow's
+  checkpoint and SavedModel graphs do not see layers inside Keras' tracked
+  lists, so their variables (BN statistics included) would not be saved.
+  """
+  for i, item in enumerate(items):
+    setattr(owner, f"{prefix}{i + 1}", item)
+  return len(items)
+
+
+def get_indexed(owner, prefix, count):
+  return [getattr(owner, f"{prefix}{i + 1}") for i in range(count)]
