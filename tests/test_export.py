@@ -188,3 +188,44 @@ def test_export_binary(trained, tmp_path):
                      cwd=root, capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and "does not exist" in r.stderr
   assert not os.path.exists(tmp_path / "srv2")
+
+
+def _ft_config(idx_path):
+  from configs.finetune import fashion_mnist as ft
+  c = ft.get_config("smoke")
+  c.dataset.update(path=idx_path, auto_install=False, tfds_fallback=False,
+                   shuffle_buffer=64)
+  c.pp_train = "resize(16)|value_range(-1, 1)"
+  c.pp_eval = "resize(16)|value_range(-1, 1)"
+  c.freeze_up_to = "conv3"
+  c.batch_size = 8
+  c.steps_per_epoch = 3
+  return c
+
+
+@pytest.mark.parametrize("source", ["keras_file", "workdir"])
+def test_finetune_starts_from_export_or_workdir(trained, tmp_path, source):
+  from artifact_spotting import finetune as ft_lib
+  workdir, root = trained
+  init = workdir
+  if source == "keras_file":
+    init = os.path.join(export_lib.export(workdir, str(tmp_path / "srv")),
+                        "discriminator.keras")
+  backbone = ft_lib.load_backbone(init)
+  before = {w.path: w.numpy().copy() for w in backbone.weights}
+  c = _ft_config(str(root / "idx"))
+  model, result = ft_lib.finetune(c, init, str(tmp_path / "ft"))
+  assert 0.0 <= result["eval_accuracy"] <= 1.0
+  assert result["epochs_run"] == 2
+  disc = ft_lib.discriminator_of(model.layers[1])
+  changed = {}
+  for name in ("conv1", "conv3", "conv4", "conv5"):
+    kernel = getattr(disc, name).conv.kernel
+    match = [v for k, v in before.items() if k.endswith(f"{name}/conv/kernel")]
+    changed[name] = not np.array_equal(match[0], kernel.numpy())
+  assert changed == {"conv1": False, "conv3": False, "conv4": True, "conv5": True}
+  for f in ("best.keras", "finetune_results.json"):
+    assert os.path.exists(tmp_path / "ft" / f)
+  assert os.listdir(tmp_path / "ft" / "tensorboard")
+  best = keras.saving.load_model(str(tmp_path / "ft" / "best.keras"), safe_mode=True)
+  assert best.output_shape == (None, 10)

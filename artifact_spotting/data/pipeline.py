@@ -56,8 +56,11 @@ def _with_split(dataset_cfg, split):
 def make_dataset(source: Source, pp: str, batch_size: int, *, training: bool,
                  shuffle_buffer: int = 10_000, input_context=None,
                  seed: Optional[int] = None, drop_remainder: bool = True,
-                 cache: bool = False, keep_label: bool = True):
+                 cache: bool = False, keep_label: bool = True,
+                 repeat: Optional[bool] = None):
   """Shard -> (cache) -> shuffle -> repeat -> decode -> pp -> batch -> prefetch.
+
+  Training pipelines shuffle and (unless ``repeat=False``) repeat forever.
 
   ``batch_size`` is the batch of *this* pipeline's replica; with
   ``distribute_datasets_from_function`` pass
@@ -71,6 +74,7 @@ def make_dataset(source: Source, pp: str, batch_size: int, *, training: bool,
     ds = ds.cache()
   if training:
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+  if training if repeat is None else repeat:
     ds = ds.repeat()
   if source.decode is not None:
     ds = ds.map(source.decode, num_parallel_calls=tf.data.AUTOTUNE)

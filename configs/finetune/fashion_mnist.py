@@ -1,0 +1,36 @@
+r"""Fine-tune a pretrained discriminator on Fashion-MNIST labels (offline).
+
+  python -m trainers.finetune --config=configs/finetune/fashion_mnist.py \
+      --init=/tmp/as_fmnist --workdir=/tmp/as_fmnist_ft
+
+``--init`` is a pretraining workdir, an export version folder, or a
+``discriminator.keras`` file. ``:smoke`` shrinks it to seconds.
+"""
+
+import ml_collections
+
+from artifact_spotting import config as config_lib
+
+
+def get_config(arg: str = ""):
+  args = config_lib.parse_arg(arg)
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.dataset = ml_collections.ConfigDict(dict(
+      source="idx", name="fashion_mnist", path="/usr/share/datasets/fashion-mnist",
+      data_dir="", manual_dir="", auto_install=True, tfds_fallback=True,
+      train_split="train", eval_split="test", shuffle_buffer=10_000))
+  c.channels = 1
+  c.num_classes = 10
+  c.pp_train = "resize(32)|flip_lr|value_range(-1, 1)"
+  c.pp_eval = "resize(32)|value_range(-1, 1)"
+  c.freeze_up_to = "conv5"     # conv1..this stay frozen; "none" trains all
+  c.head_dropout = 0.5
+  c.epochs = 10
+  c.steps_per_epoch = 0        # 0 = one pass over the training split
+  c.batch_size = 128
+  c.lr = 1e-3
+  c.early_stopping_patience = 3
+  if args.get("smoke"):
+    c.epochs, c.steps_per_epoch, c.batch_size = 2, 5, 32
+  return c

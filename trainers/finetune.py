@@ -1,0 +1,40 @@
+r"""Fine-tune a pretrained artifact spotter with Keras fit.
+
+  python -m trainers.finetune --config=configs/finetune/fashion_mnist.py \
+      --init=/tmp/as_fmnist --workdir=/tmp/as_fmnist_ft
+
+--init: a pretraining workdir, an export version folder or a .keras file.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from artifact_spotting import finetune as finetune_lib  # noqa: E402
+from artifact_spotting.data.sources import DataUnavailableError  # noqa: E402
+from artifact_spotting.export import ExportError  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config.",
+                                          lock_config=True)
+_INIT = flags.DEFINE_string("init", None, "Workdir, export folder or .keras file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
+flags.mark_flags_as_required(["config", "init", "workdir"])
+
+
+def main(argv):
+  del argv
+  try:
+    _, result = finetune_lib.finetune(_CONFIG.value, _INIT.value, _WORKDIR.value)
+  except (DataUnavailableError, ExportError, FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(f"eval accuracy {result['eval_accuracy']:.4f} "
+        f"({result['epochs_run']} epochs, frozen up to {result['freeze_up_to']})")
+
+
+if __name__ == "__main__":
+  app.run(main)
