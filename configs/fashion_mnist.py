@@ -3,7 +3,7 @@ r"""Fashion-MNIST at 32x32, offline (Debian's dataset-fashion-mnist IDX files).
   python -m trainers.pretrain --config=configs/fashion_mnist.py --workdir=/tmp/as_fmnist
 
 Arguments after ':' (comma separated): ``smoke`` (both phases in well under two
-minutes on 2 CPU cores), ``ablation=<row>`` (a paper ablation row, see
+minutes on 2 CPU cores), ``tiny`` (16x16, seconds; for tests), ``ablation=<row>`` (a paper ablation row, see
 artifact_spotting/config.py ABLATIONS). Any field can be overridden with a
 dotted flag, e.g. ``--config.spotter.drop_rate=0.5``.
 """
@@ -32,5 +32,16 @@ def get_config(arg: str = ""):
     c.spotter.update(steps=30, batch_size=32, history_size=64)
     c.train.update(log_every=10, summary_every=20, checkpoint_every=30)
     c.dataset.shuffle_buffer = 1000
+  if args.get("tiny"):  # 16x16, a few steps: for tests of the binaries
+    c.resolution = 16
+    c.pp = "resize(16)|flip_lr|value_range(-1, 1)"
+    c.autoencoder.update(stem_filters=4, widths=(8, 8), decoder_widths=(8, 4),
+                         steps=4, batch_size=8)
+    c.spotter.update(steps=4, batch_size=8, history_size=16)
+    c.discriminator.update(convs=tuple(
+        dict(filters=8, kernel=3, stride=1, pool=i < 2, norm="batch")
+        for i in range(5)), fc_units=16, dropout=0.0)
+    c.train.update(log_every=2, summary_every=2, checkpoint_every=2, montage_size=2)
+    c.dataset.shuffle_buffer = 64
   config_lib.apply_ablation(c, args.get("ablation", "full"))
   return c
