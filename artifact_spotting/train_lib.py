@@ -28,6 +28,12 @@ from artifact_spotting.models.spotter import ArtifactSpotter
 from artifact_spotting.schedules import LinearDecay
 
 CHECKPOINT_DIR = "checkpoints"
+
+
+class SetupError(ValueError):
+  """A config or workdir problem found before any training step ran."""
+
+
 TENSORBOARD_DIR = "tensorboard"
 
 
@@ -114,8 +120,8 @@ class CheckpointKeeper:
   def restore(self) -> Optional[str]:
     return restore_latest(self.checkpoint, self.main_dir)
 
-  def save(self, step_tag: str):
-    path = self.manager.save(checkpoint_number=None)
+  def save(self):
+    path = self.manager.save()
     if not self.chief:
       shutil.rmtree(self.directory, ignore_errors=True)
     return path
@@ -209,8 +215,8 @@ def run_phase(*, name, strategy, loop, iterator, step_of: Callable[[], int],
       on_summary(step)
     if checkpoint_every and step // checkpoint_every > last_ckpt and step < total:
       last_ckpt = step // checkpoint_every
-      keeper.save(f"{name}-{step}")
-  keeper.save(f"{name}-{step}")
+      keeper.save()
+  keeper.save()
   if writer is not None:
     writer.flush()
   # The first call traces (and compiles); report the steady-state rate.
@@ -233,20 +239,33 @@ def write_config(config, workdir):
 
 
 def train(config, workdir: str, strategy=None) -> Dict[str, Dict]:
-  """Runs (or resumes) both phases; returns per-phase summaries."""
-  # --- setup
-  config_lib.validate(config)
+  """Runs (or resumes) both phases; returns per-phase summaries.
+
+  Problems found before the first step (a config field, the data, a
+  checkpoint that does not fit the model) raise SetupError naming the cause.
+  """
+  # --- setup, strategy, input, model and optimizers, restore
+  try:
+    config_lib.validate(config)
+    strategy = strategy or distribute.make_strategy(config.distribute)
+    source = pipeline.open_source(config.dataset, config.channels)
+    use_probe = bool(config.probe.enabled and source.has_label)
+    players = Players(config, strategy, probe=use_probe)
+    keeper = CheckpointKeeper(players.checkpoint, workdir, strategy,
+                              config.train.keep_checkpoints)
+    restored = keeper.restore()
+  except ValueError as e:
+    raise SetupError(str(e)) from e
   tf.io.gfile.makedirs(workdir)
-  strategy = strategy or distribute.make_strategy(config.distribute)
   chief = distribute.is_chief(strategy)
   if chief:
     write_config(config, workdir)
   logging.info("Strategy %s with %d replica(s).", type(strategy).__name__,
                strategy.num_replicas_in_sync)
-
-  # --- input
-  source = pipeline.open_source(config.dataset, config.channels)
-  use_probe = bool(config.probe.enabled and source.has_label)
+  if restored:
+    logging.info("Resumed from %s (autoencoder step %d, adversarial step %d).",
+                 restored, players.ae_step, players.adv_step)
+  model = players.model
 
   def dataset(global_batch, seed):
     return pipeline.distributed_dataset(
@@ -254,15 +273,6 @@ def train(config, workdir: str, strategy=None) -> Dict[str, Dict]:
         shuffle_buffer=config.dataset.shuffle_buffer, seed=seed,
         cache=config.dataset.cache)
 
-  # --- model, optimizers, restore
-  players = Players(config, strategy, probe=use_probe)
-  model = players.model
-  keeper = CheckpointKeeper(players.checkpoint, workdir, strategy,
-                            config.train.keep_checkpoints)
-  restored = keeper.restore()
-  if restored:
-    logging.info("Resumed from %s (autoencoder step %d, adversarial step %d).",
-                 restored, players.ae_step, players.adv_step)
   writer = (tf.summary.create_file_writer(os.path.join(workdir, TENSORBOARD_DIR))
             if chief else None)
   t = config.train

@@ -90,8 +90,11 @@ def test_changed_architecture_does_not_silently_resume(idx_dir, tmp_path):
   train_lib.train(c, workdir)
   c.discriminator.fc_units = 32
   c.spotter.steps = 8
-  with pytest.raises(ValueError, match="does not match"):
+  before = open(os.path.join(workdir, "config.json")).read()
+  with pytest.raises(train_lib.SetupError, match="does not match"):
     train_lib.train(c, workdir)
+  # The workdir's resolved config is not overwritten by the rejected one.
+  assert open(os.path.join(workdir, "config.json")).read() == before
 
 
 def test_unknown_dataset_fails_before_training(tmp_path):

@@ -29,7 +29,7 @@ def main(argv):
   del argv
   try:
     results = train_lib.train(_CONFIG.value, _WORKDIR.value)
-  except (DataUnavailableError, ValueError) as e:
+  except (DataUnavailableError, train_lib.SetupError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
