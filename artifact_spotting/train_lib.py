@@ -248,6 +248,12 @@ def train(config, workdir: str, strategy=None) -> Dict[str, Dict]:
   try:
     config_lib.validate(config)
     strategy = strategy or distribute.make_strategy(config.distribute)
+    if config.train.jit_compile and strategy.num_replicas_in_sync > 1:
+      raise ValueError(
+          "config.train.jit_compile=True works with one replica only: the step's "
+          "cross-replica batch norm and history updates do not compile with XLA "
+          f"under {type(strategy).__name__} ({strategy.num_replicas_in_sync} "
+          "replicas); set it to False")
     source = pipeline.open_source(config.dataset, config.channels)
     use_probe = bool(config.probe.enabled and source.has_label)
     players = Players(config, strategy, probe=use_probe)

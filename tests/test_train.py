@@ -201,3 +201,6 @@ def test_jit_compile_option_trains(idx_dir, tmp_path):
   results = train_lib.train(c, str(tmp_path / "xla"))
   assert results["spotter"]["steps"] == 2
   assert all(np.isfinite(v) for v in results["spotter"]["metrics"].values())
+  mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  with pytest.raises(train_lib.SetupError, match="jit_compile=True works with one replica"):
+    train_lib.train(c, str(tmp_path / "xla2"), strategy=mirrored)
