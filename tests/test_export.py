@@ -200,6 +200,7 @@ def _ft_config(idx_path):
   c.freeze_up_to = "conv3"
   c.batch_size = 8
   c.steps_per_epoch = 3
+  c.lock()  # as the binary's --config flag delivers it
   return c
 
 

@@ -48,7 +48,10 @@ def open_source(dataset_cfg, channels: int, split: Optional[str] = None,
 
 
 def _with_split(dataset_cfg, split):
-  cfg = dataset_cfg.copy_and_resolve_references()
+  """An unlocked copy of dataset_cfg with ``split`` set (configs from the
+  command line are locked and may not have the field)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  cfg = ml_collections.ConfigDict(dataset_cfg.to_dict())
   cfg.split = split
   return cfg
 
