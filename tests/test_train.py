@@ -18,19 +18,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _scalars(logdir):
-  """{tag: [(step, value), ...]} from the TensorBoard event files."""
-  from tensorboard.backend.event_processing import event_accumulator
-  acc = event_accumulator.EventAccumulator(logdir, size_guidance={"tensors": 0, "images": 0})
-  acc.Reload()
-  scalars, images = {}, {}
-  for tag in acc.Tags()["tensors"]:
-    events = acc.Tensors(tag)
-    values = [tf.make_ndarray(e.tensor_proto) for e in events]
-    if values[0].ndim == 0:
-      scalars[tag] = [(e.step, float(v)) for e, v in zip(events, values)]
-    else:
-      images[tag] = [(e.step, v) for e, v in zip(events, values)]
-  return scalars, images
+  """({tag: [(step, value)]}, {tag: [(step, image tensor)]}) from event files."""
+  from benchmarks.summarize_run import read_events
+  return read_events(logdir)
 
 
 def test_train_end_to_end_then_resume(idx_dir, tmp_path):
