@@ -28,7 +28,6 @@ import keras
 import ml_collections
 import tensorflow as tf
 
-from artifact_spotting import config as config_lib
 from artifact_spotting import train_lib
 from artifact_spotting.models.discriminator import Discriminator
 

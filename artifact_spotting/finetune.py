@@ -13,7 +13,6 @@ import json
 import os
 
 import keras
-import tensorflow as tf
 
 from artifact_spotting.data import pipeline
 from artifact_spotting.models.discriminator import FEATURE_NAMES, Discriminator

@@ -54,9 +54,8 @@ def masked_mse(target, prediction, keep_mask_up, global_rows):
 
 
 def mse(target, prediction, global_rows):
-  pixels = target.shape[1] * target.shape[2] * target.shape[3]
-  se = tf.square(tf.cast(target, tf.float32) - tf.cast(prediction, tf.float32))
-  return global_mean(se, tf.cast(global_rows, tf.float32) * pixels)
+  """Mean squared error over all pixels of the global batch."""
+  return masked_mse(target, prediction, 1.0, global_rows)
 
 
 def l2_penalty(variables):

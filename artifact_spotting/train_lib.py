@@ -28,13 +28,11 @@ from artifact_spotting.models.spotter import ArtifactSpotter
 from artifact_spotting.schedules import LinearDecay
 
 CHECKPOINT_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
 
 
 class SetupError(ValueError):
   """A config or workdir problem found before any training step ran."""
-
-
-TENSORBOARD_DIR = "tensorboard"
 
 
 # ------------------------------------------------------------------- pieces
@@ -171,7 +169,7 @@ def make_loop(strategy, step_fn: Callable, jit_compile: bool):
   return loop
 
 
-def run_phase(*, name, strategy, loop, iterator, step_of: Callable[[], int],
+def run_phase(*, name, loop, iterator, step_of: Callable[[], int],
               total: int, global_batch: int, log_every: int,
               checkpoint_every: int, keeper: CheckpointKeeper, writer,
               lr_of: Dict[str, Callable[[], float]],
@@ -291,7 +289,7 @@ def train(config, workdir: str, strategy=None) -> Dict[str, Dict]:
                         t.jit_compile)
     it = iter(dataset(ae_batch, config.seed))
     results["autoencoder"] = run_phase(
-        name="autoencoder", strategy=strategy, loop=ae_loop, iterator=it,
+        name="autoencoder", loop=ae_loop, iterator=it,
         step_of=lambda: players.ae_step, total=config.autoencoder.steps,
         global_batch=ae_batch, log_every=t.log_every,
         checkpoint_every=t.checkpoint_every, keeper=keeper, writer=writer,
@@ -322,7 +320,7 @@ def train(config, workdir: str, strategy=None) -> Dict[str, Dict]:
     if players.adv_step == 0:
       on_summary(0)
     results["spotter"] = run_phase(
-        name="spotter", strategy=strategy, loop=adv_loop, iterator=it,
+        name="spotter", loop=adv_loop, iterator=it,
         step_of=lambda: players.adv_step, total=config.spotter.steps,
         global_batch=adv_batch, log_every=t.log_every,
         checkpoint_every=t.checkpoint_every, keeper=keeper, writer=writer,

@@ -50,7 +50,6 @@ def machine():
 
 def run_variant(phase, jit):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # noqa: F401
   from artifact_spotting import train_lib
   from artifact_spotting.data import pipeline
   import importlib.util

@@ -1,7 +1,6 @@
 """Sources (IDX, tfds under mock_data, image folders) and preprocessing ops."""
 
 import gzip
-import os
 
 import ml_collections
 import numpy as np
@@ -53,7 +52,7 @@ def test_idx_pipeline_batches(idx_dir):
 
 def test_sharding_splits_examples_between_pipelines(idx_dir):
   cfg = ml_collections.ConfigDict(dict(
-      source="idx", path=idx_dir, split="t10k" if False else "test",
+      source="idx", path=idx_dir, split="test",
       auto_install=False, tfds_fallback=False, name="fashion_mnist"))
   src = pipeline.open_source(cfg, 1)
   seen = []

@@ -1,6 +1,5 @@
 """SavedModel / .keras export: fresh-process loading, signatures, errors."""
 
-import json
 import os
 import shutil
 import subprocess

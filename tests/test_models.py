@@ -11,7 +11,8 @@ from artifact_spotting import config as config_lib
 from artifact_spotting.models.autoencoder import Decoder, Encoder, NoiseGenerator
 from artifact_spotting.models.damage_repair import (Damage, RepairBlock,
                                                     sample_keep_mask, upsample_mask)
-from artifact_spotting.models.discriminator import Discriminator, LocalResponseNorm
+from artifact_spotting.models.blocks import LocalResponseNorm
+from artifact_spotting.models.discriminator import Discriminator
 from artifact_spotting.models.history import HistoryBuffer
 from artifact_spotting.models.spotter import ArtifactSpotter
 from conftest import tiny_config

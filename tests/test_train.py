@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from artifact_spotting import config as config_lib
 from artifact_spotting import train_lib
 from artifact_spotting.data.sources import idx_present, DEBIAN_FASHION_MNIST
 from conftest import tiny_idx_config

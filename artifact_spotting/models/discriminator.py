@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Dict, Sequence
 
 import keras
-import tensorflow as tf
 from keras import layers, ops
 
-from artifact_spotting.models.blocks import PACKAGE, ConvBlock, LocalResponseNorm  # noqa: F401
+from artifact_spotting.models.blocks import PACKAGE, ConvBlock
 
 FEATURE_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 NORMS = ("batch", "lrn", "none")
