@@ -12,6 +12,7 @@ from typing import Any, Dict
 import ml_collections
 
 DATASET_SOURCES = ("idx", "tfds", "image_folder")
+JIT_MODES = ("off", "on", "spotter")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 
 # Paper ablation rows (Jenni & Favaro 2018, Table 1) as config overrides.
@@ -97,6 +98,9 @@ def base_config() -> ml_collections.ConfigDict:
       decoder_widths=(128, 64, 32),
       steps=2000, batch_size=128, lr=3e-4,
       recon_weight=30.0, l2_weight=5e-5,
+      # A pretraining workdir whose finished autoencoder phase this run starts
+      # from (phase 1 is then skipped): one autoencoder, several spotter runs.
+      init_from="",
   ))
   c.spotter = ml_collections.ConfigDict(dict(
       drop_rate=0.7, fill="average",
@@ -115,7 +119,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.probe = ml_collections.ConfigDict(dict(enabled=True, num_classes=10, lr=1e-3))
   c.train = ml_collections.ConfigDict(dict(
       log_every=50, summary_every=500, checkpoint_every=1000,
-      keep_checkpoints=3, jit_compile=False, montage_size=8))
+      # XLA: "off" | "on" (both phases) | "spotter" (the adversarial phase only;
+      # on CPU faster for that phase, slower for the autoencoder's).
+      keep_checkpoints=3, jit_compile="off", montage_size=8))
   c.distribute = ml_collections.ConfigDict(dict(strategy="default", devices=(), tpu=""))
   return c
 
@@ -179,6 +185,9 @@ def validate(config):
     sub = config[key]
     if sub.batch_size <= 0 or sub.steps < 0:
       raise ValueError(f"config.{key}.batch_size and .steps must be positive")
+  if config.train.jit_compile not in JIT_MODES:
+    raise ValueError(f"config.train.jit_compile={config.train.jit_compile!r} must "
+                     f"be one of {JIT_MODES}")
   if config.channels not in (1, 3):
     raise ValueError(f"config.channels={config.channels} must be 1 or 3")
   return config

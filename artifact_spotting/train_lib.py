@@ -100,6 +100,51 @@ def restore_latest(checkpoint, directory) -> Optional[str]:
   return latest
 
 
+AUTOENCODER_FIELDS = ("stem_filters", "widths", "kernel_size", "decoder_widths")
+
+
+def init_autoencoder(players: Players, config):
+  """Starts phase 2 from another workdir's finished autoencoder.
+
+  Restores the encoder and decoder (weights and batch norm statistics) from the
+  newest checkpoint of ``config.autoencoder.init_from`` and marks phase 1 as
+  done. Raises ValueError naming the problem when that workdir has no
+  checkpoint, a different autoencoder, or an unfinished phase 1.
+  """
+  source = config.autoencoder.init_from
+  latest = tf.train.latest_checkpoint(os.path.join(source, CHECKPOINT_DIR))
+  if latest is None:
+    raise ValueError(f"config.autoencoder.init_from={source!r} holds no checkpoint "
+                     f"(expected {os.path.join(source, CHECKPOINT_DIR)})")
+  with tf.io.gfile.GFile(os.path.join(source, "config.json")) as f:
+    theirs = json.load(f)
+  ours = config.to_dict()
+  for key in AUTOENCODER_FIELDS + ("resolution", "channels"):
+    mine = ours["autoencoder"].get(key, ours.get(key))
+    other = theirs["autoencoder"].get(key, theirs.get(key))
+    if json.loads(json.dumps(mine)) != other:
+      raise ValueError(
+          f"config.autoencoder.init_from={source!r} has {key}={other}, this "
+          f"config {key}={mine}; the autoencoders must match")
+  # Keras 3 optimizers track their step counter as `_iterations`.
+  steps = int(tf.train.load_variable(
+      latest, "ae_optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"))
+  done = int(theirs["autoencoder"]["steps"])
+  if steps < done:
+    raise ValueError(
+        f"config.autoencoder.init_from={source!r}: its autoencoder phase is "
+        f"unfinished ({steps}/{done} steps); finish it first")
+  model = players.model
+  status = tf.train.Checkpoint(
+      model=tf.train.Checkpoint(encoder=model.encoder, decoder=model.decoder),
+  ).restore(latest)
+  status.expect_partial()
+  status.assert_existing_objects_matched()
+  players.ae_opt.iterations.assign(config.autoencoder.steps)
+  logging.info("Autoencoder from %s (%d steps); phase 1 skipped.", latest, steps)
+  return latest
+
+
 class CheckpointKeeper:
   """Periodic/final checkpoints in workdir/checkpoints; only the chief keeps
   them (other workers write to a scratch dir that is removed again)."""
@@ -246,18 +291,21 @@ def train(config, workdir: str, strategy=None) -> Dict[str, Dict]:
   try:
     config_lib.validate(config)
     strategy = strategy or distribute.make_strategy(config.distribute)
-    if config.train.jit_compile and strategy.num_replicas_in_sync > 1:
+    if config.train.jit_compile != "off" and strategy.num_replicas_in_sync > 1:
       raise ValueError(
-          "config.train.jit_compile=True works with one replica only: the step's "
+          f"config.train.jit_compile={config.train.jit_compile!r} works with one "
+          "replica only: the step's "
           "cross-replica batch norm and history updates do not compile with XLA "
           f"under {type(strategy).__name__} ({strategy.num_replicas_in_sync} "
-          "replicas); set it to False")
+          "replicas); set it to \"off\"")
     source = pipeline.open_source(config.dataset, config.channels)
     use_probe = bool(config.probe.enabled and source.has_label)
     players = Players(config, strategy, probe=use_probe)
     keeper = CheckpointKeeper(players.checkpoint, workdir, strategy,
                               config.train.keep_checkpoints)
     restored = keeper.restore()
+    if restored is None and config.autoencoder.init_from:
+      init_autoencoder(players, config)
   except ValueError as e:
     raise SetupError(str(e)) from e
   tf.io.gfile.makedirs(workdir)
@@ -286,7 +334,7 @@ def train(config, workdir: str, strategy=None) -> Dict[str, Dict]:
   ae_batch = config.autoencoder.batch_size
   if players.ae_step < config.autoencoder.steps:
     ae_loop = make_loop(strategy, lambda b: model.autoencoder_step(b, players.ae_opt),
-                        t.jit_compile)
+                        t.jit_compile == "on")
     it = iter(dataset(ae_batch, config.seed))
     results["autoencoder"] = run_phase(
         name="autoencoder", loop=ae_loop, iterator=it,
@@ -315,7 +363,7 @@ def train(config, workdir: str, strategy=None) -> Dict[str, Dict]:
     adv_loop = make_loop(
         strategy,
         lambda b: model.adversarial_step(b, players.c_opt, players.r_opt, probe_opt),
-        t.jit_compile)
+        t.jit_compile != "off")
     it = iter(dataset(adv_batch, config.seed + 1))
     if players.adv_step == 0:
       on_summary(0)

@@ -184,12 +184,12 @@ def test_binary_reports_bad_config_field(tmp_path):
 
 def test_jit_compile_option_trains(idx_dir, tmp_path):
   c = tiny_idx_config(idx_dir)
-  c.train.jit_compile = True
+  c.train.jit_compile = "on"
   c.autoencoder.steps = 2
   c.spotter.steps = 2
   results = train_lib.train(c, str(tmp_path / "xla"))
   assert results["spotter"]["steps"] == 2
   assert all(np.isfinite(v) for v in results["spotter"]["metrics"].values())
   mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-  with pytest.raises(train_lib.SetupError, match="jit_compile=True works with one replica"):
+  with pytest.raises(train_lib.SetupError, match="jit_compile='on' works with one replica"):
     train_lib.train(c, str(tmp_path / "xla2"), strategy=mirrored)
