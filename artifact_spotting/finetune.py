@@ -4,7 +4,8 @@ The backbone comes from a pretraining workdir, an export version folder or a
 ``discriminator.keras`` file; conv1..``freeze_up_to`` stay frozen (their batch
 norms in inference mode), a dropout + dense head on flattened conv5 is trained.
 Callbacks: ModelCheckpoint (best by validation accuracy), TensorBoard,
-EarlyStopping and BackupAndRestore (a rerun resumes an interrupted fit).
+EarlyStopping and BackupAndRestore (a rerun resumes an interrupted fit). The
+model after the last epoch is saved as ``final.keras``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,19 @@ from artifact_spotting.data import pipeline
 from artifact_spotting.models.discriminator import FEATURE_NAMES, Discriminator
 
 
-def load_backbone(init: str) -> keras.Model:
-  """A functional model images -> discriminator outputs, from ``init``."""
+def load_backbone(init: str, seed: int = 0) -> keras.Model:
+  """A functional model images -> discriminator outputs, from ``init``:
+  a ``.keras`` file, an export folder, a pretraining workdir, or
+  ``random:<pretraining config or workdir>`` (fresh weights, e.g. for the
+  supervised upper bound)."""
+  from artifact_spotting import evaluation  # pylint: disable=g-import-not-at-top
   from artifact_spotting import export as export_lib  # pylint: disable=g-import-not-at-top
+  if init.startswith("random:"):
+    pretrain = evaluation.load_pretrain_config(init[len("random:"):])
+    disc = evaluation.random_discriminator(pretrain, seed)
+    inputs = keras.Input((pretrain.resolution, pretrain.resolution,
+                          pretrain.channels), name="images")
+    return keras.Model(inputs, disc(inputs), name="random_discriminator")
   if init.endswith(".keras"):
     if not os.path.exists(init):
       raise FileNotFoundError(f"--init {init} does not exist")
@@ -33,7 +44,15 @@ def load_backbone(init: str) -> keras.Model:
 
 
 def discriminator_of(backbone: keras.Model) -> Discriminator:
-  found = [l for l in backbone.layers if isinstance(l, Discriminator)]
+  """The Discriminator inside a backbone or a fine-tuned model (nested models
+  are searched)."""
+  found, stack = [], list(backbone.layers)
+  while stack:
+    layer = stack.pop()
+    if isinstance(layer, Discriminator):
+      found.append(layer)
+    elif isinstance(layer, keras.Model):
+      stack.extend(layer.layers)
   if len(found) != 1:
     raise ValueError("the backbone model holds no artifact_spotting Discriminator")
   return found[0]
@@ -64,10 +83,61 @@ def _supervised(ds):
   return ds.map(lambda ex: (ex["image"], ex["label"]))
 
 
+@keras.saving.register_keras_serializable("artifact_spotting")
+def masked_binary_crossentropy(y_true, logits):
+  """Multi-label loss; targets 1 / 0 / -1, where -1 ("difficult") is ignored."""
+  y_true = keras.ops.cast(y_true, logits.dtype)
+  mask = keras.ops.cast(y_true >= 0, logits.dtype)
+  per = keras.ops.binary_crossentropy(keras.ops.clip(y_true, 0, 1), logits,
+                                      from_logits=True)
+  return keras.ops.sum(per * mask, -1) / keras.ops.maximum(keras.ops.sum(mask, -1), 1.0)
+
+
+def fold_filter(source, indices):
+  """Keeps only the training images at ``indices`` (an STL-10 fold)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  wanted = np.unique(np.asarray(indices, np.int64))
+  table = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(wanted, tf.ones_like(wanted, tf.int32)), 0)
+  source.dataset = source.dataset.enumerate().filter(
+      lambda i, ex: table.lookup(i) > 0).map(lambda i, ex: ex)
+  return source
+
+
 def finetune(config, init: str, workdir: str):
+  """Fine-tunes once, or on every fold (``config.fold == "all"``: one run per
+  fold in workdir/fold_<i>, mean and std in workdir/finetune_results.json)."""
+  fold = config.get("fold", None)
+  if fold is None or fold == "":
+    return finetune_one(config, init, workdir, None)
+  from artifact_spotting import evaluation  # pylint: disable=g-import-not-at-top
+  folds = evaluation.read_fold_indices(config.fold_file)
+  chosen = range(len(folds)) if fold == "all" else [int(fold)]
+  results = []
+  for f in chosen:
+    if not 0 <= f < len(folds):
+      raise ValueError(f"config.fold={f} is outside the {len(folds)} folds of "
+                       f"{config.fold_file}")
+    _, r = finetune_one(config, init, os.path.join(workdir, f"fold_{f}"), folds[f])
+    results.append(r)
+  key = "eval_map" if config.get("multilabel", False) else "eval_accuracy"
+  values = [r[key] for r in results]
+  mean = sum(values) / len(values)
+  summary = {"folds": list(chosen), key + "_per_fold": values, key + "_mean": mean,
+             key + "_std": (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5,
+             key: mean, "freeze_up_to": config.freeze_up_to, "init": init,
+             "epochs_run": max(r["epochs_run"] for r in results)}
+  with open(os.path.join(workdir, "finetune_results.json"), "w") as fh:
+    json.dump(summary, fh, indent=2)
+  return None, summary
+
+
+def finetune_one(config, init: str, workdir: str, fold_indices=None):
   os.makedirs(workdir, exist_ok=True)
   keras.utils.set_random_seed(config.seed)
-  backbone = load_backbone(init)
+  multilabel = bool(config.get("multilabel", False))
+  backbone = load_backbone(init, config.seed)
   model = build_classifier(backbone, config.num_classes, config.freeze_up_to,
                            config.head_dropout)
   train_src = pipeline.open_source(config.dataset, config.channels,
@@ -77,6 +147,8 @@ def finetune(config, init: str, workdir: str):
   if not train_src.has_label:
     raise ValueError(f"config.dataset {config.dataset.name}:"
                      f"{config.dataset.train_split} has no labels to fine-tune on")
+  if fold_indices is not None:
+    fold_filter(train_src, fold_indices)
   train = _supervised(pipeline.make_dataset(
       train_src, config.pp_train, config.batch_size, training=True,
       shuffle_buffer=config.dataset.shuffle_buffer, seed=config.seed,
@@ -84,25 +156,50 @@ def finetune(config, init: str, workdir: str):
   evaluation = _supervised(pipeline.make_dataset(
       eval_src, config.pp_eval, config.batch_size, training=False,
       drop_remainder=False))
-  model.compile(optimizer=keras.optimizers.Adam(config.lr),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                metrics=["accuracy"])
+  if multilabel:
+    model.compile(optimizer=keras.optimizers.Adam(config.lr),
+                  loss=masked_binary_crossentropy)
+    monitor, mode = "val_loss", "min"
+  else:
+    model.compile(optimizer=keras.optimizers.Adam(config.lr),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    monitor, mode = "val_accuracy", "max"
   callbacks = [
       keras.callbacks.ModelCheckpoint(os.path.join(workdir, "best.keras"),
-                                      monitor="val_accuracy", save_best_only=True),
+                                      monitor=monitor, mode=mode,
+                                      save_best_only=True),
       keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
-      keras.callbacks.EarlyStopping(monitor="val_accuracy",
-                                    patience=config.early_stopping_patience,
-                                    restore_best_weights=True),
       keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
   ]
+  if config.early_stopping_patience:  # 0: off (e.g. when eval_split is test)
+    callbacks.append(keras.callbacks.EarlyStopping(
+        monitor=monitor, mode=mode, patience=config.early_stopping_patience,
+        restore_best_weights=True))
   history = model.fit(train, validation_data=evaluation, epochs=config.epochs,
                       steps_per_epoch=config.steps_per_epoch or None,
                       callbacks=callbacks, verbose=2)
-  loss, accuracy = model.evaluate(evaluation, verbose=0)
+  model.save(os.path.join(workdir, "final.keras"))
   result = {"init": init, "freeze_up_to": config.freeze_up_to,
-            "eval_split": config.dataset.eval_split, "eval_accuracy": float(accuracy),
-            "eval_loss": float(loss), "epochs_run": len(history.history["loss"])}
+            "eval_split": config.dataset.eval_split,
+            "epochs_run": len(history.history["loss"])}
+  if multilabel:
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from artifact_spotting.evaluation import voc07_map  # pylint: disable=g-import-not-at-top
+    scores, labels = [], []
+    for images, y in evaluation:
+      scores.append(model(images, training=False).numpy())
+      labels.append(y.numpy())
+    scores, labels = np.concatenate(scores), np.concatenate(labels)
+    present = [c for c in range(labels.shape[1]) if (labels[:, c] == 1).any()]
+    ap = voc07_map(scores[:, present], labels[:, present] == 1,
+                   labels[:, present] == -1)
+    result.update(eval_map=ap["map"], eval_ap={int(c): a for c, a in zip(present, ap["ap"])},
+                  classes_without_positives=[c for c in range(labels.shape[1])
+                                             if c not in present])
+  else:
+    loss, accuracy = model.evaluate(evaluation, verbose=0)
+    result.update(eval_accuracy=float(accuracy), eval_loss=float(loss))
   with open(os.path.join(workdir, "finetune_results.json"), "w") as f:
     json.dump(result, f, indent=2)
   return model, result

@@ -16,6 +16,7 @@ run the same command again. Each training run is its own process (its log is
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import subprocess
@@ -28,7 +29,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("root", "/tmp/as_quality", "Working folder (resumable).")
 flags.DEFINE_string("out", "results/quality_fashion_mnist", "Output path prefix.")
 flags.DEFINE_integer("ae_steps", 1000, "Autoencoder steps (shared by all rows).")
-flags.DEFINE_integer("spotter_steps", 400, "Adversarial steps per ablation row "
+flags.DEFINE_integer("spotter_steps", 700, "Adversarial steps per ablation row "
                      "(the common budget).")
 flags.DEFINE_list("ablations", ["full", "a", "g", "k", "l"],
                   "Ablation rows to train; 'full' is ours.")
@@ -99,6 +100,298 @@ def stage_pretrain(root):
          ("train.checkpoint_every", 100)]), wd, root)
 
 
+def stage_supervised(root):
+  wd = os.path.join(root, "supervised")
+  train_once("supervised", [
+      sys.executable, "-m", "trainers.finetune",
+      f"--config=configs/finetune/fashion_mnist.py:supervised,epochs={FLAGS.supervised_epochs}",
+      f"--init=random:{CONFIG}", f"--workdir={wd}"], wd, root)
+
+
+def models(root):
+  """name -> (linear_eval flags, config argument, file that must exist first).
+
+  Ablation rows and random seeds other than 0 get the folds protocol only;
+  ours and the baselines also get the full-label probe."""
+  out = {}
+  for row in FLAGS.ablations:
+    name = "ours" if row == "full" else f"ablation_{row}"
+    wd = ablation_dir(root, row)
+    out[name] = ([f"--workdir={wd}"], "" if row == "full" else ":folds_only",
+                 done_marker(wd))
+  for seed in range(FLAGS.random_seeds):
+    out[f"random_seed{seed}"] = (
+        ["--features=random", f"--pretrain_config={CONFIG}", f"--seed={seed}"],
+        "" if seed == 0 else ":folds_only", None)
+  out["autoencoder"] = (["--features=autoencoder",
+                         f"--workdir={autoencoder_dir(root)}"], "",
+                        done_marker(autoencoder_dir(root)))
+  out["pixels"] = (["--features=pixels"], "", None)
+  keras_file = os.path.join(root, "supervised", "final.keras")
+  out["supervised"] = (["--features=keras", f"--keras_file={keras_file}"], "",
+                       done_marker(os.path.join(root, "supervised")))
+  return out
+
+
+def eval_path(root, name):
+  return os.path.join(root, "eval", name, "eval_results.json")
+
+
+def stage_evaluate(root):
+  for name, (flags_, arg, needs) in models(root).items():
+    path = eval_path(root, name)
+    if os.path.exists(path):
+      log(f"eval {name}: done already")
+      continue
+    if needs and not os.path.exists(needs):
+      log(f"eval {name}: skipped, its training has not finished ({needs})")
+      continue
+    run_logged(f"eval_{name}", [
+        sys.executable, "-m", "trainers.linear_eval",
+        f"--config={EVAL_CONFIG}{arg}", f"--output={os.path.dirname(path)}"]
+        + flags_, root)
+
+
+# ------------------------------------------------------------------ report
+def load_results(root):
+  out = {}
+  for name in models(root):
+    path = eval_path(root, name)
+    if os.path.exists(path):
+      with open(path) as f:
+        out[name] = json.load(f)
+  return out
+
+
+def per_layer(result):
+  """{layer: {mean, std, knn_mean, knn_std, full}} of one linear_eval result."""
+  table = {}
+  for layer, r in result.get("folds", {}).items():
+    table[layer] = {"mean": r["linear"]["mean"], "std": r["linear"]["std"],
+                    "knn_mean": r["knn"]["mean"], "knn_std": r["knn"]["std"],
+                    "dims": r["dims"]}
+    if "full" in result:
+      table[layer]["full"] = result["full"]["accuracy"][layer]
+  return table
+
+
+def combine_seeds(tables):
+  """The 'random' model: per layer, mean over seeds of the fold means; std
+  over every (seed, fold) accuracy; plus the best seed."""
+  out = {}
+  for layer in tables[0][1]:
+    accs = [a for _, t, r in tables for a in r["folds"][layer]["linear"]["per_fold"]]
+    knns = [a for _, t, r in tables for a in r["folds"][layer]["knn"]["per_fold"]]
+    means = [t[layer]["mean"] for _, t, _ in tables]
+    out[layer] = {"mean": sum(means) / len(means),
+                  "std": float(_std(accs)), "knn_mean": sum(knns) / len(knns),
+                  "knn_std": float(_std(knns)), "best_seed_mean": max(means),
+                  "best_seed_std": tables[means.index(max(means))][1][layer]["std"],
+                  "dims": tables[0][1][layer]["dims"]}
+    full = [t[layer].get("full") for _, t, _ in tables if "full" in t[layer]]
+    if full:
+      out[layer]["full"] = full[0]
+  return out
+
+
+def _std(values):
+  m = sum(values) / len(values)
+  return (sum((v - m) ** 2 for v in values) / len(values)) ** 0.5
+
+
+def best(table):
+  layer = max(table, key=lambda k: table[k]["mean"])
+  return layer, table[layer]
+
+
+def build_report(root):
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from benchmarks.pretrain_speed import machine  # pylint: disable=g-import-not-at-top
+  results = load_results(root)
+  missing = [n for n in models(root) if n not in results]
+  if missing:
+    raise RuntimeError(f"evaluations missing for {missing}; run the evaluate stage")
+  tables = {n: per_layer(r) for n, r in results.items()}
+  seeds = [(n, tables[n], results[n]) for n in sorted(tables) if n.startswith("random_seed")]
+  report_models = {"ours": tables["ours"], "random": combine_seeds(seeds),
+                   "autoencoder": tables["autoencoder"], "pixels": tables["pixels"],
+                   "supervised": tables["supervised"]}
+  for n, t, _ in seeds:
+    report_models[n] = t
+  layer, ours = best(tables["ours"])
+  rand = report_models["random"][layer]
+  sup = tables["supervised"][layer]
+  ae_layer, ae = best(tables["autoencoder"])
+  gap = (ours["mean"] - rand["mean"]) / max(sup["mean"] - rand["mean"], 1e-9)
+  margin_random = (ours["mean"] - rand["best_seed_mean"]) / max(ours["std"], rand["best_seed_std"])
+  margin_ae = (ours["mean"] - ae["mean"]) / max(ours["std"], ae["std"])
+  ablations = {}
+  for row in FLAGS.ablations:
+    name = "ours" if row == "full" else f"ablation_{row}"
+    l, r = best(tables[name])
+    ablations[row] = {"best_layer": l, "mean": r["mean"], "std": r["std"],
+                      f"at_{layer}": tables[name][layer]["mean"],
+                      f"at_{layer}_std": tables[name][layer]["std"]}
+  for row, r in ablations.items():
+    if row != "full":
+      r["below_full_in_stds"] = (ablations["full"]["mean"] - r["mean"]) / max(
+          ablations["full"]["std"], r["std"])
+  with open(os.path.join(ablation_dir(root, "full"), "config.json")) as f:
+    pre = json.load(f)
+  report = {
+      "machine": machine(),
+      "date": time.strftime("%Y-%m-%d"),
+      "budget": {
+          "autoencoder_steps": FLAGS.ae_steps,
+          "autoencoder_batch": pre["autoencoder"]["batch_size"],
+          "spotter_steps": FLAGS.spotter_steps,
+          "spotter_batch": pre["spotter"]["batch_size"],
+          "supervised_epochs": FLAGS.supervised_epochs,
+          "resolution": pre["resolution"],
+          "train_seconds": _train_seconds(root),
+      },
+      "protocol": results["ours"]["folds_setup"],
+      "best_layer": layer, "gap_closure": gap,
+      "margin_over_best_random_seed_in_stds": margin_random,
+      "margin_over_autoencoder_in_stds": margin_ae,
+      "autoencoder_best_layer": ae_layer,
+      "targets": {
+          "beats_random_and_autoencoder_by_3_std": bool(margin_random > 3 and margin_ae > 3),
+          "gap_closure_at_least_0.5": bool(gap >= 0.5),
+          "k_and_l_clearly_below_full": bool(all(
+              ablations[r]["below_full_in_stds"] > 3 for r in ("k", "l") if r in ablations)),
+      },
+      "models": report_models,
+      "ablations": ablations,
+  }
+  return report
+
+
+def _train_seconds(root):
+  out = {}
+  for path in sorted(glob.glob(os.path.join(root, "**", "train_done.json"), recursive=True)):
+    with open(path) as f:
+      out[os.path.relpath(os.path.dirname(path), root)] = round(json.load(f)["seconds_last_run"])
+  return out
+
+
+def write_markdown(report, path):
+  r = report
+  b = r["budget"]
+  m = r["machine"]
+  lines = [
+      "# Feature quality on Fashion-MNIST (folds protocol)", "",
+      f"Machine: {m['cpu']}, {m['cores']} cores, {m['gpus']} GPUs, TensorFlow "
+      f"{m['tensorflow']}; {r['date']}. Reproduce: `python -m benchmarks.quality` "
+      "(resumable; see its docstring).", "",
+      f"Budget: autoencoder {b['autoencoder_steps']} steps x {b['autoencoder_batch']}, "
+      f"spotter {b['spotter_steps']} steps x {b['spotter_batch']} per ablation row "
+      f"(shared autoencoder), {b['resolution']}x{b['resolution']} grayscale; "
+      f"supervised bound {b['supervised_epochs']} epochs on all 60k labels. "
+      f"Training seconds: {b['train_seconds']}.", "",
+      f"Protocol: {r['protocol']['num_folds']} seeded disjoint folds of "
+      f"{r['protocol']['fold_size']} labelled training images (100 per class), "
+      f"ridge classifier on standardized, average-pooled (~9k dims) frozen "
+      f"features, penalty chosen on {r['protocol']['validation_size']} training "
+      f"images in no fold, tested on {r['protocol']['test_images']} test images; "
+      "mean +- std over folds. kNN: cosine, k=20, T=0.07, fold as memory bank. "
+      "Full: softmax probe on all 60k labels (2 epochs).", "",
+      "## Targets", "",
+      f"- best layer of ours: **{r['best_layer']}**; gap closure "
+      f"(ours - random) / (supervised - random) there: **{r['gap_closure']:.2f}** "
+      f"(target >= 0.5: {'met' if r['targets']['gap_closure_at_least_0.5'] else 'MISSED'})",
+      f"- margin over the best random seed: {r['margin_over_best_random_seed_in_stds']:.1f} "
+      f"fold stds; over the autoencoder's best layer ({r['autoencoder_best_layer']}): "
+      f"{r['margin_over_autoencoder_in_stds']:.1f} (target > 3 for both: "
+      f"{'met' if r['targets']['beats_random_and_autoencoder_by_3_std'] else 'MISSED'})",
+      f"- ablations (k) and (l) more than 3 stds below full: "
+      f"{'met' if r['targets']['k_and_l_clearly_below_full'] else 'MISSED'}", "",
+      "## Linear (folds) accuracy per layer, mean +- std", "",
+  ]
+  def cell(t, layer, key="mean", std="std"):
+    return f"{t[layer][key]:.4f} +- {t[layer][std]:.4f}" if layer in t else ""
+  conv = ["conv1", "conv2", "conv3", "conv4", "conv5"]
+  lines += ["| model | " + " | ".join(conv) + " |", "|---" * 6 + "|"]
+  for name in ("ours", "random", "supervised") + tuple(
+      n for n in r["models"] if n.startswith("random_seed")):
+    lines.append(f"| {name} | " + " | ".join(cell(r["models"][name], l) for l in conv) + " |")
+  for name in ("autoencoder", "pixels"):
+    t = r["models"][name]
+    lines.append(f"| {name} | " + ", ".join(
+        f"{l}: {t[l]['mean']:.4f} +- {t[l]['std']:.4f}" for l in t) + " |||||")
+  lines += ["", "## kNN (folds) accuracy per layer", "",
+            "| model | " + " | ".join(conv) + " |", "|---" * 6 + "|"]
+  for name in ("ours", "random", "supervised"):
+    lines.append(f"| {name} | " + " | ".join(
+        cell(r["models"][name], l, "knn_mean", "knn_std") for l in conv) + " |")
+  for name in ("autoencoder", "pixels"):
+    t = r["models"][name]
+    lines.append(f"| {name} | " + ", ".join(
+        f"{l}: {t[l]['knn_mean']:.4f}" for l in t) + " |||||")
+  lines += ["", "## Full-label probe (60k labels) test accuracy", "",
+            "| model | layers |", "|---|---|"]
+  for name in ("ours", "random", "autoencoder", "pixels", "supervised"):
+    t = r["models"][name]
+    lines.append(f"| {name} | " + ", ".join(
+        f"{l}: {t[l]['full']:.4f}" for l in t if "full" in t[l]) + " |")
+  lines += ["", "## Ablations (same budget, folds protocol)", "",
+            f"| row | best layer | best mean +- std | at {r['best_layer']} | below full (stds) |",
+            "|---|---|---|---|---|"]
+  for row, a in r["ablations"].items():
+    lines.append(f"| {row} | {a['best_layer']} | {a['mean']:.4f} +- {a['std']:.4f} | "
+                 f"{a['at_' + r['best_layer']]:.4f} | "
+                 f"{a.get('below_full_in_stds', 0):.1f} |")
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+
+
+def plot(report, path):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for name in ("ours", "random", "autoencoder", "pixels", "supervised") + tuple(
+      f"ablation_{r}" for r in report["ablations"] if r != "full"):
+    t = report["models"].get(name) or {}
+    if name.startswith("ablation_"):
+      row = name.split("_", 1)[1]
+      t = report["ablation_tables"][row]
+    layers = list(t)
+    x = range(1, len(layers) + 1)
+    y = [t[l]["mean"] for l in layers]
+    e = [t[l]["std"] for l in layers]
+    style = "--" if name.startswith("ablation_") else "-"
+    if len(layers) == 1:
+      ax.axhline(y[0], linestyle=":", color="gray", label=f"{name} ({layers[0]})")
+    else:
+      ax.errorbar(x, y, yerr=e, linestyle=style, marker="o", capsize=3,
+                  label=name if name != "autoencoder" else "autoencoder (stem, stage1-3)")
+  ax.set_xticks(range(1, 6))
+  ax.set_xticklabels(["conv1", "conv2", "conv3", "conv4", "conv5"])
+  ax.set_xlabel("layer (autoencoder: stem, stage1..3)")
+  ax.set_ylabel("folds-protocol test accuracy")
+  ax.set_title("Fashion-MNIST, 1,000 labels per fold, frozen features")
+  ax.legend(fontsize=7, loc="lower left")
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def stage_report(root, out):
+  report = build_report(root)
+  results = load_results(root)
+  report["ablation_tables"] = {
+      row: per_layer(results["ours" if row == "full" else f"ablation_{row}"])
+      for row in FLAGS.ablations}
+  os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+  with open(out + ".json", "w") as f:
+    json.dump(report, f, indent=2, sort_keys=True)
+  write_markdown(report, out + ".md")
+  plot(report, out + ".png")
+  log(f"wrote {out}.json/.md/.png: best layer {report['best_layer']}, gap "
+      f"closure {report['gap_closure']:.2f}, targets {report['targets']}")
+
+
 def main(argv):
   del argv
   os.makedirs(FLAGS.root, exist_ok=True)
@@ -106,6 +399,12 @@ def main(argv):
   t0 = time.time()
   if "pretrain" in stages:
     stage_pretrain(FLAGS.root)
+  if "supervised" in stages:
+    stage_supervised(FLAGS.root)
+  if "evaluate" in stages:
+    stage_evaluate(FLAGS.root)
+  if "report" in stages:
+    stage_report(FLAGS.root, FLAGS.out)
   log(f"stages {stages} finished in {time.time() - t0:.0f} s")
 
 

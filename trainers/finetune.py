@@ -32,7 +32,10 @@ def main(argv):
   except (DataUnavailableError, ExportError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  print(f"eval accuracy {result['eval_accuracy']:.4f} "
+  metric = "eval_map" if "eval_map" in result else "eval_accuracy"
+  spread = (f" +- {result[metric + '_std']:.4f} over {len(result['folds'])} folds"
+            if metric + "_std" in result else "")
+  print(f"{metric.replace('_', ' ')} {result[metric]:.4f}{spread} "
         f"({result['epochs_run']} epochs, frozen up to {result['freeze_up_to']})")
 
 

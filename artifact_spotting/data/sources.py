@@ -151,10 +151,24 @@ def tfds_source(dataset_cfg, split: str, shuffle_files: bool):
   # stl10's "unlabelled" split carries label -1 everywhere.
   if split.startswith("unlabelled"):
     has_label = False
+  # VOC-style multi-label data: "labels" (every object) and
+  # "labels_no_difficult". As in the VOC 2007 classification devkit, a class
+  # is positive (1) when a non-difficult object shows it, "difficult" (-1,
+  # ignored by losses and AP) when only difficult ones do, else negative (0).
+  multilabel = not has_label and {"labels", "labels_no_difficult"} <= set(info.features)
+  if multilabel:
+    has_label = True
+    num_classes = info.features["labels"].feature.num_classes
 
   def to_features(ex):
     out = {"image": ex["image"]}
-    if has_label:
+    if multilabel:
+      hot = lambda l: tf.minimum(tf.reduce_sum(
+          tf.one_hot(tf.cast(l, tf.int32), num_classes), 0), 1.0)
+      any_object = hot(ex["labels"])
+      clear = hot(ex["labels_no_difficult"])
+      out["label"] = clear - (any_object - clear)  # 1 / 0 / -1
+    elif has_label:
       out["label"] = tf.cast(ex["label"], tf.int64)
     return out
   return ds.map(to_features, num_parallel_calls=tf.data.AUTOTUNE), has_label

@@ -5,6 +5,12 @@ r"""Fine-tune a pretrained discriminator on Fashion-MNIST labels (offline).
 
 ``--init`` is a pretraining workdir, an export version folder, or a
 ``discriminator.keras`` file. ``:smoke`` shrinks it to seconds.
+
+``:supervised`` trains the whole discriminator from scratch on all labels (the
+upper bound of benchmarks/quality.py):
+
+  python -m trainers.finetune --config=configs/finetune/fashion_mnist.py:supervised \
+      --init=random:configs/fashion_mnist.py --workdir=/tmp/as_supervised
 """
 
 import ml_collections
@@ -31,6 +37,9 @@ def get_config(arg: str = ""):
   c.batch_size = 128
   c.lr = 1e-3
   c.early_stopping_patience = 3
+  if args.get("supervised"):
+    c.freeze_up_to = "none"
+    c.epochs = int(args.get("epochs", 2))
   if args.get("smoke"):
     c.epochs, c.steps_per_epoch, c.batch_size = 2, 5, 32
   return c
