@@ -412,8 +412,10 @@ def voc07_average_precision(scores: np.ndarray, labels: np.ndarray,
   recall = tp / positives
   precision = tp / np.maximum(tp + fp, 1e-12)
   ap = 0.0
-  for t in np.linspace(0, 1, 11):
-    above = precision[recall >= t]
+  # Thresholds k/10 with a tolerance, so a recall of exactly 3/10 counts for
+  # t = 0.3 (np.arange(0, 1.1, 0.1)[3] is 0.30000000000000004).
+  for t in np.arange(11) / 10:
+    above = precision[recall >= t - 1e-12]
     ap += (above.max() if above.size else 0.0) / 11
   return float(ap)
 

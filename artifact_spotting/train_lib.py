@@ -129,11 +129,12 @@ def init_autoencoder(players: Players, config):
   # Keras 3 optimizers track their step counter as `_iterations`.
   steps = int(tf.train.load_variable(
       latest, "ae_optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"))
-  done = int(theirs["autoencoder"]["steps"])
+  done = max(int(theirs["autoencoder"]["steps"]), int(config.autoencoder.steps))
   if steps < done:
     raise ValueError(
-        f"config.autoencoder.init_from={source!r}: its autoencoder phase is "
-        f"unfinished ({steps}/{done} steps); finish it first")
+        f"config.autoencoder.init_from={source!r}: its autoencoder has {steps} "
+        f"steps, fewer than {done} (its own config's or this config's "
+        f"autoencoder.steps); finish it first")
   model = players.model
   status = tf.train.Checkpoint(
       model=tf.train.Checkpoint(encoder=model.encoder, decoder=model.decoder),

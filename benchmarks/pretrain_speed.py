@@ -13,13 +13,14 @@ otherwise idle machine.
 
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 
 from absl import app, flags
+
+from benchmarks.machine import machine
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "configs/fashion_mnist.py", "Config file.")
@@ -30,22 +31,6 @@ flags.DEFINE_string("out", "results/pretrain_speed", "Output path prefix.")
 
 VARIANTS = [("autoencoder", False), ("autoencoder", True),
             ("spotter", False), ("spotter", True)]
-
-
-def machine():
-  cpu = platform.processor() or ""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          cpu = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-          "python": platform.python_version(), "tensorflow": tf.__version__,
-          "gpus": len(tf.config.list_physical_devices("GPU"))}
 
 
 def run_variant(phase, jit):

@@ -25,6 +25,8 @@ import time
 
 from absl import app, flags
 
+from benchmarks.machine import machine
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("root", "/tmp/as_quality", "Working folder (resumable).")
 flags.DEFINE_string("out", "results/quality_fashion_mnist", "Output path prefix.")
@@ -205,8 +207,6 @@ def best(table):
 
 
 def build_report(root):
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from benchmarks.pretrain_speed import machine  # pylint: disable=g-import-not-at-top
   results = load_results(root)
   missing = [n for n in models(root) if n not in results]
   if missing:

@@ -193,3 +193,32 @@ def test_jit_compile_option_trains(idx_dir, tmp_path):
   mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
   with pytest.raises(train_lib.SetupError, match="jit_compile='on' works with one replica"):
     train_lib.train(c, str(tmp_path / "xla2"), strategy=mirrored)
+
+
+def test_init_from_reuses_a_finished_autoencoder(idx_dir, tmp_path):
+  from artifact_spotting import export
+  source = str(tmp_path / "ae")
+  c = tiny_idx_config(idx_dir, **{"spotter.steps": 0})
+  assert list(train_lib.train(c, source)) == ["autoencoder"]
+  # Several spotter runs (here: ablation k, no repair) start from it.
+  c2 = tiny_idx_config(idx_dir, **{"autoencoder.init_from": source,
+                                   "spotter.repair": False,
+                                   "train.jit_compile": "spotter"})
+  results = train_lib.train(c2, str(tmp_path / "k"))
+  assert list(results) == ["spotter"] and results["spotter"]["steps"] == 4
+  _, a = export.restore_players(source, require_spotter=False)
+  _, b = export.restore_players(str(tmp_path / "k"))
+  assert b.ae_step == c2.autoencoder.steps
+  for va, vb in zip(a.model.encoder.variables + a.model.decoder.variables,
+                    b.model.encoder.variables + b.model.decoder.variables):
+    np.testing.assert_array_equal(va.numpy(), vb.numpy(), err_msg=va.path)
+  # A different autoencoder, or an unfinished one, is refused by name.
+  bad = tiny_idx_config(idx_dir, **{"autoencoder.init_from": source,
+                                    "autoencoder.stem_filters": 6})
+  with pytest.raises(train_lib.SetupError, match="stem_filters=4"):
+    train_lib.train(bad, str(tmp_path / "bad"))
+  assert not os.path.exists(tmp_path / "bad" / "config.json")
+  unfinished = tiny_idx_config(idx_dir, **{"autoencoder.init_from": source,
+                                           "autoencoder.steps": 9})
+  with pytest.raises(train_lib.SetupError, match="has 4 steps, fewer than 9"):
+    train_lib.train(unfinished, str(tmp_path / "unfinished"))

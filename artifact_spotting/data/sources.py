@@ -167,7 +167,7 @@ def tfds_source(dataset_cfg, split: str, shuffle_files: bool):
           tf.one_hot(tf.cast(l, tf.int32), num_classes), 0), 1.0)
       any_object = hot(ex["labels"])
       clear = hot(ex["labels_no_difficult"])
-      out["label"] = clear - (any_object - clear)  # 1 / 0 / -1
+      out["label"] = clear - any_object * (1.0 - clear)  # 1 / 0 / -1
     elif has_label:
       out["label"] = tf.cast(ex["label"], tf.int64)
     return out

@@ -1,0 +1,324 @@
+"""Evaluation: pooled features, folds, ridge and kNN against numpy, VOC07 AP
+against a brute-force computation, the linear_eval binary, VOC and STL-10
+fine-tuning paths under tfds mock_data, and the quality report's arithmetic."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from artifact_spotting import config as config_lib
+from artifact_spotting import evaluation
+from artifact_spotting.data import pipeline
+
+from conftest import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ------------------------------------------------------------------ features
+def test_pooled_dims_of_the_fashion_mnist_discriminator():
+  c = config_lib.base_config()
+  c.resolution = 32
+  disc = evaluation.random_discriminator(c, seed=0)
+  ex = evaluation.discriminator_extractor(disc, 9216)
+  out = ex(np.zeros((2, 32, 32, 1), np.float32))
+  # conv1 64 x 32x32 -> 12x12; conv2 128 x 16x16 -> 8x8; conv3 256 x 8x8 -> 6x6;
+  # conv4/5 256 x 4x4 stay 4x4.
+  assert {k: v.shape for k, v in out.items()} == {
+      "conv1": (2, 9216), "conv2": (2, 8192), "conv3": (2, 9216),
+      "conv4": (2, 4096), "conv5": (2, 4096)}
+
+
+def test_pool_flatten_is_average_pooling_for_integer_ratios():
+  x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
+  got = evaluation.pool_flatten(tf.constant(x), 4 * 4 * 3).numpy()
+  want = x.reshape(2, 4, 2, 4, 2, 3).mean((2, 4)).reshape(2, -1)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_random_discriminators_differ_by_seed_and_repeat_by_seed():
+  c = tiny_config()
+  w = lambda s: evaluation.random_discriminator(c, s).conv1.get_weights()[0]
+  np.testing.assert_array_equal(w(1), w(1))
+  assert not np.allclose(w(1), w(2))
+
+
+def test_extract_with_indices_keeps_the_requested_order():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (40, 8, 8, 1)).astype(np.uint8)
+  labels = np.arange(40) % 10
+  src = pipeline.Source(tf.data.Dataset.from_tensor_slices(
+      {"image": images, "label": labels}), True)
+  idx = np.array([17, 3, 39, 0, 3])
+  feats, got_labels = evaluation.extract(
+      evaluation.pixel_extractor(10_000), src, "value_range(0, 1)", idx, batch_size=3)
+  np.testing.assert_array_equal(got_labels, labels[idx])
+  np.testing.assert_allclose(feats["pixels"], images[idx].reshape(5, -1) / 255.0,
+                             rtol=1e-6)
+
+
+# --------------------------------------------------------------------- folds
+def test_seeded_folds_are_disjoint_balanced_and_repeatable():
+  labels = np.repeat(np.arange(4), 30)
+  folds = evaluation.seeded_folds(labels, num_folds=5, per_class=6, seed=3)
+  assert folds.shape == (5, 24)
+  assert len(np.unique(folds)) == folds.size  # disjoint
+  for f in folds:
+    np.testing.assert_array_equal(np.bincount(labels[f]), [6] * 4)
+  np.testing.assert_array_equal(folds, evaluation.seeded_folds(labels, 5, 6, 3))
+  assert not np.array_equal(folds, evaluation.seeded_folds(labels, 5, 6, 4))
+  with pytest.raises(ValueError, match="fewer than"):
+    evaluation.seeded_folds(labels, num_folds=6, per_class=6, seed=0)
+
+
+def test_validation_is_outside_the_folds_or_from_other_folds(tmp_path):
+  folds = [np.arange(0, 10), np.arange(10, 20)]
+  common = evaluation.validation_indices(100, folds, 30, seed=0)
+  assert len(common) == 30 and not set(common) & set(range(20))
+  # No free images left (STL-10): each fold validates on the other's images.
+  none = evaluation.validation_indices(20, folds, 30, seed=0)
+  assert len(none) == 0
+  v0 = evaluation.fold_validation(0, folds, none, 5, seed=0)
+  assert len(v0) == 5 and set(v0) <= set(range(10, 20))
+
+
+def test_read_fold_indices(tmp_path):
+  path = tmp_path / "fold_indices.txt"
+  path.write_text("3 1 2\n0 4 5\n")
+  folds = evaluation.read_fold_indices(str(path))
+  assert [f.tolist() for f in folds] == [[3, 1, 2], [0, 4, 5]]
+  with pytest.raises(FileNotFoundError, match="fold_indices.txt"):
+    evaluation.read_fold_indices(str(tmp_path / "missing.txt"))
+
+
+# ------------------------------------------------------- classifiers vs numpy
+@pytest.mark.parametrize("n,d", [(30, 50), (50, 8)])
+def test_ridge_matches_the_primal_closed_form(n, d):
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(n, d)), rng.integers(0, 3, n)
+  xe = rng.normal(size=(20, d))
+  lam = 0.3
+  (pred,), = evaluation.ridge_fit_predict(x, y, [xe], 3, [lam])
+  scale = np.mean(np.sum(x * x, 1))
+  w = np.linalg.solve(x.T @ x + lam * scale * np.eye(d), x.T @ np.eye(3)[y])
+  np.testing.assert_array_equal(pred, np.argmax(xe @ w, 1))
+
+
+def test_knn_matches_brute_force():
+  rng = np.random.default_rng(1)
+  bank, labels = rng.normal(size=(60, 7)), rng.integers(0, 4, 60)
+  queries = rng.normal(size=(25, 7))
+  got = evaluation.knn_predict(bank, labels, queries, 4, k=5, temperature=0.1, chunk=7)
+  nb = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+  want = []
+  for q in queries:
+    sims = nb @ (q / np.linalg.norm(q))
+    top = np.argsort(-sims)[:5]
+    votes = np.zeros(4)
+    for i in top:
+      votes[labels[i]] += np.exp(sims[i] / 0.1)
+    want.append(np.argmax(votes))
+  np.testing.assert_array_equal(got, want)
+
+
+def _brute_force_voc07_ap(scores, labels):
+  """Independent: for each threshold t, try every cut-off k of the ranking."""
+  order = sorted(range(len(scores)), key=lambda i: -scores[i])
+  pos = sum(labels)
+  total = 0.0
+  for t in [i / 10 for i in range(11)]:
+    best = 0.0
+    for k in range(1, len(order) + 1):
+      tp = sum(labels[i] for i in order[:k])
+      if tp / pos >= t - 1e-12:
+        best = max(best, tp / k)
+    total += best
+  return total / 11
+
+
+def test_voc07_ap_matches_brute_force_on_random_data():
+  rng = np.random.default_rng(2)
+  for _ in range(20):
+    n = int(rng.integers(5, 40))
+    scores = rng.normal(size=n)
+    labels = rng.integers(0, 2, n)
+    labels[0] = 1
+    assert evaluation.voc07_average_precision(scores, labels) == pytest.approx(
+        _brute_force_voc07_ap(list(scores), list(labels)), abs=1e-12)
+
+
+def test_voc07_known_values_and_difficult_images_are_ignored():
+  assert evaluation.voc07_average_precision([3, 2, 1], [1, 1, 0]) == pytest.approx(1.0)
+  # Positive ranked last behind two negatives: precision 1/3 at every recall.
+  assert evaluation.voc07_average_precision([3, 2, 1], [0, 0, 1]) == pytest.approx(1 / 3)
+  # The same ranking with the negatives marked difficult counts as perfect.
+  assert evaluation.voc07_average_precision(
+      [3, 2, 1], [0, 0, 1], difficult=[1, 1, 0]) == pytest.approx(1.0)
+  out = evaluation.voc07_map(np.array([[3, 1], [2, 2], [1, 3]]),
+                             np.array([[1, 0], [1, 0], [0, 1]]))
+  assert out["ap"] == pytest.approx([1.0, 1.0]) and out["map"] == pytest.approx(1.0)
+  with pytest.raises(ValueError, match="without positives"):
+    evaluation.voc07_average_precision([1, 2], [0, 0])
+
+
+# ------------------------------------------------------------ the binary
+def _run(args, **kw):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  return subprocess.run([sys.executable, "-m"] + args, cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600, **kw)
+
+
+def _eval_flags(idx_dir):
+  return ["--config=configs/eval/fashion_mnist_folds.py:smoke",
+          f"--config.dataset.path={idx_dir}", "--config.dataset.auto_install=False",
+          "--config.dataset.tfds_fallback=False",
+          "--config.pp_eval=resize(16)|value_range(-1, 1)",
+          "--config.pp_train=resize(16)|value_range(-1, 1)"]
+
+
+def test_linear_eval_binary_writes_per_layer_results(idx_dir, tmp_path):
+  out = tmp_path / "eval"
+  r = _run(["trainers.linear_eval"] + _eval_flags(idx_dir) + [
+      "--features=random", "--pretrain_config=configs/fashion_mnist.py:tiny",
+      f"--output={out}"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  res = json.loads((out / "eval_results.json").read_text())
+  assert res["layers"] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+  for layer in res["layers"]:
+    folds = res["folds"][layer]
+    assert len(folds["linear"]["per_fold"]) == 2 and len(folds["knn"]["per_fold"]) == 2
+    assert 0.0 <= folds["linear"]["mean"] <= 1.0
+    assert folds["linear"]["mean"] == pytest.approx(np.mean(folds["linear"]["per_fold"]))
+    assert 0.0 <= res["full"]["accuracy"][layer] <= 1.0
+  assert res["folds_setup"] == {"num_folds": 2, "fold_size": 30,
+                                "validation_size": 20, "test_images": 64}
+  assert any(p.name.startswith("events") for p in (out / "tensorboard").iterdir())
+
+
+def test_linear_eval_names_bad_inputs(idx_dir, tmp_path):
+  r = _run(["trainers.linear_eval"] + _eval_flags(idx_dir) + [
+      "--features=keras", f"--keras_file={tmp_path}/nope.keras", f"--output={tmp_path}/o"])
+  assert r.returncode == 2 and "--keras_file" in r.stderr
+  r = _run(["trainers.linear_eval"] + _eval_flags(idx_dir) + [
+      "--features=discriminator", f"--workdir={tmp_path}/nothing"])
+  assert r.returncode == 2 and "does not exist" in r.stderr
+  assert not os.path.exists(f"{tmp_path}/nothing")
+
+
+# ------------------------------------------ fine-tuning under tfds mock_data
+def _mock_finetune_config(name, **updates):
+  import importlib
+  cfg = importlib.import_module(f"configs.finetune.{name}").get_config("smoke")
+  cfg.channels = 1
+  cfg.pp_train = cfg.pp_eval = "resize(16)|to_gray|value_range(-1, 1)"
+  cfg.update(updates)
+  return cfg
+
+
+def test_voc07_finetune_under_mock_data(tmp_path):
+  import tensorflow_datasets as tfds
+  from artifact_spotting import finetune
+  from artifact_spotting.data import sources
+  c = _mock_finetune_config("voc07")
+  with tfds.testing.mock_data(num_examples=12):
+    ds, has_label = sources.tfds_source(c.dataset, "test", False)
+    raw = tfds.load("voc/2007", split="test")
+    for ex, raw_ex in zip(ds.take(6), raw.take(6)):
+      label = ex["label"].numpy()
+      assert has_label and label.shape == (20,) and set(label) <= {-1.0, 0.0, 1.0}
+      clear = set(raw_ex["labels_no_difficult"].numpy())
+      every = set(raw_ex["labels"].numpy())
+      assert set(np.flatnonzero(label == 1)) == clear
+      assert set(np.flatnonzero(label == -1)) == every - clear
+    _, result = finetune.finetune(c, "random:configs/fashion_mnist.py:tiny",
+                                  str(tmp_path / "voc"))
+  assert 0.0 <= result["eval_map"] <= 1.0
+  assert result["eval_map"] == pytest.approx(np.mean(list(result["eval_ap"].values())))
+  assert os.path.exists(tmp_path / "voc" / "final.keras")
+
+
+def test_stl10_folds_finetune_under_mock_data(tmp_path):
+  import tensorflow_datasets as tfds
+  from artifact_spotting import finetune
+  fold_file = tmp_path / "fold_indices.txt"
+  fold_file.write_text("0 1 2 3 4 5\n6 7 8 9 10 11\n")
+  c = _mock_finetune_config("stl10_folds", fold_file=str(fold_file))
+  with tfds.testing.mock_data(num_examples=12):
+    _, result = finetune.finetune(c, "random:configs/fashion_mnist.py:tiny",
+                                  str(tmp_path / "stl"))
+  assert result["folds"] == [0, 1]
+  assert len(result["eval_accuracy_per_fold"]) == 2
+  assert result["eval_accuracy_mean"] == pytest.approx(
+      np.mean(result["eval_accuracy_per_fold"]))
+  for f in (0, 1):
+    assert os.path.exists(tmp_path / "stl" / f"fold_{f}" / "finetune_results.json")
+  c.fold = "7"
+  with pytest.raises(ValueError, match="outside the 2 folds"):
+    finetune.finetune(c, "random:configs/fashion_mnist.py:tiny", str(tmp_path / "x"))
+
+
+def test_fold_filter_keeps_exactly_the_fold():
+  from artifact_spotting import finetune
+  src = pipeline.Source(tf.data.Dataset.from_tensor_slices(
+      {"image": np.zeros((10, 2, 2, 1)), "label": np.arange(10)}), True)
+  finetune.fold_filter(src, [7, 2, 5])
+  assert sorted(int(ex["label"]) for ex in src.dataset) == [2, 5, 7]
+
+
+# --------------------------------------------------------- quality report
+def _fake_eval(path, layer_means, full=True, std=0.01):
+  folds = {l: {"dims": 10, "linear": {"mean": m, "std": std, "per_fold": [m - std, m + std]},
+               "knn": {"mean": m - 0.05, "std": std, "per_fold": [m - 0.05 - std, m - 0.05 + std]},
+               "penalty_per_fold": [1.0, 1.0]} for l, m in layer_means.items()}
+  res = {"folds": folds, "layers": list(layer_means),
+         "folds_setup": {"num_folds": 2, "fold_size": 1000, "validation_size": 50,
+                         "test_images": 100}}
+  if full:
+    res["full"] = {"accuracy": {l: m + 0.05 for l, m in layer_means.items()}}
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(res, f)
+
+
+def test_quality_report_arithmetic(tmp_path):
+  from absl import flags
+  from benchmarks import quality
+  flags.FLAGS(["quality", f"--root={tmp_path}", "--ablations=full,k",
+               "--random_seeds=2"], known_only=True)
+  root = str(tmp_path)
+  conv = lambda *m: dict(zip(["conv1", "conv2", "conv3", "conv4", "conv5"], m))
+  _fake_eval(quality.eval_path(root, "ours"), conv(.70, .80, .85, .84, .83))
+  _fake_eval(quality.eval_path(root, "ablation_k"), conv(.70, .75, .76, .74, .73), False)
+  _fake_eval(quality.eval_path(root, "random_seed0"), conv(.70, .72, .74, .73, .72))
+  _fake_eval(quality.eval_path(root, "random_seed1"), conv(.70, .72, .76, .73, .72), False)
+  _fake_eval(quality.eval_path(root, "autoencoder"),
+             {"stem": .7, "stage1": .75, "stage2": .78, "stage3": .77})
+  _fake_eval(quality.eval_path(root, "pixels"), {"pixels": .72})
+  _fake_eval(quality.eval_path(root, "supervised"), conv(.75, .85, .90, .92, .93))
+  os.makedirs(quality.ablation_dir(root, "full"))
+  with open(os.path.join(quality.ablation_dir(root, "full"), "config.json"), "w") as f:
+    json.dump({"autoencoder": {"batch_size": 128}, "spotter": {"batch_size": 64},
+               "resolution": 32}, f)
+  out = str(tmp_path / "results" / "quality")
+  quality.stage_report(root, out)
+  rep = json.loads(open(out + ".json").read())
+  assert rep["best_layer"] == "conv3"
+  # random at conv3 = mean of seeds (.74, .76) = .75; supervised .90.
+  assert rep["gap_closure"] == pytest.approx((0.85 - 0.75) / (0.90 - 0.75))
+  assert rep["models"]["random"]["conv3"]["best_seed_mean"] == pytest.approx(0.76)
+  assert rep["margin_over_best_random_seed_in_stds"] == pytest.approx(0.09 / 0.01)
+  assert rep["margin_over_autoencoder_in_stds"] == pytest.approx(0.07 / 0.01)
+  assert rep["targets"] == {"beats_random_and_autoencoder_by_3_std": True,
+                            "gap_closure_at_least_0.5": True,
+                            "k_and_l_clearly_below_full": True}
+  assert rep["ablations"]["k"]["below_full_in_stds"] == pytest.approx(0.09 / 0.01)
+  for model in ("ours", "random", "autoencoder", "pixels", "supervised"):
+    for layer, v in rep["models"][model].items():
+      assert {"mean", "std"} <= set(v)
+  assert os.path.getsize(out + ".png") > 1000
+  assert "gap closure" in open(out + ".md").read()
