@@ -13,6 +13,7 @@ import ml_collections
 
 DATASET_SOURCES = ("idx", "tfds", "image_folder")
 JIT_MODES = ("off", "on", "spotter")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 
 # Paper ablation rows (Jenni & Favaro 2018, Table 1) as config overrides.
@@ -121,7 +122,10 @@ def base_config() -> ml_collections.ConfigDict:
       log_every=50, summary_every=500, checkpoint_every=1000,
       # XLA: "off" | "on" (both phases) | "spotter" (the adversarial phase only;
       # on CPU faster for that phase, slower for the autoencoder's).
-      keep_checkpoints=3, jit_compile="off", montage_size=8))
+      keep_checkpoints=3, jit_compile="off", montage_size=8,
+      # "float32" | "mixed_bfloat16" (CPUs with bf16 units, TPUs) |
+      # "mixed_float16" (GPUs; adds dynamic loss scaling).
+      precision="float32"))
   c.distribute = ml_collections.ConfigDict(dict(strategy="default", devices=(), tpu=""))
   return c
 
@@ -188,6 +192,9 @@ def validate(config):
   if config.train.jit_compile not in JIT_MODES:
     raise ValueError(f"config.train.jit_compile={config.train.jit_compile!r} must "
                      f"be one of {JIT_MODES}")
+  if config.train.precision not in PRECISIONS:
+    raise ValueError(f"config.train.precision={config.train.precision!r} must "
+                     f"be one of {PRECISIONS}")
   if config.channels not in (1, 3):
     raise ValueError(f"config.channels={config.channels} must be 1 or 3")
   return config

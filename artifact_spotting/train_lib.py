@@ -8,6 +8,7 @@ optimizer's ``iterations``, so a rerun continues whichever phase is unfinished.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -36,12 +37,28 @@ class SetupError(ValueError):
 
 
 # ------------------------------------------------------------------- pieces
-def make_adam(lr: float, steps: int, opt_cfg, name: str):
+def make_adam(lr: float, steps: int, opt_cfg, name: str, precision="float32"):
   schedule = LinearDecay(lr, int(math.ceil(opt_cfg.decay_fraction * steps)),
                          opt_cfg.end_lr_ratio)
-  return keras.optimizers.Adam(learning_rate=schedule, beta_1=opt_cfg.beta1,
+  adam = keras.optimizers.Adam(learning_rate=schedule, beta_1=opt_cfg.beta1,
                                beta_2=opt_cfg.beta2, epsilon=opt_cfg.epsilon,
                                name=name)
+  if precision == "mixed_float16":  # float16 gradients need loss scaling
+    return keras.optimizers.LossScaleOptimizer(adam, name=name)
+  return adam
+
+
+@contextlib.contextmanager
+def precision_policy(name: str):
+  """Layers built inside compute in ``name``'s dtype ("float32",
+  "mixed_bfloat16", "mixed_float16"; variables stay float32); the global
+  Keras policy is restored afterwards."""
+  before = keras.config.dtype_policy()
+  keras.config.set_dtype_policy(name)
+  try:
+    yield
+  finally:
+    keras.config.set_dtype_policy(before)
 
 
 class Players:
@@ -51,16 +68,18 @@ class Players:
     spec = config_lib.model_spec(config)
     if not probe:
       spec["probe_classes"] = 0
+    precision = config.train.get("precision", "float32")
     with strategy.scope():
-      self.model = ArtifactSpotter(spec, name="artifact_spotter")
-      self.model.build()
+      with precision_policy(precision):
+        self.model = ArtifactSpotter(spec, name="artifact_spotter")
+        self.model.build()
       o = config.optimizer
       self.ae_opt = make_adam(config.autoencoder.lr, config.autoencoder.steps, o,
-                              "ae_optimizer")
+                              "ae_optimizer", precision)
       self.c_opt = make_adam(config.spotter.lr, config.spotter.steps, o,
-                             "c_optimizer")
+                             "c_optimizer", precision)
       self.r_opt = make_adam(config.spotter.repair_lr, config.spotter.steps, o,
-                             "r_optimizer")
+                             "r_optimizer", precision)
       self.probe_opt = keras.optimizers.Adam(config.probe.lr, name="probe_optimizer")
       m = self.model
       self.ae_opt.build(m.autoencoder_variables)

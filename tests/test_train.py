@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -222,3 +223,53 @@ def test_init_from_reuses_a_finished_autoencoder(idx_dir, tmp_path):
                                            "autoencoder.steps": 9})
   with pytest.raises(train_lib.SetupError, match="has 4 steps, fewer than 9"):
     train_lib.train(unfinished, str(tmp_path / "unfinished"))
+
+
+def _steps_from(precision, init, batches):
+  """Players for ``precision`` from weights ``init``, after 2 autoencoder and
+  3 adversarial steps on ``batches``; returns (players, metrics of the last)."""
+  from conftest import tiny_config
+  c = tiny_config(**{"train.precision": precision, "discriminator.dropout": 0.0})
+  players = train_lib.Players(c, tf.distribute.get_strategy(), probe=False)
+  players.model.set_weights(init)
+  for opt in (players.ae_opt, players.c_opt, players.r_opt):
+    if isinstance(opt, keras.optimizers.LossScaleOptimizer):
+      # Start below the default 2**15, which overflows on the first steps and
+      # (correctly) skips them; here every step should apply.
+      opt.dynamic_scale.assign(256.0)
+  ae = tf.function(lambda b: players.model.autoencoder_step(b, players.ae_opt))
+  adv = tf.function(lambda b: players.model.adversarial_step(
+      b, players.c_opt, players.r_opt))
+  for x in batches[:2]:
+    ae({"image": x})
+  for x in batches[2:]:
+    metrics = adv({"image": x})
+  return players, {k: float(v) for k, v in metrics.items()}
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_tracks_float32(precision):
+  from conftest import tiny_config
+  rng = np.random.default_rng(0)
+  batches = [tf.constant(rng.uniform(-1, 1, (8, 16, 16, 1)), tf.float32)
+             for _ in range(5)]
+  base = train_lib.Players(tiny_config(), tf.distribute.get_strategy(), probe=False)
+  init = base.model.get_weights()
+  ref, ref_metrics = _steps_from("float32", init, batches)
+  got, metrics = _steps_from(precision, init, batches)
+  conv = got.model.discriminator.conv2.conv
+  assert conv.compute_dtype == precision.split("_")[1] and conv.kernel.dtype == "float32"
+  if precision == "mixed_float16":
+    assert isinstance(got.c_opt, keras.optimizers.LossScaleOptimizer)
+  assert got.adv_step == ref.adv_step == 3
+  for k in ("c/class_loss", "c/mask_loss", "r/adversarial"):
+    assert metrics[k] == pytest.approx(ref_metrics[k], rel=0.05), k
+  # Weights moved the same way: the two runs' updates of all weights point in
+  # nearly the same direction (Adam's per-weight normalisation turns the
+  # rounding of near-zero gradients into full-size differences, so the check
+  # is on the whole update, not weight by weight).
+  flat = lambda ws: np.concatenate([w.ravel() for w in ws])
+  d_ref = flat(ref.model.get_weights()) - flat(init)
+  d_got = flat(got.model.get_weights()) - flat(init)
+  cosine = d_ref @ d_got / (np.linalg.norm(d_ref) * np.linalg.norm(d_got))
+  assert cosine > 0.9

@@ -20,9 +20,12 @@ class LocalResponseNorm(layers.Layer):
 
   def call(self, x):
     # Caffe divides alpha by the window size; tf.nn's depth_radius is half of it.
-    return tf.nn.local_response_normalization(
-        x, depth_radius=self.size // 2, bias=self.bias,
+    # In float32: the CPU kernel has no bfloat16 version (and the sum of
+    # squares is better kept in full precision anyway).
+    y = tf.nn.local_response_normalization(
+        tf.cast(x, tf.float32), depth_radius=self.size // 2, bias=self.bias,
         alpha=self.alpha / self.size, beta=self.beta)
+    return tf.cast(y, x.dtype)
 
   def compute_output_shape(self, input_shape):
     return input_shape

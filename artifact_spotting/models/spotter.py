@@ -60,6 +60,13 @@ def _listify(obj):
   return obj
 
 
+def _grad_norm(grads, optimizer):
+  """Global norm of the true (unscaled) gradients."""
+  norm = tf.linalg.global_norm([tf.cast(g, tf.float32) for g in grads])
+  scale = getattr(optimizer, "dynamic_scale", None)
+  return norm / tf.cast(scale, tf.float32) if scale is not None else norm
+
+
 @keras.saving.register_keras_serializable(PACKAGE)
 class ArtifactSpotter(keras.Model):
   """Damage & repair generator and artifact-spotting discriminator.
@@ -231,10 +238,11 @@ class ArtifactSpotter(keras.Model):
       recon = losses.mse(x, x_ae, global_b)
       l2 = losses.l2_penalty(variables)
       loss = w["ae_recon_weight"] * recon + w["l2_weight"] * l2 / n
-    grads = tape.gradient(loss, variables)
+      scaled = optimizer.scale_loss(loss)
+    grads = tape.gradient(scaled, variables)
     optimizer.apply_gradients(zip(grads, variables))
     return {"ae/loss": loss * n, "ae/mse": recon * n,
-            "ae/grad_norm": tf.linalg.global_norm(grads)}
+            "ae/grad_norm": _grad_norm(grads, optimizer)}
 
   def adversarial_step(self, batch, c_optimizer, r_optimizer,
                        probe_optimizer=None):
@@ -296,8 +304,11 @@ class ArtifactSpotter(keras.Model):
       if w["generator_adds_c_losses"]:
         r_loss += losses.confusion_loss(fake_logits, gb)
         r_loss += w["mask_weight"] * losses.mask_loss(mask_logits[b:2 * b], keep, gb)
-    c_grads = tape.gradient(c_loss, c_vars)
-    r_grads = tape.gradient(r_loss, r_vars) if r_vars else []
+      # Loss scaling (mixed_float16: LossScaleOptimizer; else the identity).
+      c_scaled = c_optimizer.scale_loss(c_loss)
+      r_scaled = r_optimizer.scale_loss(r_loss)
+    c_grads = tape.gradient(c_scaled, c_vars)
+    r_grads = tape.gradient(r_scaled, r_vars) if r_vars else []
     del tape
     c_optimizer.apply_gradients(zip(c_grads, c_vars))
     if r_vars:
@@ -322,9 +333,9 @@ class ArtifactSpotter(keras.Model):
         "c/real_accuracy": tf.reduce_mean(f32(real_logits > 0)),
         "c/fake_accuracy": tf.reduce_mean(f32(fake_logits < 0)),
         "c/mask_accuracy": tf.reduce_mean(f32(tf.equal(mask_pred, cells_keep))),
-        "c/grad_norm": tf.linalg.global_norm(c_grads),
+        "c/grad_norm": _grad_norm(c_grads, c_optimizer),
         "r/loss": r_loss * n, "r/adversarial": adv * n, "r/recon_kept": recon * n,
-        "r/grad_norm": tf.linalg.global_norm(r_grads) if r_vars else tf.constant(0.0),
+        "r/grad_norm": _grad_norm(r_grads, r_optimizer) if r_vars else tf.constant(0.0),
     }
     if self.probe is not None and probe_optimizer is not None and "label" in batch:
       labels = batch["label"]
