@@ -1,0 +1,326 @@
+r"""Throughput and hardware utilisation of pretraining and feature extraction.
+
+  python -m benchmarks.throughput                 # ~15 min on 2 CPU cores
+  python -m benchmarks.throughput --quick         # fewer variants and windows
+
+For each variant (phase x global batch x XLA x precision), in its own process:
+build the config's model, feed the config's real input pipeline, warm up
+(trace / compile), then time ``--windows`` windows of ``--steps`` steps and take
+the median images/s. The same variant is then timed on one cached batch
+repeated (no input pipeline), so
+
+  input_wait_share = 1 - (real-input images/s) / (cached-batch images/s)
+
+is the share of step time spent waiting for data (0 when the pipeline keeps
+up; clipped at 0).
+
+FLOPs per image are counted from the model: each network's forward FLOPs
+come from TensorFlow's profiler on its traced forward graph (static shapes);
+a step's FLOPs are composed from them by what the step *needs* (a backward
+pass costs one forward for the input gradients plus one for the weight
+gradients, the first layer's input gradient is not needed, frozen networks
+only pass input gradients through, and R's loss needs C's input gradients on
+the fakes only). Work the implementation does beyond that shows up as lower
+utilisation, which is the point:
+
+  utilisation = images/s * FLOPs per image / measured matmul FLOP/s
+
+where the matmul rate (float32 and bfloat16, large square matmuls) is measured
+in the same run on the same device. Writes results/throughput_<machine>.json
+and .md; never mix figures of two machines in one ratio.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+from benchmarks.machine import machine
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("config", "configs/fashion_mnist.py", "Pretraining config.")
+flags.DEFINE_integer("steps", 10, "Steps per timed window.")
+flags.DEFINE_integer("windows", 5, "Timed windows (median reported).")
+flags.DEFINE_bool("quick", False, "Fewer variants and windows.")
+flags.DEFINE_string("variant", "", "Internal: run one variant, print JSON.")
+flags.DEFINE_string("tag", "", "Machine tag for the output name (default: "
+                    "cpu<cores> or the GPU's name).")
+flags.DEFINE_string("out_dir", "results", "Output folder.")
+
+
+def load_config(path):
+  path, _, arg = path.partition(":")
+  spec = importlib.util.spec_from_file_location("cfg", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
+# ------------------------------------------------------------- matmul rate
+def matmul_rate(dtype: str, n: int = 2048, seconds: float = 3.0) -> float:
+  """FLOP/s of an n x n x n matmul in ``dtype`` (median of timed runs)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  a = tf.random.normal([n, n], dtype=tf.float32)
+  a, b = tf.cast(a, dtype), tf.cast(tf.transpose(a), dtype)
+
+  @tf.function
+  def many(k):
+    acc = tf.zeros([], tf.float32)
+    for _ in tf.range(k):
+      acc += tf.cast(tf.matmul(a, b)[0, 0], tf.float32)
+    return acc
+  many(tf.constant(2)).numpy()
+  rates = []
+  reps = 4
+  deadline = time.perf_counter() + seconds
+  while time.perf_counter() < deadline or len(rates) < 3:
+    t0 = time.perf_counter()
+    many(tf.constant(reps)).numpy()
+    rates.append(2 * n ** 3 * reps / (time.perf_counter() - t0))
+  return statistics.median(rates)
+
+
+# --------------------------------------------------------------------- FLOPs
+def forward_flops(fn, *specs) -> float:
+  """Profiler-counted FLOPs of one call of ``fn`` on tensors of ``specs``."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  graph = tf.function(fn).get_concrete_function(*specs).graph
+  opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+  opts["output"] = "none"
+  return float(tf.compat.v1.profiler.profile(graph, options=opts).total_float_ops)
+
+
+def model_flops(model, resolution, channels, history_fraction, has_history,
+                fakes="repair", batch=8):
+  """Forward FLOPs per image of each network and the FLOPs per image a step
+  needs (see the module docstring)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  x = tf.TensorSpec([batch, resolution, resolution, channels], tf.float32)
+  phi_shape = [batch] + list(model.grid) + [model.encoder.widths[-1]]
+  phi = tf.TensorSpec(phi_shape, tf.float32)
+  keep = tf.TensorSpec([batch] + list(model.grid) + [1], tf.float32)
+  disc = model.discriminator
+  f = {
+      "encoder": forward_flops(lambda t: model.encoder(t, training=False), x),
+      "decoder": forward_flops(lambda t: model.decoder(t, training=False), phi),
+      "discriminator": forward_flops(lambda t: disc(t, training=False), x),
+      "discriminator_conv1": forward_flops(lambda t: disc.conv1(t, training=False), x),
+  }
+  if fakes == "repair":
+    repaired = forward_flops(lambda p, k: model.decoder(
+        p, training=False, stage_fn=model.repair_fn(k, False)), phi, keep)
+    f["repair"] = max(repaired - f["decoder"], 0.0)
+  else:
+    f["repair"] = 0.0
+  f = {k: v / batch for k, v in f.items()}
+  c, c1, e, d, r = (f["discriminator"], f["discriminator_conv1"], f["encoder"],
+                    f["decoder"], f["repair"])
+  views = 2.0 + (history_fraction if has_history else 0.0)  # real, fake, history
+  adversarial = (
+      e + d                        # autoencode the real image
+      + d + r                      # damaged -> repaired
+      + views * c                  # C forward on [real, fake, history]
+      + views * (c + (c - c1))     # C backward: weight + input gradients
+      + c                          # R's loss: C input gradients on fakes
+      + d + 2 * r)                 # back through the decoder, R's gradients
+  autoencoder = 3 * (e + d)        # forward, input and weight gradients
+  return {"forward_per_image": f,
+          "step_per_image": {"autoencoder": autoencoder,
+                             "spotter": adversarial, "features": c}}
+
+
+# ------------------------------------------------------------------ variant
+def run_variant(phase: str, batch: int, jit: bool, precision: str):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from artifact_spotting import train_lib  # pylint: disable=g-import-not-at-top
+  from artifact_spotting.data import pipeline  # pylint: disable=g-import-not-at-top
+  config = load_config(FLAGS.config)
+  config.train.precision = precision
+  strategy = tf.distribute.get_strategy()
+  source = pipeline.open_source(config.dataset, config.channels)
+  players = train_lib.Players(config, strategy, probe=source.has_label)
+  model = players.model
+  if phase == "autoencoder":
+    fn = lambda b: model.autoencoder_step(b, players.ae_opt)
+    pp = config.pp
+  elif phase == "spotter":
+    fn = lambda b: model.adversarial_step(b, players.c_opt, players.r_opt,
+                                          players.probe_opt)
+    pp = config.pp
+  else:
+    from artifact_spotting import evaluation  # pylint: disable=g-import-not-at-top
+    extractor = evaluation.discriminator_extractor(model.discriminator, 9216)
+    fn = lambda b: {"sum": tf.add_n([tf.reduce_sum(tf.cast(v, tf.float32))
+                                     for v in extractor._fn(b["image"]).values()])}  # pylint: disable=protected-access
+    pp = config.pp.replace("|flip_lr", "")
+  ds = pipeline.distributed_dataset(strategy, source, pp, batch,
+                                    shuffle_buffer=config.dataset.shuffle_buffer)
+  loop = train_lib.make_loop(strategy, fn, jit)
+  n = tf.constant(FLAGS.steps, tf.int32)
+
+  def timed(iterator):
+    t0 = time.perf_counter()
+    float(next(iter(loop(iterator, n).values())))  # warm-up: trace, compile
+    warm = time.perf_counter() - t0
+    rates = []
+    for _ in range(FLAGS.windows):
+      t0 = time.perf_counter()
+      float(next(iter(loop(iterator, n).values())))
+      rates.append(FLAGS.steps * batch / (time.perf_counter() - t0))
+    return statistics.median(rates), rates, warm
+
+  rate, rates, warm = timed(iter(ds))
+  # The same step on one cached batch: no input pipeline in the way.
+  one = next(iter(pipeline.make_dataset(source, pp, batch, training=True,
+                                        shuffle_buffer=1000)))
+  cached = strategy.experimental_distribute_dataset(
+      tf.data.Dataset.from_tensors(one).repeat())
+  rate_cached, _, _ = timed(iter(cached))
+  flops = model_flops(model, config.resolution, config.channels,
+                      config.spotter.history_fraction, model.history is not None,
+                      config.spotter.fakes)
+  params = {
+      "autoencoder": int(sum(v.numpy().size for v in model.autoencoder_variables)),
+      "discriminator": int(sum(v.numpy().size for v in model.discriminator_variables)),
+      "repair": int(sum(v.numpy().size for v in model.generator_variables)),
+  }
+  return {"phase": phase, "batch_size": batch, "jit_compile": jit,
+          "precision": precision, "resolution": config.resolution,
+          "images_per_second": rate, "window_rates": rates,
+          "cached_batch_images_per_second": rate_cached,
+          "input_wait_share": max(0.0, 1.0 - rate / rate_cached),
+          "warmup_seconds": warm,
+          "flops_per_image": flops["step_per_image"][phase],
+          "forward_flops_per_image": flops["forward_per_image"], "params": params}
+
+
+def variants(config, quick):
+  ae_b, sp_b = config.autoencoder.batch_size, config.spotter.batch_size
+  out = []
+  for prec in ("float32", "mixed_bfloat16"):
+    for jit in (False, True):
+      out.append(("spotter", sp_b, jit, prec))
+      if not quick:
+        out.append(("autoencoder", ae_b, jit, prec))
+    out.append(("features", 256, False, prec))
+  if not quick:
+    for b in (sp_b // 2, sp_b * 2):
+      out.append(("spotter", b, True, "float32"))
+  return out
+
+
+def tag_of(m):
+  return FLAGS.tag or (f"gpu_{m['gpu_name']}" if m.get("gpu_name") else f"cpu{m['cores']}")
+
+
+def main(argv):
+  del argv
+  if FLAGS.variant:
+    phase, batch, jit, precision = FLAGS.variant.split(":")
+    print("RESULT " + json.dumps(run_variant(phase, int(batch), jit == "xla", precision)))
+    return
+  if FLAGS.quick:
+    FLAGS.windows = min(FLAGS.windows, 3)
+  config = load_config(FLAGS.config)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rates = {"float32": matmul_rate(tf.float32), "bfloat16": matmul_rate(tf.bfloat16)}
+  print(f"matmul: float32 {rates['float32'] / 1e9:.1f} GFLOP/s, "
+        f"bfloat16 {rates['bfloat16'] / 1e9:.1f} GFLOP/s", flush=True)
+  results = []
+  for phase, batch, jit, prec in variants(config, FLAGS.quick):
+    cmd = [sys.executable, "-m", "benchmarks.throughput", f"--config={FLAGS.config}",
+           f"--steps={FLAGS.steps}", f"--windows={FLAGS.windows}",
+           f"--variant={phase}:{batch}:{'xla' if jit else 'noxla'}:{prec}"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
+    if r.returncode or not line:
+      print(r.stderr[-3000:], file=sys.stderr)
+      raise SystemExit(f"variant {cmd[-1]} failed")
+    res = json.loads(line[0][7:])
+    peak = rates["bfloat16" if prec == "mixed_bfloat16" else "float32"]
+    res["utilisation"] = res["images_per_second"] * res["flops_per_image"] / peak
+    res["utilisation_vs_fp32_matmul"] = (
+        res["images_per_second"] * res["flops_per_image"] / rates["float32"])
+    print(f"{phase:11s} b={batch:4d} xla={'on ' if jit else 'off'} {prec:14s} "
+          f"{res['images_per_second']:8.1f} img/s  util {res['utilisation']:.2f}  "
+          f"input wait {res['input_wait_share']:.2f}", flush=True)
+    results.append(res)
+  write(config, rates, results)
+
+
+def pick(results, phase, precision, batch):
+  rows = [r for r in results if r["phase"] == phase and r["precision"] == precision
+          and r["batch_size"] == batch]
+  return max(rows, key=lambda r: r["images_per_second"]) if rows else None
+
+
+def write(config, rates, results):
+  m = machine()
+  tag = tag_of(m)
+  sp_b = config.spotter.batch_size
+  fp32 = pick(results, "spotter", "float32", sp_b)
+  mixed = pick(results, "spotter", "mixed_bfloat16", sp_b)
+  report = {
+      "machine": m, "tag": tag, "date": time.strftime("%Y-%m-%d"),
+      "config": FLAGS.config, "resolution": config.resolution,
+      "steps_per_window": FLAGS.steps, "windows": FLAGS.windows,
+      "matmul_flops_per_second": rates,
+      "adversarial_fp32_img_s": fp32["images_per_second"],
+      "adversarial_fp32_utilisation": fp32["utilisation"],
+      "adversarial_fp32_jit_compile": fp32["jit_compile"],
+      "adversarial_mixed_img_s": mixed["images_per_second"] if mixed else None,
+      "adversarial_mixed_speedup": (mixed["images_per_second"] / fp32["images_per_second"]
+                                    if mixed else None),
+      "input_wait_share": max(r["input_wait_share"] for r in results
+                              if r["precision"] == "float32" and r["batch_size"] in (
+                                  sp_b, config.autoencoder.batch_size)
+                              and r["phase"] != "features"),
+      "results": results,
+  }
+  os.makedirs(FLAGS.out_dir, exist_ok=True)
+  prefix = os.path.join(FLAGS.out_dir, f"throughput_{tag}")
+  with open(prefix + ".json", "w") as f:
+    json.dump(report, f, indent=2)
+  lines = [
+      f"# Throughput on {tag} ({FLAGS.config}, {config.resolution}x{config.resolution})", "",
+      f"Machine: {m['cpu']}, {m['cores']} cores, {m['gpus']} GPUs, TensorFlow "
+      f"{m['tensorflow']}; {report['date']}. Reproduce: `python -m benchmarks.throughput`.",
+      f"Measured matmul rate (2048^3, same run): float32 "
+      f"{rates['float32'] / 1e9:.1f} GFLOP/s, bfloat16 {rates['bfloat16'] / 1e9:.1f} GFLOP/s.",
+      f"Median of {FLAGS.windows} windows of {FLAGS.steps} steps after warm-up, one "
+      "process per row. Utilisation = images/s x FLOPs/image (what the step "
+      "needs, profiler-counted forward FLOPs composed as in the script's "
+      "docstring) / the matmul rate of the row's precision. Input wait = 1 - "
+      "real-input rate / cached-batch rate.", "",
+      f"Adversarial step, float32, batch {sp_b}: **{fp32['images_per_second']:.1f} img/s, "
+      f"utilisation {fp32['utilisation']:.2f}** (XLA {'on' if fp32['jit_compile'] else 'off'}); "
+      + (f"mixed bfloat16: **{mixed['images_per_second']:.1f} img/s** "
+         f"({report['adversarial_mixed_speedup']:.2f}x)." if mixed else ""), "",
+      "| phase | batch | XLA | precision | images/s | GFLOP/image | utilisation | input wait | warm-up s |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for r in results:
+    lines.append(
+        f"| {r['phase']} | {r['batch_size']} | {'on' if r['jit_compile'] else 'off'} | "
+        f"{r['precision']} | {r['images_per_second']:.1f} | "
+        f"{r['flops_per_image'] / 1e9:.3f} | {r['utilisation']:.2f} | "
+        f"{r['input_wait_share']:.2f} | {r['warmup_seconds']:.0f} |")
+  f = results[0]["forward_flops_per_image"]
+  p = results[0]["params"]
+  lines += ["", "Forward MFLOP per image: " + ", ".join(
+      f"{k} {v / 1e6:.1f}" for k, v in f.items()) +
+      f". Parameters: autoencoder {p['autoencoder']:,}, discriminator "
+      f"{p['discriminator']:,}, repair {p['repair']:,}."]
+  with open(prefix + ".md", "w") as fh:
+    fh.write("\n".join(lines) + "\n")
+  print(f"wrote {prefix}.json/.md")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,32 @@
+"""Benchmark arithmetic: FLOP counts against hand counts."""
+
+import tensorflow as tf
+
+from artifact_spotting import train_lib
+from benchmarks import throughput
+from conftest import tiny_config
+
+
+def test_forward_flops_of_a_dense_layer():
+  dense = tf.keras.layers.Dense(7, use_bias=False)
+  flops = throughput.forward_flops(dense, tf.TensorSpec([3, 5], tf.float32))
+  assert flops == 2 * 3 * 5 * 7
+
+
+def test_discriminator_flops_match_a_hand_count():
+  c = tiny_config()
+  model = train_lib.Players(c, tf.distribute.get_strategy(), probe=False).model
+  f = throughput.model_flops(model, 16, 1, 0.5, True)
+  # tiny discriminator: five 3x3 convs of 8 filters at 16, 8, 4, 4, 4 pixels
+  # (pools after conv1 and conv2), inputs 1, 8, 8, 8, 8 channels.
+  convs = sum(2 * s * s * 9 * cin * 8
+              for s, cin in ((16, 1), (8, 8), (4, 8), (4, 8), (4, 8)))
+  fc = 2 * (4 * 4 * 8) * 16 + 2 * 16   # fc1 and the class head
+  mask_head = 2 * 4 * 4 * 9 * 8
+  matmul_flops = convs + fc + mask_head
+  got = f["forward_per_image"]["discriminator"]
+  # The profiler also counts elementwise work (bias, batch norm, activations).
+  assert matmul_flops <= got <= 1.3 * matmul_flops
+  step = f["step_per_image"]
+  assert step["spotter"] > 7 * got   # 2.5 views x (forward + 2x backward) + R's pass
+  assert step["features"] == got
