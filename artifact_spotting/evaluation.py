@@ -235,43 +235,55 @@ def fold_validation(f: int, folds: Sequence[np.ndarray], common: np.ndarray,
 
 
 # --------------------------------------------------------- linear (folds)
-def _standardize(train, *others):
-  mean = train.mean(0, keepdims=True)
-  std = train.std(0, keepdims=True) + 1e-6
-  return [(a - mean) / std for a in (train,) + others]
-
-
-def ridge_fit_predict(x_train, y_train, x_evals: Sequence[np.ndarray],
-                      num_classes: int, penalties: Sequence[float]):
+def ridge_fit_predict(x_train, y_train, x_evals: Sequence, num_classes: int,
+                      penalties: Sequence[float], standardize: bool = False):
   """Ridge regression on one-hot targets, exact in the dual.
 
   Returns, per penalty, the predicted classes of every array in ``x_evals``.
   Penalties are relative to the mean squared feature norm (so one grid fits
-  layers of any width).
+  layers of any width). ``standardize``: fit on features standardized with
+  the training rows' mean and std; the map is folded into the classifier, so
+  the (large) evaluation arrays are never copied.
   """
-  x = tf.constant(x_train, tf.float64)
+  # Products in float32 (the features' own precision); the small n x n
+  # eigendecomposition in float64.
+  x = tf.constant(x_train, tf.float32)
+  mean = std = None
+  if standardize:
+    mean = tf.reduce_mean(x, 0, keepdims=True)
+    std = tf.math.reduce_std(x, 0, keepdims=True) + 1e-6
+    x = (x - mean) / std
   y = tf.one_hot(y_train, num_classes, dtype=tf.float64)
-  gram = tf.matmul(x, x, transpose_b=True)
+  gram = tf.cast(tf.matmul(x, x, transpose_b=True), tf.float64)
   scale = float(tf.reduce_mean(tf.linalg.diag_part(gram)))
   s, u = tf.linalg.eigh(gram)
   uty = tf.matmul(u, y, transpose_a=True)
-  cross = [tf.matmul(tf.constant(e, tf.float64), x, transpose_b=True) for e in x_evals]
+  evals = [tf.convert_to_tensor(e, tf.float32) for e in x_evals]
   out = []
   for lam in penalties:
-    alpha = tf.matmul(u, uty / (s[:, None] + lam * scale))
-    out.append([tf.argmax(tf.matmul(k, alpha), -1).numpy() for k in cross])
+    alpha = tf.cast(tf.matmul(u, uty / (s[:, None] + lam * scale)), tf.float32)
+    w = tf.matmul(x, alpha, transpose_a=True)  # back to the primal: [D, classes]
+    bias = 0.0
+    if standardize:  # ((e - mean) / std) w = e (w / std) - (mean / std) w
+      w = w / tf.transpose(std)
+      bias = -tf.matmul(mean, w)
+    out.append([tf.argmax(tf.matmul(e, w) + bias, -1).numpy() for e in evals])
   return out
 
 
 def knn_predict(bank, bank_labels, queries, num_classes: int, k: int = 20,
-                temperature: float = 0.07, chunk: int = 2048):
+                temperature: float = 0.07, chunk: int = 2048,
+                queries_normalized: bool = False):
   """Weighted kNN (Wu et al. 2018): cosine similarity, votes exp(sim / T)."""
   b = tf.math.l2_normalize(tf.constant(bank, tf.float32), -1)
   onehot = tf.one_hot(bank_labels, num_classes)
   k = min(k, len(bank))
+  queries = tf.convert_to_tensor(queries, tf.float32)
   preds = []
-  for start in range(0, len(queries), chunk):
-    q = tf.math.l2_normalize(tf.constant(queries[start:start + chunk], tf.float32), -1)
+  for start in range(0, int(queries.shape[0]), chunk):
+    q = queries[start:start + chunk]
+    if not queries_normalized:
+      q = tf.math.l2_normalize(q, -1)
     sims, idx = tf.math.top_k(tf.matmul(q, b, transpose_b=True), k)
     votes = tf.reduce_sum(tf.gather(onehot, idx) * tf.exp(sims / temperature)[..., None], 1)
     preds.append(tf.argmax(votes, -1).numpy())
@@ -282,32 +294,36 @@ def folds_protocol(train_feats: Dict[str, np.ndarray], train_labels: np.ndarray,
                    positions: Sequence[np.ndarray], val_positions: Sequence[np.ndarray],
                    test_feats: Dict[str, np.ndarray], test_labels: np.ndarray,
                    num_classes: int, penalties: Sequence[float], knn_k: int,
-                   knn_temperature: float, log: Callable = print) -> Dict:
+                   knn_temperature: float, log: Callable = print,
+                   knn: bool = True) -> Dict:
   """Per layer: ridge (penalty by validation) and kNN accuracy per fold.
 
   ``positions[f]`` / ``val_positions[f]`` index rows of ``train_feats``.
   """
   result = {}
   for layer, feats in train_feats.items():
-    linear, knn, chosen = [], [], []
-    for f, (pos, vpos) in enumerate(zip(positions, val_positions)):
-      xtr, xval, xte = _standardize(feats[pos], feats[vpos], test_feats[layer])
-      preds = ridge_fit_predict(xtr, train_labels[pos], [xval, xte], num_classes,
-                                penalties)
+    linear, knn_acc, chosen = [], [], []
+    test = tf.constant(test_feats[layer], tf.float32)
+    test_unit = tf.math.l2_normalize(test, -1) if knn else None
+    for pos, vpos in zip(positions, val_positions):
+      preds = ridge_fit_predict(feats[pos], train_labels[pos], [feats[vpos], test],
+                                num_classes, penalties, standardize=True)
       val_acc = [float(np.mean(p[0] == train_labels[vpos])) for p in preds]
       best = int(np.argmax(val_acc))
       chosen.append(penalties[best])
       linear.append(float(np.mean(preds[best][1] == test_labels)))
-      knn.append(float(np.mean(knn_predict(
-          feats[pos], train_labels[pos], test_feats[layer], num_classes,
-          knn_k, knn_temperature) == test_labels)))
-    result[layer] = {
-        "dims": int(feats.shape[1]),
-        "linear": _summary(linear), "knn": _summary(knn),
-        "penalty_per_fold": chosen,
-    }
-    log(f"  {layer} ({feats.shape[1]} dims): linear {np.mean(linear):.4f} "
-        f"+- {np.std(linear):.4f}, kNN {np.mean(knn):.4f} +- {np.std(knn):.4f}")
+      if knn:
+        knn_acc.append(float(np.mean(knn_predict(
+            feats[pos], train_labels[pos], test_unit, num_classes, knn_k,
+            knn_temperature, queries_normalized=True) == test_labels)))
+    result[layer] = {"dims": int(feats.shape[1]), "linear": _summary(linear),
+                     "penalty_per_fold": chosen}
+    line = (f"  {layer} ({feats.shape[1]} dims): linear {np.mean(linear):.4f} "
+            f"+- {np.std(linear):.4f}")
+    if knn:
+      result[layer]["knn"] = _summary(knn_acc)
+      line += f", kNN {np.mean(knn_acc):.4f} +- {np.std(knn_acc):.4f}"
+    log(line)
   return result
 
 
@@ -488,7 +504,8 @@ def evaluate(config, extractor: Extractor, log: Callable = print,
     result["folds"] = folds_protocol(
         train_feats, train_labels, [position(f) for f in folds],
         [position(v) for v in vals], test_feats, test_labels, config.num_classes,
-        tuple(config.ridge_penalties), config.knn.k, config.knn.temperature, log)
+        tuple(config.ridge_penalties), config.knn.k, config.knn.temperature, log,
+        knn=config.knn.get("enabled", True))
     result["folds_setup"] = {"num_folds": len(folds), "fold_size": len(folds[0]),
                              "validation_size": len(vals[0]),
                              "test_images": int(len(test_labels))}
@@ -497,7 +514,8 @@ def evaluate(config, extractor: Extractor, log: Callable = print,
       with writer.as_default(step=0):
         for layer, r in result["folds"].items():
           tf.summary.scalar(f"folds_linear/{layer}", r["linear"]["mean"])
-          tf.summary.scalar(f"folds_knn/{layer}", r["knn"]["mean"])
+          if "knn" in r:
+            tf.summary.scalar(f"folds_knn/{layer}", r["knn"]["mean"])
   if "full" in config.protocols:
     train_src = pipeline.open_source(config.dataset, config.channels,
                                      split=config.dataset.train_split)

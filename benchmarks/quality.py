@@ -37,6 +37,7 @@ flags.DEFINE_list("ablations", ["full", "a", "g", "k", "l"],
                   "Ablation rows to train; 'full' is ours.")
 flags.DEFINE_integer("random_seeds", 3, "Random-init discriminators.")
 flags.DEFINE_integer("supervised_epochs", 2, "Epochs of the supervised bound.")
+flags.DEFINE_integer("full_epochs", 1, "Epochs of the full-label probe.")
 flags.DEFINE_string("stages", "pretrain,supervised,evaluate,report",
                     "Comma-separated stages to run.")
 
@@ -110,21 +111,24 @@ def stage_supervised(root):
       f"--init=random:{CONFIG}", f"--workdir={wd}"], wd, root)
 
 
+NO_KNN = ["--config.knn.enabled=False"]
+
+
 def models(root):
   """name -> (linear_eval flags, config argument, file that must exist first).
 
-  Ablation rows and random seeds other than 0 get the folds protocol only;
-  ours and the baselines also get the full-label probe."""
+  Ablation rows and random seeds other than 0 get the folds protocol's linear
+  classifiers only; ours and the baselines also kNN and the full-label probe."""
   out = {}
   for row in FLAGS.ablations:
     name = "ours" if row == "full" else f"ablation_{row}"
     wd = ablation_dir(root, row)
-    out[name] = ([f"--workdir={wd}"], "" if row == "full" else ":folds_only",
-                 done_marker(wd))
+    out[name] = ([f"--workdir={wd}"] + ([] if row == "full" else NO_KNN),
+                 "" if row == "full" else ":folds_only", done_marker(wd))
   for seed in range(FLAGS.random_seeds):
     out[f"random_seed{seed}"] = (
-        ["--features=random", f"--pretrain_config={CONFIG}", f"--seed={seed}"],
-        "" if seed == 0 else ":folds_only", None)
+        ["--features=random", f"--pretrain_config={CONFIG}", f"--seed={seed}"]
+        + ([] if seed == 0 else NO_KNN), "" if seed == 0 else ":folds_only", None)
   out["autoencoder"] = (["--features=autoencoder",
                          f"--workdir={autoencoder_dir(root)}"], "",
                         done_marker(autoencoder_dir(root)))
@@ -150,8 +154,8 @@ def stage_evaluate(root):
       continue
     run_logged(f"eval_{name}", [
         sys.executable, "-m", "trainers.linear_eval",
-        f"--config={EVAL_CONFIG}{arg}", f"--output={os.path.dirname(path)}"]
-        + flags_, root)
+        f"--config={EVAL_CONFIG}{arg}", f"--output={os.path.dirname(path)}",
+        f"--config.full.epochs={FLAGS.full_epochs}"] + flags_, root)
 
 
 # ------------------------------------------------------------------ report
@@ -170,8 +174,9 @@ def per_layer(result):
   table = {}
   for layer, r in result.get("folds", {}).items():
     table[layer] = {"mean": r["linear"]["mean"], "std": r["linear"]["std"],
-                    "knn_mean": r["knn"]["mean"], "knn_std": r["knn"]["std"],
                     "dims": r["dims"]}
+    if "knn" in r:
+      table[layer].update(knn_mean=r["knn"]["mean"], knn_std=r["knn"]["std"])
     if "full" in result:
       table[layer]["full"] = result["full"]["accuracy"][layer]
   return table
@@ -183,13 +188,15 @@ def combine_seeds(tables):
   out = {}
   for layer in tables[0][1]:
     accs = [a for _, t, r in tables for a in r["folds"][layer]["linear"]["per_fold"]]
-    knns = [a for _, t, r in tables for a in r["folds"][layer]["knn"]["per_fold"]]
+    knns = [a for _, t, r in tables
+            for a in r["folds"][layer].get("knn", {}).get("per_fold", [])]
     means = [t[layer]["mean"] for _, t, _ in tables]
     out[layer] = {"mean": sum(means) / len(means),
-                  "std": float(_std(accs)), "knn_mean": sum(knns) / len(knns),
-                  "knn_std": float(_std(knns)), "best_seed_mean": max(means),
+                  "std": float(_std(accs)), "best_seed_mean": max(means),
                   "best_seed_std": tables[means.index(max(means))][1][layer]["std"],
                   "dims": tables[0][1][layer]["dims"]}
+    if knns:  # from the seeds evaluated with kNN
+      out[layer].update(knn_mean=sum(knns) / len(knns), knn_std=float(_std(knns)))
     full = [t[layer].get("full") for _, t, _ in tables if "full" in t[layer]]
     if full:
       out[layer]["full"] = full[0]

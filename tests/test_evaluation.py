@@ -273,8 +273,11 @@ def test_fold_filter_keeps_exactly_the_fold():
 # --------------------------------------------------------- quality report
 def _fake_eval(path, layer_means, full=True, std=0.01):
   folds = {l: {"dims": 10, "linear": {"mean": m, "std": std, "per_fold": [m - std, m + std]},
-               "knn": {"mean": m - 0.05, "std": std, "per_fold": [m - 0.05 - std, m - 0.05 + std]},
                "penalty_per_fold": [1.0, 1.0]} for l, m in layer_means.items()}
+  if full:  # as benchmarks.quality runs it: kNN and full probe together
+    for l, m in layer_means.items():
+      folds[l]["knn"] = {"mean": m - 0.05, "std": std,
+                         "per_fold": [m - 0.05 - std, m - 0.05 + std]}
   res = {"folds": folds, "layers": list(layer_means),
          "folds_setup": {"num_folds": 2, "fold_size": 1000, "validation_size": 50,
                          "test_images": 100}}
@@ -311,6 +314,7 @@ def test_quality_report_arithmetic(tmp_path):
   # random at conv3 = mean of seeds (.74, .76) = .75; supervised .90.
   assert rep["gap_closure"] == pytest.approx((0.85 - 0.75) / (0.90 - 0.75))
   assert rep["models"]["random"]["conv3"]["best_seed_mean"] == pytest.approx(0.76)
+  assert rep["models"]["random"]["conv3"]["knn_mean"] == pytest.approx(0.74 - 0.05)
   assert rep["margin_over_best_random_seed_in_stds"] == pytest.approx(0.09 / 0.01)
   assert rep["margin_over_autoencoder_in_stds"] == pytest.approx(0.07 / 0.01)
   assert rep["targets"] == {"beats_random_and_autoencoder_by_3_std": True,
@@ -322,3 +326,13 @@ def test_quality_report_arithmetic(tmp_path):
       assert {"mean", "std"} <= set(v)
   assert os.path.getsize(out + ".png") > 1000
   assert "gap closure" in open(out + ".md").read()
+
+
+def test_ridge_standardize_folds_the_affine_map_into_the_classifier():
+  rng = np.random.default_rng(3)
+  x = rng.normal(2.0, 3.0, size=(40, 12)) * rng.uniform(0.1, 5, 12)
+  y, xe = rng.integers(0, 4, 40), rng.normal(2.0, 3.0, size=(30, 12))
+  mean, std = x.mean(0), x.std(0) + 1e-6
+  want = evaluation.ridge_fit_predict((x - mean) / std, y, [(xe - mean) / std], 4, [0.1])
+  got = evaluation.ridge_fit_predict(x, y, [xe], 4, [0.1], standardize=True)
+  np.testing.assert_array_equal(got[0][0], want[0][0])

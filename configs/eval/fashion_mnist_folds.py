@@ -36,7 +36,7 @@ def get_config(arg: str = ""):
       kind="seeded",              # seeded | file (STL-10 fold_indices.txt)
       file="", num_folds=10, per_class=100, seed=0, validation_size=5000))
   c.ridge_penalties = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
-  c.knn = ml_collections.ConfigDict(dict(k=20, temperature=0.07))
+  c.knn = ml_collections.ConfigDict(dict(enabled=True, k=20, temperature=0.07))
   c.full = ml_collections.ConfigDict(dict(
       epochs=2, batch_size=256, lr=1e-3, weight_decay=5e-4,
       max_train_images=0))        # 0 = the whole training split
