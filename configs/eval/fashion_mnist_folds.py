@@ -15,16 +15,14 @@ per layer on all 60k labels. Arguments after ':' (comma separated):
 import ml_collections
 
 from artifact_spotting import config as config_lib
+from configs import datasets
 
 
 def get_config(arg: str = ""):
   args = config_lib.parse_arg(arg)
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.dataset = ml_collections.ConfigDict(dict(
-      source="idx", name="fashion_mnist", path="/usr/share/datasets/fashion-mnist",
-      data_dir="", manual_dir="", auto_install=True, tfds_fallback=True,
-      train_split="train", test_split="test", shuffle_buffer=10_000))
+  c.dataset = datasets.fashion_mnist(train_split="train", test_split="test")
   c.channels = 1
   c.num_classes = 10
   c.pp_eval = "resize(32)|value_range(-1, 1)"

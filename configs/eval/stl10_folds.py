@@ -13,13 +13,13 @@ chosen per fold on 1,000 images of the other folds. Images are used at the
 pretraining resolution (96x96, see configs/stl10.py).
 """
 
+from configs import datasets
 from configs.eval import fashion_mnist_folds
 
 
 def get_config(arg: str = ""):
   c = fashion_mnist_folds.get_config(arg)
-  c.dataset.update(source="tfds", name="stl10", path="", train_split="train",
-                   test_split="test")
+  c.dataset = datasets.tfds("stl10", train_split="train", test_split="test")
   c.channels = 3
   c.pp_eval = "resize(96)|value_range(-1, 1)"
   c.pp_train = "random_resized_crop(96)|flip_lr|value_range(-1, 1)"

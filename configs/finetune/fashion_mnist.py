@@ -16,18 +16,19 @@ upper bound of benchmarks/quality.py):
 import ml_collections
 
 from artifact_spotting import config as config_lib
+from configs import datasets
 
 
 def get_config(arg: str = ""):
   args = config_lib.parse_arg(arg)
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.dataset = ml_collections.ConfigDict(dict(
-      source="idx", name="fashion_mnist", path="/usr/share/datasets/fashion-mnist",
-      data_dir="", manual_dir="", auto_install=True, tfds_fallback=True,
-      train_split="train", eval_split="test", shuffle_buffer=10_000))
+  c.dataset = datasets.fashion_mnist(train_split="train", eval_split="test")
   c.channels = 1
   c.num_classes = 10
+  c.multilabel = False           # True: sigmoid heads, labels 1 / 0 / -1 (ignored)
+  c.fold = ""                    # "" (whole split), "all" or a fold index
+  c.fold_file = ""               # folds of the training split (STL-10's file)
   c.pp_train = "resize(32)|flip_lr|value_range(-1, 1)"
   c.pp_eval = "resize(32)|value_range(-1, 1)"
   c.freeze_up_to = "conv5"     # conv1..this stay frozen; "none" trains all
@@ -43,3 +44,21 @@ def get_config(arg: str = ""):
   if args.get("smoke"):
     c.epochs, c.steps_per_epoch, c.batch_size = 2, 5, 32
   return c
+
+
+def tfds_images(arg, name, res, num_classes, train_split, eval_split="test"):
+  """The RGB tfds fine-tuning setup (STL-10 folds, VOC 2007) at ``res``."""
+  args = config_lib.parse_arg(arg)
+  c = get_config("")
+  c.dataset = datasets.tfds(name, train_split=train_split, eval_split=eval_split)
+  c.channels = 3
+  c.num_classes = num_classes
+  c.pp_train = f"random_resized_crop({res})|flip_lr|value_range(-1, 1)"
+  c.pp_eval = f"resize({res})|value_range(-1, 1)"
+  c.freeze_up_to = "none"         # the paper's protocol fine-tunes every layer
+  c.batch_size = 64
+  c.lr = 1e-4
+  c.early_stopping_patience = 0   # off: the eval split is the test split
+  if args.get("smoke"):
+    c.epochs, c.steps_per_epoch, c.batch_size = 1, 2, 4
+  return c, args
