@@ -33,12 +33,15 @@ flags.DEFINE_string("out", "results/quality_fashion_mnist", "Output path prefix.
 flags.DEFINE_integer("ae_steps", 1000, "Autoencoder steps (shared by all rows).")
 flags.DEFINE_integer("spotter_steps", 700, "Adversarial steps per ablation row "
                      "(the common budget).")
+flags.DEFINE_integer("ours_steps", 0, "Adversarial steps of ours (the headline "
+                     "model); 0 or --spotter_steps: ours is the ablation table's "
+                     "full row, more: a separate, longer run.")
 flags.DEFINE_list("ablations", ["full", "a", "g", "k", "l"],
                   "Ablation rows to train; 'full' is ours.")
 flags.DEFINE_integer("random_seeds", 3, "Random-init discriminators.")
 flags.DEFINE_integer("supervised_epochs", 2, "Epochs of the supervised bound.")
 flags.DEFINE_integer("full_epochs", 1, "Epochs of the full-label probe.")
-flags.DEFINE_string("stages", "pretrain,supervised,evaluate,report",
+flags.DEFINE_string("stages", "pretrain,ours,supervised,evaluate,report",
                     "Comma-separated stages to run.")
 
 CONFIG = "configs/fashion_mnist.py"
@@ -103,6 +106,36 @@ def stage_pretrain(root):
          ("train.checkpoint_every", 100)]), wd, root)
 
 
+def ours_long():
+  return FLAGS.ours_steps > FLAGS.spotter_steps
+
+
+def ours_dir(root):
+  if ours_long():
+    return os.path.join(root, "pretrain", f"full_{FLAGS.ours_steps}")
+  return ablation_dir(root, "full")
+
+
+def row_name(row):
+  """The evaluation name of an ablation row."""
+  if row == "full":
+    return "ablation_full" if ours_long() else "ours"
+  return f"ablation_{row}"
+
+
+def stage_ours(root):
+  """The longer headline run (only when --ours_steps > --spotter_steps)."""
+  if not ours_long():
+    return
+  wd = ours_dir(root)
+  train_once(f"spotter_full_{FLAGS.ours_steps}", pretrain_cmd(
+      "ablation=full", wd,
+      [("autoencoder.steps", FLAGS.ae_steps),
+       ("autoencoder.init_from", autoencoder_dir(root)),
+       ("spotter.steps", FLAGS.ours_steps), ("train.jit_compile", "spotter"),
+       ("train.checkpoint_every", 100)]), wd, root)
+
+
 def stage_supervised(root):
   wd = os.path.join(root, "supervised")
   train_once("supervised", [
@@ -120,11 +153,12 @@ def models(root):
   Ablation rows and random seeds other than 0 get the folds protocol's linear
   classifiers only; ours and the baselines also kNN and the full-label probe."""
   out = {}
+  out["ours"] = ([f"--workdir={ours_dir(root)}"], "", done_marker(ours_dir(root)))
   for row in FLAGS.ablations:
-    name = "ours" if row == "full" else f"ablation_{row}"
-    wd = ablation_dir(root, row)
-    out[name] = ([f"--workdir={wd}"] + ([] if row == "full" else NO_KNN),
-                 "" if row == "full" else ":folds_only", done_marker(wd))
+    if row_name(row) != "ours":
+      wd = ablation_dir(root, row)
+      out[row_name(row)] = ([f"--workdir={wd}"] + NO_KNN, ":folds_only",
+                            done_marker(wd))
   for seed in range(FLAGS.random_seeds):
     out[f"random_seed{seed}"] = (
         ["--features=random", f"--pretrain_config={CONFIG}", f"--seed={seed}"]
@@ -234,7 +268,7 @@ def build_report(root):
   margin_ae = (ours["mean"] - ae["mean"]) / max(ours["std"], ae["std"])
   ablations = {}
   for row in FLAGS.ablations:
-    name = "ours" if row == "full" else f"ablation_{row}"
+    name = row_name(row)
     l, r = best(tables[name])
     ablations[row] = {"best_layer": l, "mean": r["mean"], "std": r["std"],
                       f"at_{layer}": tables[name][layer]["mean"],
@@ -243,7 +277,7 @@ def build_report(root):
     if row != "full":
       r["below_full_in_stds"] = (ablations["full"]["mean"] - r["mean"]) / max(
           ablations["full"]["std"], r["std"])
-  with open(os.path.join(ablation_dir(root, "full"), "config.json")) as f:
+  with open(os.path.join(ours_dir(root), "config.json")) as f:
     pre = json.load(f)
   report = {
       "machine": machine(),
@@ -252,6 +286,7 @@ def build_report(root):
           "autoencoder_steps": FLAGS.ae_steps,
           "autoencoder_batch": pre["autoencoder"]["batch_size"],
           "spotter_steps": FLAGS.spotter_steps,
+          "ours_spotter_steps": max(FLAGS.ours_steps, FLAGS.spotter_steps),
           "spotter_batch": pre["spotter"]["batch_size"],
           "supervised_epochs": FLAGS.supervised_epochs,
           "resolution": pre["resolution"],
@@ -293,7 +328,8 @@ def write_markdown(report, path):
       "(resumable; see its docstring).", "",
       f"Budget: autoencoder {b['autoencoder_steps']} steps x {b['autoencoder_batch']}, "
       f"spotter {b['spotter_steps']} steps x {b['spotter_batch']} per ablation row "
-      f"(shared autoencoder), {b['resolution']}x{b['resolution']} grayscale; "
+      f"(shared autoencoder), ours {b['ours_spotter_steps']} spotter steps, "
+      f"{b['resolution']}x{b['resolution']} grayscale; "
       f"supervised bound {b['supervised_epochs']} epochs on all 60k labels. "
       f"Training seconds: {b['train_seconds']}.", "",
       f"Protocol: {r['protocol']['num_folds']} seeded disjoint folds of "
@@ -388,7 +424,7 @@ def stage_report(root, out):
   report = build_report(root)
   results = load_results(root)
   report["ablation_tables"] = {
-      row: per_layer(results["ours" if row == "full" else f"ablation_{row}"])
+      row: per_layer(results[row_name(row)])
       for row in FLAGS.ablations}
   os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
   with open(out + ".json", "w") as f:
@@ -406,6 +442,8 @@ def main(argv):
   t0 = time.time()
   if "pretrain" in stages:
     stage_pretrain(FLAGS.root)
+  if "pretrain" in stages or "ours" in stages:
+    stage_ours(FLAGS.root)
   if "supervised" in stages:
     stage_supervised(FLAGS.root)
   if "evaluate" in stages:

@@ -336,3 +336,17 @@ def test_ridge_standardize_folds_the_affine_map_into_the_classifier():
   want = evaluation.ridge_fit_predict((x - mean) / std, y, [(xe - mean) / std], 4, [0.1])
   got = evaluation.ridge_fit_predict(x, y, [xe], 4, [0.1], standardize=True)
   np.testing.assert_array_equal(got[0][0], want[0][0])
+
+
+def test_quality_longer_ours_run_is_separate_from_the_full_row(tmp_path):
+  from absl import flags
+  from benchmarks import quality
+  flags.FLAGS(["quality", f"--root={tmp_path}", "--ablations=full,k",
+               "--spotter_steps=700", "--ours_steps=2000"], known_only=True)
+  try:
+    names = quality.models(str(tmp_path))
+    assert {"ours", "ablation_full", "ablation_k"} <= set(names)
+    assert f"--workdir={tmp_path}/pretrain/full_2000" in names["ours"][0]
+    assert f"--workdir={tmp_path}/pretrain/full" in names["ablation_full"][0]
+  finally:
+    flags.FLAGS.ours_steps = 0
