@@ -12,7 +12,7 @@ from typing import Any, Dict
 import ml_collections
 
 DATASET_SOURCES = ("idx", "tfds", "image_folder")
-JIT_MODES = ("off", "on", "spotter")
+JIT_MODES = ("auto", "off", "on", "spotter")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 
@@ -120,9 +120,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.probe = ml_collections.ConfigDict(dict(enabled=True, num_classes=10, lr=1e-3))
   c.train = ml_collections.ConfigDict(dict(
       log_every=50, summary_every=500, checkpoint_every=1000,
-      # XLA: "off" | "on" (both phases) | "spotter" (the adversarial phase only;
-      # on CPU faster for that phase, slower for the autoencoder's).
-      keep_checkpoints=3, jit_compile="off", montage_size=8,
+      # XLA: "off" | "on" (both phases) | "spotter" (the adversarial phase
+      # only) | "auto": the measured faster choice for the device, see
+      # train_lib.resolve_jit (CPU, one replica: "spotter"; else "off").
+      keep_checkpoints=3, jit_compile="auto", montage_size=8,
       # "float32" | "mixed_bfloat16" (CPUs with bf16 units, TPUs) |
       # "mixed_float16" (GPUs; adds dynamic loss scaling).
       precision="float32"))

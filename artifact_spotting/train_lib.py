@@ -165,6 +165,22 @@ def init_autoencoder(players: Players, config):
   return latest
 
 
+def resolve_jit(mode: str, strategy) -> str:
+  """``"auto"`` -> the faster measured choice for this device.
+
+  On CPU with one replica XLA speeds up the adversarial step and slows the
+  autoencoder step (results/throughput_cpu2.md), hence "spotter". With
+  several replicas XLA does not compile the step (synchronized batch norm,
+  history all-gather), and on GPUs it is not measured yet: "off".
+  """
+  if mode != "auto":
+    return mode
+  if strategy.num_replicas_in_sync > 1 or tf.config.list_logical_devices("GPU") \
+      or tf.config.list_logical_devices("TPU"):
+    return "off"
+  return "spotter"
+
+
 class CheckpointKeeper:
   """Periodic/final checkpoints in workdir/checkpoints; only the chief keeps
   them (other workers write to a scratch dir that is removed again)."""
@@ -311,7 +327,8 @@ def train(config, workdir: str, strategy=None) -> Dict[str, Dict]:
   try:
     config_lib.validate(config)
     strategy = strategy or distribute.make_strategy(config.distribute)
-    if config.train.jit_compile != "off" and strategy.num_replicas_in_sync > 1:
+    jit = resolve_jit(config.train.jit_compile, strategy)
+    if jit != "off" and strategy.num_replicas_in_sync > 1:
       raise ValueError(
           f"config.train.jit_compile={config.train.jit_compile!r} works with one "
           "replica only: the step's "
@@ -332,8 +349,8 @@ def train(config, workdir: str, strategy=None) -> Dict[str, Dict]:
   chief = distribute.is_chief(strategy)
   if chief:
     write_config(config, workdir)
-  logging.info("Strategy %s with %d replica(s).", type(strategy).__name__,
-               strategy.num_replicas_in_sync)
+  logging.info("Strategy %s with %d replica(s); XLA: %s.", type(strategy).__name__,
+               strategy.num_replicas_in_sync, jit)
   if restored:
     logging.info("Resumed from %s (autoencoder step %d, adversarial step %d).",
                  restored, players.ae_step, players.adv_step)
@@ -354,7 +371,7 @@ def train(config, workdir: str, strategy=None) -> Dict[str, Dict]:
   ae_batch = config.autoencoder.batch_size
   if players.ae_step < config.autoencoder.steps:
     ae_loop = make_loop(strategy, lambda b: model.autoencoder_step(b, players.ae_opt),
-                        t.jit_compile == "on")
+                        jit == "on")
     it = iter(dataset(ae_batch, config.seed))
     results["autoencoder"] = run_phase(
         name="autoencoder", loop=ae_loop, iterator=it,
@@ -383,7 +400,7 @@ def train(config, workdir: str, strategy=None) -> Dict[str, Dict]:
     adv_loop = make_loop(
         strategy,
         lambda b: model.adversarial_step(b, players.c_opt, players.r_opt, probe_opt),
-        t.jit_compile != "off")
+        jit != "off")
     it = iter(dataset(adv_batch, config.seed + 1))
     if players.adv_step == 0:
       on_summary(0)

@@ -31,7 +31,8 @@ def tiny_config(**overrides):
              dict(filters=8, kernel=3, stride=1, pool=False, norm="none"),
              dict(filters=8, kernel=3, stride=1, pool=False, norm="batch")),
       fc_units=16, dropout=0.0)
-  c.train.update(log_every=2, summary_every=2, checkpoint_every=2, montage_size=2)
+  c.train.update(log_every=2, summary_every=2, checkpoint_every=2, montage_size=2,
+                 jit_compile="off")  # XLA has its own tests; compiling is slow
   c.dataset.shuffle_buffer = 64
   for k, v in overrides.items():
     config_lib.set_dotted(c, k, v)
