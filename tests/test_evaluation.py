@@ -350,3 +350,27 @@ def test_quality_longer_ours_run_is_separate_from_the_full_row(tmp_path):
     assert f"--workdir={tmp_path}/pretrain/full" in names["ablation_full"][0]
   finally:
     flags.FLAGS.ours_steps = 0
+
+
+def test_folds_from_a_fold_file_as_for_stl10(idx_dir, tmp_path):
+  """The STL-10 protocol's shape: folds read from a file and covering the
+  whole training split, so each fold validates on the other folds' images."""
+  from configs.eval import fashion_mnist_folds, stl10_folds
+  fold_file = tmp_path / "fold_indices.txt"
+  fold_file.write_text("0 1 2 3 4 5 6 7\n8 9 10 11 12 13 14 15\n")
+  c = fashion_mnist_folds.get_config("smoke,folds_only")
+  c.dataset.update(path=idx_dir, auto_install=False, tfds_fallback=False)
+  c.folds.update(kind="file", file=str(fold_file), validation_size=4)
+  c.pp_eval = "resize(16)|value_range(-1, 1)"
+  c.max_test_images = 10
+  ex = evaluation.pixel_extractor(9216)
+  # 256 training images: 240 are in no fold, so validation comes from them.
+  res = evaluation.evaluate(c, ex, log=lambda m: None)
+  assert res["folds_setup"] == {"num_folds": 2, "fold_size": 8,
+                                "validation_size": 4, "test_images": 10}
+  assert len(res["folds"]["pixels"]["linear"]["per_fold"]) == 2
+  c.folds.file = ""
+  with pytest.raises(ValueError, match="config.folds.file"):
+    evaluation.evaluate(c, ex, log=lambda m: None)
+  stl = stl10_folds.get_config("")
+  assert (stl.folds.kind, stl.dataset.name, stl.channels) == ("file", "stl10", 3)
