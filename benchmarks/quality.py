@@ -29,7 +29,8 @@ from benchmarks.machine import machine
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("root", "/tmp/as_quality", "Working folder (resumable).")
-flags.DEFINE_string("out", "results/quality_fashion_mnist", "Output path prefix.")
+flags.DEFINE_string("report", "results/quality_fashion_mnist",
+                    "Output path prefix of the report (.json, .md, .png).")
 flags.DEFINE_integer("ae_steps", 1000, "Autoencoder steps (shared by all rows).")
 flags.DEFINE_integer("spotter_steps", 700, "Adversarial steps per ablation row "
                      "(the common budget).")
@@ -449,7 +450,7 @@ def main(argv):
   if "evaluate" in stages:
     stage_evaluate(FLAGS.root)
   if "report" in stages:
-    stage_report(FLAGS.root, FLAGS.out)
+    stage_report(FLAGS.root, FLAGS.report)
   log(f"stages {stages} finished in {time.time() - t0:.0f} s")
 
 
