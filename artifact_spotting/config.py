@@ -122,7 +122,7 @@ def base_config() -> ml_collections.ConfigDict:
       log_every=50, summary_every=500, checkpoint_every=1000,
       # XLA: "off" | "on" (both phases) | "spotter" (the adversarial phase
       # only) | "auto": the measured faster choice for the device, see
-      # train_lib.resolve_jit (CPU, one replica: "spotter"; else "off").
+      # train_lib.resolve_jit (so far "off" everywhere).
       keep_checkpoints=3, jit_compile="auto", montage_size=8,
       # "float32" | "mixed_bfloat16" (CPUs with bf16 units, TPUs) |
       # "mixed_float16" (GPUs; adds dynamic loss scaling).
@@ -196,6 +196,12 @@ def validate(config):
   if config.train.precision not in PRECISIONS:
     raise ValueError(f"config.train.precision={config.train.precision!r} must "
                      f"be one of {PRECISIONS}")
+  if config.train.precision != "float32" and config.train.jit_compile in ("on", "spotter"):
+    raise ValueError(
+        f"config.train.precision={config.train.precision!r} with "
+        f"config.train.jit_compile={config.train.jit_compile!r}: XLA fails to "
+        f"compile the mixed-precision step (a float32/bfloat16 mix in the mask "
+        f"upsampling's gradient); use jit_compile='off'")
   if config.channels not in (1, 3):
     raise ValueError(f"config.channels={config.channels} must be 1 or 3")
   return config

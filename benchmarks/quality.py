@@ -290,6 +290,7 @@ def build_report(root):
           "ours_spotter_steps": max(FLAGS.ours_steps, FLAGS.spotter_steps),
           "spotter_batch": pre["spotter"]["batch_size"],
           "supervised_epochs": FLAGS.supervised_epochs,
+          "full_probe_epochs": FLAGS.full_epochs,
           "resolution": pre["resolution"],
           "train_seconds": _train_seconds(root),
       },
@@ -332,14 +333,15 @@ def write_markdown(report, path):
       f"(shared autoencoder), ours {b['ours_spotter_steps']} spotter steps, "
       f"{b['resolution']}x{b['resolution']} grayscale; "
       f"supervised bound {b['supervised_epochs']} epochs on all 60k labels. "
-      f"Training seconds: {b['train_seconds']}.", "",
+      f"Wall seconds of each training run (several shared the 2 cores): "
+      f"{b['train_seconds']}.", "",
       f"Protocol: {r['protocol']['num_folds']} seeded disjoint folds of "
       f"{r['protocol']['fold_size']} labelled training images (100 per class), "
       f"ridge classifier on standardized, average-pooled (~9k dims) frozen "
       f"features, penalty chosen on {r['protocol']['validation_size']} training "
       f"images in no fold, tested on {r['protocol']['test_images']} test images; "
       "mean +- std over folds. kNN: cosine, k=20, T=0.07, fold as memory bank. "
-      "Full: softmax probe on all 60k labels (2 epochs).", "",
+      f"Full: softmax probe on all 60k labels ({b['full_probe_epochs']} epoch(s)).", "",
       "## Targets", "",
       f"- best layer of ours: **{r['best_layer']}**; gap closure "
       f"(ours - random) / (supervised - random) there: **{r['gap_closure']:.2f}** "
