@@ -39,6 +39,10 @@ flags.DEFINE_integer("ours_steps", 0, "Adversarial steps of ours (the headline "
                      "full row, more: a separate, longer run.")
 flags.DEFINE_list("ablations", ["full", "a", "g", "k", "l"],
                   "Ablation rows to train; 'full' is ours.")
+flags.DEFINE_multi_string("override", [], "Extra config overrides for every "
+                          "spotter run, e.g. --override=spotter.lr=0.001 "
+                          "(the autoencoder is shared and takes none). Finished "
+                          "runs are not retrained: use a fresh --root.")
 flags.DEFINE_integer("random_seeds", 3, "Random-init discriminators.")
 flags.DEFINE_integer("supervised_epochs", 2, "Epochs of the supervised bound.")
 flags.DEFINE_integer("full_epochs", 1, "Epochs of the full-label probe.")
@@ -69,9 +73,10 @@ def done_marker(workdir):
   return os.path.join(workdir, "train_done.json")
 
 
-def pretrain_cmd(arg, workdir, overrides):
+def pretrain_cmd(arg, workdir, overrides, extra=()):
   return ([sys.executable, "-m", "trainers.pretrain", f"--config={CONFIG}:{arg}",
-           f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides])
+           f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides]
+          + [f"--config.{o}" for o in extra])
 
 
 def train_once(name, cmd, workdir, root):
@@ -104,7 +109,7 @@ def stage_pretrain(root):
         f"ablation={row}", wd,
         [("autoencoder.steps", FLAGS.ae_steps), ("autoencoder.init_from", ae),
          ("spotter.steps", FLAGS.spotter_steps), ("train.jit_compile", "spotter"),
-         ("train.checkpoint_every", 100)]), wd, root)
+         ("train.checkpoint_every", 100)], FLAGS.override), wd, root)
 
 
 def ours_long():
@@ -134,7 +139,7 @@ def stage_ours(root):
       [("autoencoder.steps", FLAGS.ae_steps),
        ("autoencoder.init_from", autoencoder_dir(root)),
        ("spotter.steps", FLAGS.ours_steps), ("train.jit_compile", "spotter"),
-       ("train.checkpoint_every", 100)]), wd, root)
+       ("train.checkpoint_every", 100)], FLAGS.override), wd, root)
 
 
 def stage_supervised(root):

@@ -348,6 +348,9 @@ def test_quality_longer_ours_run_is_separate_from_the_full_row(tmp_path):
     assert {"ours", "ablation_full", "ablation_k"} <= set(names)
     assert f"--workdir={tmp_path}/pretrain/full_2000" in names["ours"][0]
     assert f"--workdir={tmp_path}/pretrain/full" in names["ablation_full"][0]
+    cmd = quality.pretrain_cmd("ablation=k", "/w", [("spotter.steps", 7)],
+                               ["spotter.lr=0.001"])
+    assert cmd[-2:] == ["--config.spotter.steps=7", "--config.spotter.lr=0.001"]
   finally:
     flags.FLAGS.ours_steps = 0
 
