@@ -156,10 +156,7 @@ def extract(extractor: Extractor, source: pipeline.Source, pp: str,
   if indices is not None:
     indices = np.asarray(indices, np.int64)
     wanted = np.unique(indices)
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(wanted, tf.ones_like(wanted, tf.int32)), 0)
-    ds = ds.enumerate().filter(lambda i, ex: table.lookup(i) > 0).map(
-        lambda i, ex: dict(ex, index=i))
+    ds = pipeline.keep_indices(ds, wanted)
     order = np.searchsorted(wanted, indices)  # positions in the filtered stream
   src = pipeline.Source(ds, source.has_label, source.decode, source.info)
   feats: Dict[str, List[np.ndarray]] = {k: [] for k in extractor.layers}

@@ -95,13 +95,7 @@ def masked_binary_crossentropy(y_true, logits):
 
 def fold_filter(source, indices):
   """Keeps only the training images at ``indices`` (an STL-10 fold)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  wanted = np.unique(np.asarray(indices, np.int64))
-  table = tf.lookup.StaticHashTable(
-      tf.lookup.KeyValueTensorInitializer(wanted, tf.ones_like(wanted, tf.int32)), 0)
-  source.dataset = source.dataset.enumerate().filter(
-      lambda i, ex: table.lookup(i) > 0).map(lambda i, ex: ex)
+  source.dataset = pipeline.keep_indices(source.dataset, indices)
   return source
 
 

@@ -32,7 +32,6 @@ and .md; never mix figures of two machines in one ratio.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import statistics
@@ -42,6 +41,7 @@ import time
 
 from absl import app, flags
 
+from artifact_spotting.evaluation import load_pretrain_config as load_config
 from benchmarks.machine import machine
 
 FLAGS = flags.FLAGS
@@ -53,14 +53,6 @@ flags.DEFINE_string("variant", "", "Internal: run one variant, print JSON.")
 flags.DEFINE_string("tag", "", "Machine tag for the output name (default: "
                     "cpu<cores> or the GPU's name).")
 flags.DEFINE_string("out_dir", "results", "Output folder.")
-
-
-def load_config(path):
-  path, _, arg = path.partition(":")
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
 
 
 # ------------------------------------------------------------- matmul rate

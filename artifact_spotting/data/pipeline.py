@@ -47,6 +47,16 @@ def open_source(dataset_cfg, channels: int, split: Optional[str] = None,
                    f"idx | tfds | image_folder")
 
 
+def keep_indices(ds, indices):
+  """The elements of ``ds`` at positions ``indices`` (in stream order)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  wanted = np.unique(np.asarray(indices, np.int64))
+  table = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(wanted, tf.ones_like(wanted, tf.int32)), 0)
+  return ds.enumerate().filter(lambda i, ex: table.lookup(i) > 0).map(
+      lambda i, ex: ex)
+
+
 def _with_split(dataset_cfg, split):
   """An unlocked copy of dataset_cfg with ``split`` set (configs from the
   command line are locked and may not have the field)."""
