@@ -108,7 +108,7 @@ def stage_pretrain(root):
     train_once(f"spotter_{row}", pretrain_cmd(
         f"ablation={row}", wd,
         [("autoencoder.steps", FLAGS.ae_steps), ("autoencoder.init_from", ae),
-         ("spotter.steps", FLAGS.spotter_steps), ("train.jit_compile", "spotter"),
+         ("spotter.steps", FLAGS.spotter_steps),
          ("train.checkpoint_every", 100)], FLAGS.override), wd, root)
 
 
@@ -138,7 +138,7 @@ def stage_ours(root):
       "ablation=full", wd,
       [("autoencoder.steps", FLAGS.ae_steps),
        ("autoencoder.init_from", autoencoder_dir(root)),
-       ("spotter.steps", FLAGS.ours_steps), ("train.jit_compile", "spotter"),
+       ("spotter.steps", FLAGS.ours_steps),
        ("train.checkpoint_every", 100)], FLAGS.override), wd, root)
 
 
@@ -294,6 +294,10 @@ def build_report(root):
           "spotter_steps": FLAGS.spotter_steps,
           "ours_spotter_steps": max(FLAGS.ours_steps, FLAGS.spotter_steps),
           "spotter_batch": pre["spotter"]["batch_size"],
+          "spotter_lr": pre["spotter"]["lr"],
+          "repair_lr": pre["spotter"]["repair_lr"],
+          "drop_rate": pre["spotter"]["drop_rate"],
+          "overrides": list(FLAGS.override),
           "supervised_epochs": FLAGS.supervised_epochs,
           "full_probe_epochs": FLAGS.full_epochs,
           "resolution": pre["resolution"],
@@ -336,6 +340,8 @@ def write_markdown(report, path):
       f"Budget: autoencoder {b['autoencoder_steps']} steps x {b['autoencoder_batch']}, "
       f"spotter {b['spotter_steps']} steps x {b['spotter_batch']} per ablation row "
       f"(shared autoencoder), ours {b['ours_spotter_steps']} spotter steps, "
+      f"Adam lr {b['spotter_lr']:g} (C) / {b['repair_lr']:g} (R), drop rate "
+      f"{b['drop_rate']:g}, extra overrides {b['overrides'] or 'none'}, "
       f"{b['resolution']}x{b['resolution']} grayscale; "
       f"supervised bound {b['supervised_epochs']} epochs on all 60k labels. "
       f"Wall seconds of each training run (several shared the 2 cores): "
