@@ -13,7 +13,8 @@ from typing import Callable, Optional, Sequence
 import keras
 from keras import layers, ops
 
-from artifact_spotting.models.blocks import PACKAGE, ConvBlock, get_indexed, set_indexed
+from artifact_spotting.models.blocks import (PACKAGE, Conv2D, ConvBlock, get_indexed,
+                                             set_indexed)
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
@@ -93,7 +94,7 @@ class Decoder(layers.Layer):
         ConvBlock(w, 3, 1, "batch", self.negative_slope, name=f"stage{i + 1}",
                   dtype=self.dtype_policy)
         for i, w in enumerate(self.widths)])
-    self.to_image = layers.Conv2D(self.channels, 3, padding="same",
+    self.to_image = Conv2D(self.channels, 3, padding="same",
                                   name="to_image", dtype=self.dtype_policy)
 
   @property

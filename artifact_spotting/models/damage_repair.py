@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-from artifact_spotting.models.blocks import PACKAGE, ConvBlock
+from artifact_spotting.models.blocks import PACKAGE, Conv2D, ConvBlock
 
 FILL_MODES = ("zeros", "average")
 
@@ -90,7 +90,7 @@ class RepairBlock(layers.Layer):
     self.negative_slope = float(negative_slope)
     self.body = ConvBlock(self.hidden, 3, 1, "batch", self.negative_slope,
                           name="body", dtype=self.dtype_policy)
-    self.out = layers.Conv2D(self.filters, 3, padding="same", name="out",
+    self.out = Conv2D(self.filters, 3, padding="same", name="out",
                              kernel_initializer="zeros",
                              dtype=self.dtype_policy)
 

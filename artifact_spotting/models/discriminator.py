@@ -7,7 +7,7 @@ from typing import Dict, Sequence
 import keras
 from keras import layers, ops
 
-from artifact_spotting.models.blocks import PACKAGE, ConvBlock
+from artifact_spotting.models.blocks import PACKAGE, Conv2D, ConvBlock
 
 FEATURE_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 NORMS = ("batch", "lrn", "none")
@@ -67,7 +67,7 @@ class Discriminator(layers.Layer):
                   if self.fc_norm else None)
     self.fc_drop = layers.Dropout(self.dropout, name="fc1_dropout", dtype=dt)
     self.class_head = layers.Dense(1, name="class_head", dtype=dt)
-    self.mask_head = layers.Conv2D(1, 3, padding="same", name="mask_head", dtype=dt)
+    self.mask_head = Conv2D(1, 3, padding="same", name="mask_head", dtype=dt)
 
   def grid(self, resolution):
     """The M x N grid of conv5 (and of the mask head) for an input size."""
