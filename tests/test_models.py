@@ -295,3 +295,61 @@ def test_conv_fast_input_gradient_matches_keras(kernel, cin, stride, fast):
                       ).get_concrete_function(x).graph
   types = {op.type for op in graph.get_operations()}
   assert ("Conv2DBackpropInput" not in types) == fast, types
+
+
+def _grads_of(layer, x, dy, **kw):
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    y = layer(x, **kw)
+    loss = tf.reduce_sum(tf.cast(y, tf.float32) * dy)
+  return [y] + tape.gradient(loss, [x] + layer.trainable_variables)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_fused_batch_norm_matches_keras(dtype):
+  """blocks.BatchNorm trains through FusedBatchNormV3 with keras' results:
+  outputs, gradients (incl. through the batch statistics) and moving stats."""
+  from artifact_spotting.models import blocks
+  x = tf.random.stateless_normal([6, 5, 5, 8], seed=(5, 6)) * 3 + 1
+  ours = blocks.BatchNorm(momentum=0.9, epsilon=1e-5, synchronized=True, dtype=dtype)
+  ref = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5,
+                                        synchronized=True, dtype=dtype)
+  for layer in (ours, ref):
+    layer.build(x.shape)
+  _randomize(ours, 7)
+  ref.set_weights(ours.get_weights())
+  xin = tf.cast(x, ours.compute_dtype)
+  dy = tf.random.stateless_normal(x.shape, seed=(8, 9))
+  assert ours._fused(xin, True, None) and not ours._fused(xin, False, None)
+  tol = 1e-4 if dtype == "float32" else 3e-2
+  got, want = _grads_of(ours, xin, dy, training=True), _grads_of(ref, xin, dy, training=True)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(tf.cast(a, tf.float32).numpy(), tf.cast(b, tf.float32).numpy(),
+                               rtol=tol, atol=tol)
+  for a, b in zip(ours.non_trainable_weights, ref.non_trainable_weights):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+  # Inference: the parent's code, same result.
+  np.testing.assert_allclose(tf.cast(ours(xin), tf.float32).numpy(),
+                             tf.cast(ref(xin), tf.float32).numpy(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", ["float32"])
+def test_argmax_max_pool_matches_keras(dtype):
+  from artifact_spotting.models import blocks
+  x = tf.cast(tf.random.stateless_normal([3, 8, 8, 4], seed=(1, 1)), dtype)
+  dy = tf.random.stateless_normal([3, 4, 4, 4], seed=(2, 2))
+  ours = blocks.MaxPool(3, 2, padding="same", dtype=dtype)
+  ref = keras.layers.MaxPooling2D(3, 2, padding="same", dtype=dtype)
+  for a, b in zip(_grads_of(ours, x, dy, training=True), _grads_of(ref, x, dy)):
+    np.testing.assert_array_equal(tf.cast(a, tf.float32).numpy(),
+                                  tf.cast(b, tf.float32).numpy())
+  graph = tf.function(lambda t: tf.gradients(ours(t, training=True), t)
+                      ).get_concrete_function(x).graph
+  types = {op.type for op in graph.get_operations()}
+  assert "MaxPoolGradWithArgmax" in types and "MaxPoolGrad" not in types
+  # Under XLA (no MaxPoolWithArgmax there) it is the plain pool.
+  xla = tf.function(lambda t: tf.gradients(ours(t, training=True), t)[0],
+                    jit_compile=True)
+  np.testing.assert_array_equal(
+      tf.cast(xla(x), tf.float32).numpy(),
+      tf.cast(_grads_of(ref, x, tf.ones_like(dy))[1], tf.float32).numpy())

@@ -93,6 +93,97 @@ class LocalResponseNorm(layers.Layer):
     return config
 
 
+def _in_xla() -> bool:
+  """Whether ops are being traced for XLA (tf.function(jit_compile=True))."""
+  from tensorflow.python.ops import control_flow_util  # pylint: disable=g-import-not-at-top
+  return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def _single_replica() -> bool:
+  ctx = tf.distribute.get_replica_context()
+  return ctx is None or ctx.num_replicas_in_sync == 1
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class BatchNorm(layers.BatchNormalization):
+  """keras BatchNormalization that trains through TF's fused kernel.
+
+  Same variables, config and results (up to float rounding, tested) as the
+  parent. In training, on one replica, for NHWC feature maps it calls
+  FusedBatchNormV3 (one kernel forward, one backward) instead of keras'
+  moments + batch_normalization graph, whose backward (Mul/Tile/Sum chains)
+  took ~14% of the adversarial step on CPU. With several replicas (the
+  synchronized statistics need a cross-replica reduction), masks, renorm or
+  other shapes it is the parent's code.
+  """
+
+  def _fused(self, inputs, training, mask):
+    return (training and self.trainable and mask is None and not self.renorm
+            and keras.backend.backend() == "tensorflow"
+            and len(inputs.shape) == 4 and self.axis in (-1, 3)
+            and self.center and self.scale and _single_replica())
+
+  def call(self, inputs, training=None, mask=None):
+    if not self._fused(inputs, training, mask):
+      return super().call(inputs, training=training, mask=mask)
+    # In float32 like keras (bfloat16/float16 statistics overflow or lose
+    # too much; the mixed-precision test caught a 5% loss drift without it).
+    x = tf.cast(inputs, tf.float32)
+    empty = tf.zeros([0], tf.float32)
+    y, mean, var, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+        x=x, scale=tf.cast(keras.ops.convert_to_tensor(self.gamma), tf.float32),
+        offset=tf.cast(keras.ops.convert_to_tensor(self.beta), tf.float32),
+        mean=empty, variance=empty, epsilon=self.epsilon,
+        exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
+    # The kernel returns the Bessel-corrected variance; keras keeps the
+    # biased one in its moving average.
+    n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+    var = var * (n - 1.0) / n
+    m = self.momentum
+    self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
+    self.moving_variance.assign(self.moving_variance * m + var * (1.0 - m))
+    return tf.cast(y, self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class MaxPool(layers.MaxPooling2D):
+  """keras MaxPooling2D that, in training, records the argmax in the forward
+  pass so that each backward pass is a cheap scatter.
+
+  The adversarial step backprops twice through C's pools (C's loss and R's
+  loss); TF's CPU MaxPoolGrad searches every window again each time (~80 ms
+  on 160x32x32x64), max_pool_with_argmax + MaxPoolGradWithArgmax does the
+  search once (same results, tested). Inference (training=False), XLA
+  (which has no MaxPoolWithArgmax) and mixed precision use the parent's plain
+  pool: with bfloat16 the mixed-precision test's losses drifted >5% from
+  float32 on some initialisations with the argmax path (cause not found;
+  the gradients themselves were equal on the inputs tried).
+  """
+
+  def call(self, inputs, training=None):
+    if not (training and keras.backend.backend() == "tensorflow"
+            and self.data_format == "channels_last" and len(inputs.shape) == 4
+            and self.compute_dtype == "float32"
+            and not _in_xla()):  # XLA has no MaxPoolWithArgmax
+
+      return super().call(inputs)
+    ksize = [1, *self.pool_size, 1]
+    strides = [1, *self.strides, 1]
+    padding = self.padding.upper()
+
+    @tf.custom_gradient
+    def pool(x):
+      y, argmax = tf.nn.max_pool_with_argmax(x, ksize, strides, padding,
+                                             include_batch_in_index=True)
+
+      def grad(dy):
+        return tf.raw_ops.MaxPoolGradWithArgmax(
+            input=x, grad=dy, argmax=argmax, ksize=ksize, strides=strides,
+            padding=padding, include_batch_in_index=True)
+      return y, grad
+    return pool(inputs)
+
+
 @keras.saving.register_keras_serializable(PACKAGE)
 class ConvBlock(layers.Layer):
   """Conv -> norm -> leaky ReLU, sublayers held as attributes.
@@ -112,7 +203,7 @@ class ConvBlock(layers.Layer):
     self.conv = Conv2D(self.filters, self.kernel_size, strides=self.strides,
                               padding="same", use_bias=norm != "batch",
                               name="conv", dtype=dt)
-    self.bn = (layers.BatchNormalization(momentum=0.9, epsilon=1e-5,
+    self.bn = (BatchNorm(momentum=0.9, epsilon=1e-5,
                                          synchronized=True, name="bn", dtype=dt)
                if norm == "batch" else None)
     self.act = layers.LeakyReLU(self.negative_slope, name="act", dtype=dt)

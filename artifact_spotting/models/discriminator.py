@@ -7,7 +7,7 @@ from typing import Dict, Sequence
 import keras
 from keras import layers, ops
 
-from artifact_spotting.models.blocks import PACKAGE, Conv2D, ConvBlock
+from artifact_spotting.models.blocks import PACKAGE, Conv2D, ConvBlock, MaxPool
 
 FEATURE_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 NORMS = ("batch", "lrn", "none")
@@ -56,7 +56,7 @@ class Discriminator(layers.Layer):
           int(spec["filters"]), int(spec["kernel"]), int(spec["stride"]),
           spec.get("norm", "batch"), self.negative_slope, name=name, dtype=dt))
       setattr(self, f"{name}_pool",
-              layers.MaxPooling2D(3, 2, padding="same", name=f"{name}_pool", dtype=dt)
+              MaxPool(3, 2, padding="same", name=f"{name}_pool", dtype=dt)
               if spec.get("pool", False) else None)
     self.flatten = layers.Flatten(name="flatten", dtype=dt)
     self.fc = layers.Dense(self.fc_units, use_bias=not self.fc_norm,
@@ -109,7 +109,7 @@ class Discriminator(layers.Layer):
       h = block(h, training=training)
       out[name] = h
       if pool is not None:
-        h = pool(h)
+        h = pool(h, training=training)
     return out
 
   def call(self, x, training=False):
