@@ -30,3 +30,16 @@ def test_discriminator_flops_match_a_hand_count():
   step = f["step_per_image"]
   assert step["spotter"] > 7 * got   # 2.5 views x (forward + 2x backward) + R's pass
   assert step["features"] == got
+
+
+def test_cpu_info_names_the_isa(tmp_path):
+  from benchmarks.machine import cpu_info, isa_tag
+  path = tmp_path / "cpuinfo"
+  path.write_text("processor\t: 0\nmodel name\t: AMD EPYC\ncpu family\t: 25\n"
+                  "model\t\t: 17\nflags\t\t: fpu avx2 avx512f avx512_bf16 sse\n\n"
+                  "processor\t: 1\nflags\t\t: fpu\n")
+  m = cpu_info(str(path))
+  assert (m["cpu"], m["cpu_family"], m["cpu_model"]) == ("AMD EPYC", 25, 17)
+  assert m["cpu_flags"] == ["avx512_bf16", "avx512f", "avx2"]
+  assert isa_tag(m) == "avx512_bf16"
+  assert isa_tag(cpu_info(str(tmp_path / "missing"))) == ""
