@@ -50,6 +50,9 @@ flags.DEFINE_integer("steps", 10, "Steps per timed window.")
 flags.DEFINE_integer("windows", 5, "Timed windows (median reported).")
 flags.DEFINE_bool("quick", False, "Fewer variants and windows.")
 flags.DEFINE_string("variant", "", "Internal: run one variant, print JSON.")
+flags.DEFINE_list("only", [], "Run just these variants, each "
+                  "phase:batch:xla|noxla:precision, e.g. "
+                  "spotter:64:noxla:float32,features:256:noxla:float32.")
 flags.DEFINE_string("tag", "", "Machine tag for the output name (default: "
                     "cpu<cores> or the GPU's name).")
 flags.DEFINE_string("out_dir", "results", "Output folder.")
@@ -209,6 +212,18 @@ def variants(config, quick):
   return out
 
 
+def parse_variant(text):
+  """'spotter:64:noxla:float32' -> ('spotter', 64, False, 'float32')."""
+  parts = text.split(":")
+  if (len(parts) != 4 or parts[0] not in ("spotter", "autoencoder", "features")
+      or not parts[1].isdigit() or parts[2] not in ("xla", "noxla")
+      or parts[3] not in ("float32", "mixed_bfloat16", "mixed_float16")):
+    raise SystemExit(f"bad variant {text!r}: want phase:batch:xla|noxla:precision "
+                     "with phase spotter|autoencoder|features and precision "
+                     "float32|mixed_bfloat16|mixed_float16")
+  return parts[0], int(parts[1]), parts[2] == "xla", parts[3]
+
+
 def tag_of(m):
   if FLAGS.tag:
     return FLAGS.tag
@@ -230,8 +245,7 @@ def best_matmul_rate(dtype):
 def main(argv):
   del argv
   if FLAGS.variant:
-    phase, batch, jit, precision = FLAGS.variant.split(":")
-    print("RESULT " + json.dumps(run_variant(phase, int(batch), jit == "xla", precision)))
+    print("RESULT " + json.dumps(run_variant(*parse_variant(FLAGS.variant))))
     return
   if FLAGS.quick:  # 5 variants, 3 windows of 5 steps: ~10 min on 2 cores
     FLAGS.windows = min(FLAGS.windows, 3)
@@ -243,7 +257,14 @@ def main(argv):
   print(f"matmul: float32 {rates['float32'] / 1e9:.1f} GFLOP/s, "
         f"bfloat16 {rates['bfloat16'] / 1e9:.1f} GFLOP/s", flush=True)
   results = []
-  for phase, batch, jit, prec in variants(config, FLAGS.quick):
+  chosen = variants(config, FLAGS.quick)
+  if FLAGS.only:
+    chosen = [parse_variant(v) for v in FLAGS.only]
+    if not any(v[0] == "spotter" and v[1] == config.spotter.batch_size
+               and v[3] == "float32" for v in chosen):
+      raise SystemExit(f"--only must include spotter:{config.spotter.batch_size}:"
+                       "noxla:float32 (or :xla:): the report's headline row")
+  for phase, batch, jit, prec in chosen:
     cmd = [sys.executable, "-m", "benchmarks.throughput", f"--config={FLAGS.config}",
            f"--steps={FLAGS.steps}", f"--windows={FLAGS.windows}",
            f"--variant={phase}:{batch}:{'xla' if jit else 'noxla'}:{prec}"]

@@ -1,5 +1,6 @@
 """Benchmark arithmetic: FLOP counts against hand counts."""
 
+import pytest
 import tensorflow as tf
 
 from artifact_spotting import train_lib
@@ -43,3 +44,14 @@ def test_cpu_info_names_the_isa(tmp_path):
   assert m["cpu_flags"] == ["avx512_bf16", "avx512f", "avx2"]
   assert isa_tag(m) == "avx512_bf16"
   assert isa_tag(cpu_info(str(tmp_path / "missing"))) == ""
+
+
+def test_throughput_variant_strings():
+  from benchmarks.throughput import parse_variant
+  assert parse_variant("spotter:64:noxla:float32") == ("spotter", 64, False, "float32")
+  assert parse_variant("features:256:xla:mixed_bfloat16") == (
+      "features", 256, True, "mixed_bfloat16")
+  for bad in ("spotter:64:noxla", "gan:64:noxla:float32", "spotter:x:noxla:float32",
+              "spotter:64:jit:float32", "spotter:64:noxla:float64"):
+    with pytest.raises(SystemExit, match="bad variant"):
+      parse_variant(bad)
