@@ -212,6 +212,12 @@ def variants(config, quick):
   return out
 
 
+def command_line():
+  """The command that wrote this report (output folder left out)."""
+  args = [a for a in sys.argv[1:] if not a.startswith("--out_dir")]
+  return " ".join(["python -m benchmarks.throughput"] + args)
+
+
 def parse_variant(text):
   """'spotter:64:noxla:float32' -> ('spotter', 64, False, 'float32')."""
   parts = text.split(":")
@@ -300,6 +306,7 @@ def write(config, rates, results):
   report = {
       "machine": m, "tag": tag, "date": time.strftime("%Y-%m-%d"),
       "config": FLAGS.config, "resolution": config.resolution,
+      "command": command_line(),
       "steps_per_window": FLAGS.steps, "windows": FLAGS.windows,
       "matmul_flops_per_second": rates,
       "adversarial_fp32_img_s": fp32["images_per_second"],
@@ -323,7 +330,7 @@ def write(config, rates, results):
       f"Machine: {m['cpu']} (family {m.get('cpu_family')}, model "
       f"{m.get('cpu_model')}, ISA flags {m.get('cpu_flags')}), {m['cores']} cores, "
       f"{m['gpus']} GPUs, TensorFlow {m['tensorflow']}; {report['date']}. "
-      f"Reproduce: `python -m benchmarks.throughput{' --quick' if FLAGS.quick else ''}`.",
+      f"Reproduce: `{command_line()}`.",
       f"Measured matmul rate (best of {'/'.join(map(str, MATMUL_SIZES))}^3, same run): float32 "
       f"{rates['float32'] / 1e9:.1f} GFLOP/s, bfloat16 {rates['bfloat16'] / 1e9:.1f} GFLOP/s.",
       f"Median of {FLAGS.windows} windows of {FLAGS.steps} steps after warm-up, one "

@@ -305,7 +305,8 @@ def test_quality_report_arithmetic(tmp_path):
   _fake_eval(quality.eval_path(root, "supervised"), conv(.75, .85, .90, .92, .93))
   os.makedirs(quality.ablation_dir(root, "full"))
   with open(os.path.join(quality.ablation_dir(root, "full"), "config.json"), "w") as f:
-    json.dump({"autoencoder": {"batch_size": 128}, "spotter": {"batch_size": 64},
+    json.dump({"autoencoder": {"batch_size": 128},
+               "spotter": {"batch_size": 64, "lr": 1e-3, "repair_lr": 1e-3, "drop_rate": 0.7},
                "resolution": 32}, f)
   out = str(tmp_path / "results" / "quality")
   quality.stage_report(root, out)
@@ -317,15 +318,33 @@ def test_quality_report_arithmetic(tmp_path):
   assert rep["models"]["random"]["conv3"]["knn_mean"] == pytest.approx(0.74 - 0.05)
   assert rep["margin_over_best_random_seed_in_stds"] == pytest.approx(0.09 / 0.01)
   assert rep["margin_over_autoencoder_in_stds"] == pytest.approx(0.07 / 0.01)
+  # (l) was not asked for: the ablation target is not measured, not "met".
   assert rep["targets"] == {"beats_random_and_autoencoder_by_3_std": True,
                             "gap_closure_at_least_0.5": True,
-                            "k_and_l_clearly_below_full": True}
+                            "k_and_l_clearly_below_full": None}
   assert rep["ablations"]["k"]["below_full_in_stds"] == pytest.approx(0.09 / 0.01)
   for model in ("ours", "random", "autoencoder", "pixels", "supervised"):
     for layer, v in rep["models"][model].items():
       assert {"mean", "std"} <= set(v)
   assert os.path.getsize(out + ".png") > 1000
   assert "gap closure" in open(out + ".md").read()
+  # A partial run: (l) asked for but not evaluated -> listed, target open;
+  # then evaluated -> the target is decided.
+  flags.FLAGS(["quality", f"--root={tmp_path}", "--ablations=full,k,l",
+               "--random_seeds=2"], known_only=True)
+  quality.stage_report(root, out)
+  rep = json.loads(open(out + ".json").read())
+  assert rep["ablations_missing"] == ["l"] and "l" not in rep["ablations"]
+  assert rep["targets"]["k_and_l_clearly_below_full"] is None
+  assert "Not trained/evaluated in this report (partial run): l." in open(out + ".md").read()
+  _fake_eval(quality.eval_path(root, "ablation_l"), conv(.70, .80, .84, .84, .83), False)
+  quality.stage_report(root, out)
+  rep = json.loads(open(out + ".json").read())
+  assert rep["ablations_missing"] == []
+  assert rep["targets"]["k_and_l_clearly_below_full"] is False  # l: 1 std below
+  os.remove(quality.eval_path(root, "pixels"))
+  with pytest.raises(RuntimeError, match="pixels"):
+    quality.stage_report(root, out)
 
 
 def test_ridge_standardize_folds_the_affine_map_into_the_classifier():
