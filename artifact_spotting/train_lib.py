@@ -197,8 +197,8 @@ def init_autoencoder(players: Players, config):
 def resolve_jit(mode: str, strategy) -> str:
   """``"auto"`` -> the faster measured choice for this device.
 
-  Measured on the 2-core CPU machine (results/throughput_cpu2_avx512_bf16.md): XLA slows
-  the adversarial step (68 vs 103 img/s), so "off".
+  Measured on a 2-core CPU machine (results/throughput_cpu2_avx512_bf16.md):
+  XLA slows the adversarial step (59 vs 110 img/s), so "off".
   With several replicas XLA does not compile the step (synchronized batch
   norm, history all-gather): "off". GPUs are not measured yet: "off".
   """
