@@ -25,7 +25,7 @@ import time
 
 from absl import app, flags
 
-from benchmarks.machine import machine
+from benchmarks.machine import isa_tag, machine
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("root", "/tmp/as_quality", "Working folder (resumable).")
@@ -344,7 +344,8 @@ def write_markdown(report, path):
   m = r["machine"]
   lines = [
       "# Feature quality on Fashion-MNIST (folds protocol)", "",
-      f"Machine: {m['cpu']}, {m['cores']} cores, {m['gpus']} GPUs, TensorFlow "
+      f"Machine: {m['cpu']} (ISA {isa_tag(m) or 'unknown'}), {m['cores']} cores, "
+      f"{m['gpus']} GPUs, TensorFlow "
       f"{m['tensorflow']}; {r['date']}. Reproduce: `python -m benchmarks.quality` "
       "(resumable; see its docstring).", "",
       f"Budget: autoencoder {b['autoencoder_steps']} steps x {b['autoencoder_batch']}, "
