@@ -24,6 +24,7 @@ from absl import logging
 
 from artifact_spotting import config as config_lib
 from artifact_spotting import distribute
+from artifact_spotting import hardware
 from artifact_spotting.data import pipeline
 from artifact_spotting.models.spotter import ArtifactSpotter
 from artifact_spotting.schedules import LinearDecay
@@ -61,25 +62,14 @@ def precision_policy(name: str):
     keras.config.set_dtype_policy(before)
 
 
-def cpu_has_bf16_units(cpuinfo: str = "/proc/cpuinfo") -> Optional[bool]:
-  """Whether this x86 CPU has bfloat16 matrix/vector units (AVX512-BF16 or
-  AMX-BF16); None when /proc/cpuinfo cannot be read."""
-  try:
-    with open(cpuinfo) as f:
-      flags = next((l for l in f if l.startswith("flags")), "").split()
-  except OSError:
-    return None
-  return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def warn_slow_precision(precision: str, strategy) -> Optional[str]:
+def warn_slow_precision(precision: str) -> Optional[str]:
   """The warning logged for mixed_bfloat16 on a CPU without bf16 units."""
   if precision != "mixed_bfloat16":
     return None
   if any(d.device_type in ("GPU", "TPU") for d in
          (tf.config.list_logical_devices("GPU") + tf.config.list_logical_devices("TPU"))):
     return None
-  if cpu_has_bf16_units() is not False:
+  if hardware.cpu_has_bf16_units() is not False:
     return None
   msg = ("train.precision=mixed_bfloat16 on a CPU without bfloat16 units "
          "(no avx512_bf16/amx_bf16 in /proc/cpuinfo): TensorFlow emulates "
@@ -97,7 +87,7 @@ class Players:
     if not probe:
       spec["probe_classes"] = 0
     precision = config.train.get("precision", "float32")
-    warn_slow_precision(precision, strategy)
+    warn_slow_precision(precision)
     with strategy.scope():
       with precision_policy(precision):
         self.model = ArtifactSpotter(spec, name="artifact_spotter")

@@ -10,31 +10,7 @@ model and the vector/matrix ISA that decides TensorFlow's kernels, and
 import os
 import platform
 
-# Most capable first: the first one present names the machine's ISA.
-ISA_FLAGS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
-
-
-def cpu_info(path="/proc/cpuinfo"):
-  info = {"cpu": platform.processor() or "", "cpu_family": None,
-          "cpu_model": None, "cpu_flags": []}
-  try:
-    with open(path) as f:
-      text = f.read()
-  except OSError:
-    return info
-  for line in text.split("\n\n")[0].splitlines():
-    key, _, value = line.partition(":")
-    key, value = key.strip(), value.strip()
-    if key == "model name":
-      info["cpu"] = value
-    elif key == "cpu family":
-      info["cpu_family"] = int(value)
-    elif key == "model":
-      info["cpu_model"] = int(value)
-    elif key == "flags":
-      flags = set(value.split())
-      info["cpu_flags"] = [f for f in ISA_FLAGS if f in flags]
-  return info
+from artifact_spotting.hardware import cpu_info
 
 
 def isa_tag(m):

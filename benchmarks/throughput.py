@@ -41,6 +41,7 @@ import time
 
 from absl import app, flags
 
+from artifact_spotting.config import PRECISIONS
 from artifact_spotting.evaluation import load_pretrain_config as load_config
 from benchmarks.machine import isa_tag, machine
 
@@ -223,10 +224,10 @@ def parse_variant(text):
   parts = text.split(":")
   if (len(parts) != 4 or parts[0] not in ("spotter", "autoencoder", "features")
       or not parts[1].isdigit() or parts[2] not in ("xla", "noxla")
-      or parts[3] not in ("float32", "mixed_bfloat16", "mixed_float16")):
+      or parts[3] not in PRECISIONS):
     raise SystemExit(f"bad variant {text!r}: want phase:batch:xla|noxla:precision "
                      "with phase spotter|autoencoder|features and precision "
-                     "float32|mixed_bfloat16|mixed_float16")
+                     + "|".join(PRECISIONS))
   return parts[0], int(parts[1]), parts[2] == "xla", parts[3]
 
 

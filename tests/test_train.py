@@ -291,15 +291,15 @@ def test_mixed_precision_tracks_float32(precision):
 
 
 def test_bf16_warning_on_cpus_without_bf16_units(tmp_path, monkeypatch):
+  from artifact_spotting import hardware
   cpuinfo = tmp_path / "cpuinfo"
   cpuinfo.write_text("flags\t\t: fpu avx2 fma\n")
-  assert train_lib.cpu_has_bf16_units(str(cpuinfo)) is False
+  assert hardware.cpu_has_bf16_units(str(cpuinfo)) is False
   cpuinfo.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
-  assert train_lib.cpu_has_bf16_units(str(cpuinfo)) is True
-  assert train_lib.cpu_has_bf16_units(str(tmp_path / "none")) is None
-  strategy = tf.distribute.get_strategy()
-  monkeypatch.setattr(train_lib, "cpu_has_bf16_units", lambda: False)
-  assert "without bfloat16 units" in train_lib.warn_slow_precision("mixed_bfloat16", strategy)
-  assert train_lib.warn_slow_precision("float32", strategy) is None
-  monkeypatch.setattr(train_lib, "cpu_has_bf16_units", lambda: True)
-  assert train_lib.warn_slow_precision("mixed_bfloat16", strategy) is None
+  assert hardware.cpu_has_bf16_units(str(cpuinfo)) is True
+  assert hardware.cpu_has_bf16_units(str(tmp_path / "none")) is None
+  monkeypatch.setattr(hardware, "cpu_has_bf16_units", lambda: False)
+  assert "without bfloat16 units" in train_lib.warn_slow_precision("mixed_bfloat16")
+  assert train_lib.warn_slow_precision("float32") is None
+  monkeypatch.setattr(hardware, "cpu_has_bf16_units", lambda: True)
+  assert train_lib.warn_slow_precision("mixed_bfloat16") is None

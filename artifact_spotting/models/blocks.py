@@ -165,7 +165,6 @@ class MaxPool(layers.MaxPooling2D):
             and self.data_format == "channels_last" and len(inputs.shape) == 4
             and self.compute_dtype == "float32"
             and not _in_xla()):  # XLA has no MaxPoolWithArgmax
-
       return super().call(inputs)
     ksize = [1, *self.pool_size, 1]
     strides = [1, *self.strides, 1]
