@@ -19,10 +19,11 @@ def conv2d_same(x, kernel):
 
   dL/dx of a stride-1 'same' convolution with an odd kernel is the 'same'
   convolution of dL/dy with the kernel flipped in space and with its in/out
-  channels swapped. TensorFlow's CPU Conv2DBackpropInput kernel runs 2-5x
-  slower than its forward Conv2D at the discriminator's shapes (4x4..16x16
-  maps, 64..256 channels; measured in benchmarks/throughput.md), so the input
-  gradient is written as that forward conv. The kernel gradient stays TF's.
+  channels swapped. TensorFlow's CPU Conv2DBackpropInput kernel ran several
+  times slower than its forward Conv2D at the discriminator's shapes (4x4..16x16
+  maps, 64..256 channels; an ad-hoc profile, not a script in this repository;
+  the end-to-end effect is results/throughput_cpu2_avx2_history.md), so the
+  input gradient is written as that forward conv. The kernel gradient stays TF's.
   Unused halves are pruned from the graph (R's loss needs only dL/dx).
   """
   y = tf.nn.conv2d(x, kernel, 1, "SAME")
@@ -112,7 +113,7 @@ class BatchNorm(layers.BatchNormalization):
   parent. In training, on one replica, for NHWC feature maps it calls
   FusedBatchNormV3 (one kernel forward, one backward) instead of keras'
   moments + batch_normalization graph, whose backward (Mul/Tile/Sum chains)
-  took ~14% of the adversarial step on CPU. With several replicas (the
+  was a large share of the adversarial step's CPU time in an ad-hoc profile. With several replicas (the
   synchronized statistics need a cross-replica reduction), masks, renorm or
   other shapes it is the parent's code.
   """
@@ -151,8 +152,8 @@ class MaxPool(layers.MaxPooling2D):
   pass so that each backward pass is a cheap scatter.
 
   The adversarial step backprops twice through C's pools (C's loss and R's
-  loss); TF's CPU MaxPoolGrad searches every window again each time (~80 ms
-  on 160x32x32x64), max_pool_with_argmax + MaxPoolGradWithArgmax does the
+  loss); TF's CPU MaxPoolGrad searches every window again each time,
+  max_pool_with_argmax + MaxPoolGradWithArgmax does the
   search once (same results, tested). Inference (training=False), XLA
   (which has no MaxPoolWithArgmax) and mixed precision use the parent's plain
   pool: with bfloat16 the mixed-precision test's losses drifted >5% from
