@@ -245,7 +245,7 @@ MATMUL_SIZES = (1024, 2048, 4096)
 
 def best_matmul_rate(dtype):
   """The machine's matmul rate: the best of a few square sizes (on one AVX2
-  CPU 1024^3 ran 20% faster than 2048^3 and 60% faster than 4096^3)."""
+  CPU the smallest was the fastest, so one size under-states the peak)."""
   return max(matmul_rate(dtype, n, seconds=2.0) for n in MATMUL_SIZES)
 
 
