@@ -26,3 +26,12 @@ def machine():
             "python": platform.python_version(), "tensorflow": tf.__version__,
             "gpus": len(tf.config.list_physical_devices("GPU"))})
   return m
+
+
+def machine_tag(m):
+  """Name of a machine in result file names: 'gpu_<name>' or
+  'cpu<cores>_<isa>' (e.g. cpu2_avx512_bf16)."""
+  if m.get("gpu_name"):
+    return f"gpu_{m['gpu_name']}"
+  isa = isa_tag(m)
+  return f"cpu{m['cores']}_{isa}" if isa else f"cpu{m['cores']}"

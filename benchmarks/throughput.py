@@ -41,9 +41,9 @@ import time
 
 from absl import app, flags
 
-from artifact_spotting.config import PRECISIONS
 from artifact_spotting.evaluation import load_pretrain_config as load_config
-from benchmarks.machine import isa_tag, machine
+from benchmarks.machine import machine, machine_tag
+from benchmarks.variants import build_variant, parse_variant
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "configs/fashion_mnist.py", "Pretraining config.")
@@ -135,30 +135,10 @@ def model_flops(model, resolution, channels, history_fraction, has_history,
 # ------------------------------------------------------------------ variant
 def run_variant(phase: str, batch: int, jit: bool, precision: str):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from artifact_spotting import train_lib  # pylint: disable=g-import-not-at-top
   from artifact_spotting.data import pipeline  # pylint: disable=g-import-not-at-top
   config = load_config(FLAGS.config)
-  config.train.precision = precision
-  strategy = tf.distribute.get_strategy()
-  source = pipeline.open_source(config.dataset, config.channels)
-  players = train_lib.Players(config, strategy, probe=source.has_label)
-  model = players.model
-  if phase == "autoencoder":
-    fn = lambda b: model.autoencoder_step(b, players.ae_opt)
-    pp = config.pp
-  elif phase == "spotter":
-    fn = lambda b: model.adversarial_step(b, players.c_opt, players.r_opt,
-                                          players.probe_opt)
-    pp = config.pp
-  else:
-    from artifact_spotting import evaluation  # pylint: disable=g-import-not-at-top
-    extractor = evaluation.discriminator_extractor(model.discriminator, 9216)
-    fn = lambda b: {"sum": tf.add_n([tf.reduce_sum(tf.cast(v, tf.float32))
-                                     for v in extractor._fn(b["image"]).values()])}  # pylint: disable=protected-access
-    pp = config.pp.replace("|flip_lr", "")
-  ds = pipeline.distributed_dataset(strategy, source, pp, batch,
-                                    shuffle_buffer=config.dataset.shuffle_buffer)
-  loop = train_lib.make_loop(strategy, fn, jit)
+  model, loop, ds, (strategy, source, pp) = build_variant(
+      config, phase, batch, jit, precision)
   n = tf.constant(FLAGS.steps, tf.int32)
 
   def timed(iterator):
@@ -219,25 +199,8 @@ def command_line():
   return " ".join(["python -m benchmarks.throughput"] + args)
 
 
-def parse_variant(text):
-  """'spotter:64:noxla:float32' -> ('spotter', 64, False, 'float32')."""
-  parts = text.split(":")
-  if (len(parts) != 4 or parts[0] not in ("spotter", "autoencoder", "features")
-      or not parts[1].isdigit() or parts[2] not in ("xla", "noxla")
-      or parts[3] not in PRECISIONS):
-    raise SystemExit(f"bad variant {text!r}: want phase:batch:xla|noxla:precision "
-                     "with phase spotter|autoencoder|features and precision "
-                     + "|".join(PRECISIONS))
-  return parts[0], int(parts[1]), parts[2] == "xla", parts[3]
-
-
 def tag_of(m):
-  if FLAGS.tag:
-    return FLAGS.tag
-  if m.get("gpu_name"):
-    return f"gpu_{m['gpu_name']}"
-  isa = isa_tag(m)
-  return f"cpu{m['cores']}_{isa}" if isa else f"cpu{m['cores']}"
+  return FLAGS.tag or machine_tag(m)
 
 
 MATMUL_SIZES = (1024, 2048, 4096)

@@ -47,7 +47,7 @@ def test_cpu_info_names_the_isa(tmp_path):
 
 
 def test_throughput_variant_strings():
-  from benchmarks.throughput import parse_variant
+  from benchmarks.variants import parse_variant
   assert parse_variant("spotter:64:noxla:float32") == ("spotter", 64, False, "float32")
   assert parse_variant("features:256:xla:mixed_bfloat16") == (
       "features", 256, True, "mixed_bfloat16")
@@ -55,3 +55,44 @@ def test_throughput_variant_strings():
               "spotter:64:jit:float32", "spotter:64:noxla:float64"):
     with pytest.raises(SystemExit, match="bad variant"):
       parse_variant(bad)
+
+
+def _xspace(lines):
+  """A host XSpace whose lines hold (name, start_ns, duration_ns) events."""
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2
+  space = xplane_pb2.XSpace()
+  plane = space.planes.add(name="/host:CPU")
+  ids = {}
+  for line_name, events in lines.items():
+    line = plane.lines.add(name=line_name, timestamp_ns=1000)
+    for name, start, dur in events:
+      if name not in ids:
+        ids[name] = len(ids) + 1
+        plane.event_metadata[ids[name]].name = name
+      line.events.add(metadata_id=ids[name], offset_ps=start * 1000,
+                      duration_ps=dur * 1000)
+  return space
+
+
+def test_profile_breakdown_by_op_type():
+  from benchmarks.xplane import breakdown
+  space = _xspace({
+      # A function op with a Conv2D nested in it: its self time is 100 - 60.
+      "tf_Compute/1": [("loop:StatefulPartitionedCall", 0, 100),
+                       ("c/conv:Conv2D", 10, 60), ("ExecutorState::Process", 0, 5)],
+      "tf_Compute/2": [("c/conv_1:Conv2D", 50, 30), ("c/bn:FusedBatchNormV3", 120, 20)],
+      "tf_data_private_threadpool/3": [("MapProduce", 0, 10), ("Parse", 5, 10)],
+      "tf_numa_-1_Eigen/4": [("c/ignored:Conv2D", 0, 500)],
+  })
+  out = breakdown(space, steps=2)
+  ops = out["op_types"]
+  assert set(ops) == {"Conv2D", "StatefulPartitionedCall", "FusedBatchNormV3"}
+  assert ops["Conv2D"]["seconds_per_step"] == pytest.approx(90e-9 / 2)
+  assert ops["StatefulPartitionedCall"]["seconds_per_step"] == pytest.approx(40e-9 / 2)
+  assert ops["Conv2D"]["calls_per_step"] == 1
+  assert sum(v["share"] for v in ops.values()) == pytest.approx(1)
+  assert list(ops)[0] == "Conv2D"  # largest first
+  assert out["wall_seconds_per_step"] == pytest.approx(140e-9 / 2)
+  assert out["input_busy_seconds_per_step"] == pytest.approx(15e-9 / 2)
+  with pytest.raises(ValueError, match="no TensorFlow op events"):
+    breakdown(_xspace({"tf_data/1": [("x:Map", 0, 1)]}), steps=1)
