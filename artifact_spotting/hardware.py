@@ -42,3 +42,19 @@ def cpu_has_bf16_units(path: str = "/proc/cpuinfo"):
   /proc/cpuinfo cannot be read."""
   flags = cpu_info(path)["cpu_flags"]
   return None if flags is None else any(f in flags for f in BF16_FLAGS)
+
+
+def onednn_enabled() -> bool:
+  """Whether TensorFlow runs its oneDNN CPU kernels in this process.
+
+  TF turns them on by default only on CPUs with AVX512/AMX deep-learning
+  features (TF_ENABLE_ONEDNN_OPTS=0/1 forces it). Which kernels are fast
+  differs a lot between the two (artifact_spotting/models/blocks.py picks its
+  gradient formulations by it). The query is TensorFlow's internal
+  ``IsMklEnabled`` (no public API); False when it is not there.
+  """
+  try:
+    from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return False
+  return bool(_pywrap_util_port.IsMklEnabled())

@@ -6,10 +6,13 @@ import keras
 import tensorflow as tf
 from keras import layers
 
+from artifact_spotting.hardware import onednn_enabled
+
 PACKAGE = "artifact_spotting"
 
 # Input channels from which a stride-1 conv's input gradient is computed as a
-# forward convolution (below that, TF's own kernel was faster; see Conv2D).
+# forward convolution; below that, TF's own kernel without oneDNN, and
+# conv2d_few_channels' matmul with oneDNN (see Conv2D).
 FAST_INPUT_GRAD_MIN_CHANNELS = 8
 
 
@@ -38,6 +41,35 @@ def conv2d_same(x, kernel):
   return y, grad
 
 
+@tf.custom_gradient
+def conv2d_few_channels(x, kernel):
+  """Stride-1 'same' conv (odd kernel) of an input with few channels, whose
+  input gradient is one matmul plus shifted sums.
+
+  dL/dx[n, a, b, c] = sum_{i, j} cols[n, a - i + p, b - j + q, i, j, c] with
+  cols = dL/dy . kernel^T (a [N*H*W, O] x [O, kh*kw*C] matmul) and p, q half
+  the kernel. oneDNN's backward-data kernel is several times slower than
+  this when the input has one or three channels (the discriminator's conv1 on
+  grayscale or RGB images; ``python -m benchmarks.conv_input_grad``).
+  """
+  y = tf.nn.conv2d(x, kernel, 1, "SAME")
+
+  def grad(dy):
+    kh, kw, c, o = kernel.shape
+    p, q = kh // 2, kw // 2
+    n, h, w = tf.shape(dy)[0], tf.shape(dy)[1], tf.shape(dy)[2]
+    k2 = tf.reshape(tf.transpose(kernel, [3, 0, 1, 2]), [o, kh * kw * c])
+    cols = tf.reshape(tf.matmul(tf.reshape(dy, [-1, o]), k2), [n, h, w, kh, kw, c])
+    cols = tf.pad(cols, [[0, 0], [p, p], [q, q], [0, 0], [0, 0], [0, 0]])
+    dx = tf.add_n([cols[:, 2 * p - i:2 * p - i + h, 2 * q - j:2 * q - j + w, i, j, :]
+                   for i in range(kh) for j in range(kw)])
+    dk = tf.raw_ops.Conv2DBackpropFilter(
+        input=x, filter_sizes=tf.shape(kernel), out_backprop=dy,
+        strides=[1, 1, 1, 1], padding="SAME")
+    return dx, dk
+  return y, grad
+
+
 @keras.saving.register_keras_serializable(PACKAGE)
 class Conv2D(layers.Conv2D):
   """keras Conv2D with a faster input gradient where it applies.
@@ -45,25 +77,33 @@ class Conv2D(layers.Conv2D):
   Same variables, config and forward result as ``keras.layers.Conv2D``; for
   stride 1, dilation 1, 'same' padding, odd kernels, channels_last, no groups
   and at least FAST_INPUT_GRAD_MIN_CHANNELS input channels the gradient goes
-  through :func:`conv2d_same` (equal to TF's up to float rounding, tested).
-  Other shapes use the parent's convolution unchanged.
+  through :func:`conv2d_same`; with fewer input channels and TF's oneDNN
+  kernels on, through :func:`conv2d_few_channels` (both equal to TF's up to
+  float rounding, tested). Other shapes use the parent's convolution unchanged.
   """
 
-  def _fast_grad(self, inputs):
+  def _same_odd(self):
     k = self.kernel_size
     return (keras.backend.backend() == "tensorflow" and len(k) == 2
             and tuple(self.strides) == (1, 1)
             and tuple(self.dilation_rate) == (1, 1)
             and self.padding == "same" and self.groups == 1
             and self.data_format == "channels_last"
-            and k[0] % 2 == 1 and k[1] % 2 == 1
-            and inputs.shape[-1] is not None
-            and inputs.shape[-1] >= FAST_INPUT_GRAD_MIN_CHANNELS)
+            and k[0] % 2 == 1 and k[1] % 2 == 1)
+
+  def _fast_grad(self, inputs):
+    """The custom input gradient this conv uses: conv2d_same,
+    conv2d_few_channels or None (TF's own)."""
+    if not self._same_odd() or inputs.shape[-1] is None:
+      return None
+    if inputs.shape[-1] >= FAST_INPUT_GRAD_MIN_CHANNELS:
+      return conv2d_same
+    return conv2d_few_channels if onednn_enabled() else None
 
   def convolution_op(self, inputs, kernel):
-    if self._fast_grad(inputs):
-      return conv2d_same(inputs, tf.cast(keras.ops.convert_to_tensor(kernel),
-                                         inputs.dtype))
+    fn = self._fast_grad(inputs)
+    if fn is not None:
+      return fn(inputs, tf.cast(keras.ops.convert_to_tensor(kernel), inputs.dtype))
     return super().convolution_op(inputs, kernel)
 
 
@@ -152,20 +192,26 @@ class MaxPool(layers.MaxPooling2D):
   pass so that each backward pass is a cheap scatter.
 
   The adversarial step backprops twice through C's pools (C's loss and R's
-  loss); TF's CPU MaxPoolGrad searches every window again each time,
+  loss); TF's Eigen CPU MaxPoolGrad searches every window again each time,
   max_pool_with_argmax + MaxPoolGradWithArgmax does the
-  search once (same results, tested). Inference (training=False), XLA
+  search once (same results, tested). With TF's oneDNN kernels on, the plain
+  pool is oneDNN's (it keeps a workspace for its backward pass) and is the
+  faster one, so the argmax path is only taken without oneDNN
+  (results/throughput_*_history.md). Inference (training=False), XLA
   (which has no MaxPoolWithArgmax) and mixed precision use the parent's plain
   pool: with bfloat16 the mixed-precision test's losses drifted >5% from
   float32 on some initialisations with the argmax path (cause not found;
   the gradients themselves were equal on the inputs tried).
   """
 
-  def call(self, inputs, training=None):
-    if not (training and keras.backend.backend() == "tensorflow"
+  def _argmax(self, inputs, training):
+    return (bool(training) and keras.backend.backend() == "tensorflow"
             and self.data_format == "channels_last" and len(inputs.shape) == 4
-            and self.compute_dtype == "float32"
-            and not _in_xla()):  # XLA has no MaxPoolWithArgmax
+            and self.compute_dtype == "float32" and not onednn_enabled()
+            and not _in_xla())  # XLA has no MaxPoolWithArgmax
+
+  def call(self, inputs, training=None):
+    if not self._argmax(inputs, training):
       return super().call(inputs)
     ksize = [1, *self.pool_size, 1]
     strides = [1, *self.strides, 1]
