@@ -50,7 +50,8 @@ flags.DEFINE_string("config", "configs/fashion_mnist.py", "Pretraining config.")
 flags.DEFINE_integer("steps", 10, "Steps per timed window.")
 flags.DEFINE_integer("windows", 5, "Timed windows (median reported).")
 flags.DEFINE_bool("quick", False, "Fewer variants and windows.")
-flags.DEFINE_string("variant", "", "Internal: run one variant, print JSON.")
+flags.DEFINE_string("variant", "", "Internal: run one variant (or 'pipeline': the "
+                    "input pipeline alone), print JSON.")
 flags.DEFINE_list("only", [], "Run just these variants, each "
                   "phase:batch:xla|noxla:precision, e.g. "
                   "spotter:64:noxla:float32,features:256:noxla:float32.")
@@ -199,6 +200,22 @@ def command_line():
   return " ".join(["python -m benchmarks.throughput"] + args)
 
 
+def pipeline_rate(config, batch: int, seconds: float = 10.0):
+  """Images/s the config's training input pipeline delivers on its own (no
+  model), at ``batch``: what feeding the step costs in CPU time."""
+  from artifact_spotting.data import pipeline  # pylint: disable=g-import-not-at-top
+  source = pipeline.open_source(config.dataset, config.channels)
+  it = iter(pipeline.make_dataset(source, config.pp, batch, training=True,
+                                  shuffle_buffer=config.dataset.shuffle_buffer))
+  for _ in range(20):  # fill the shuffle buffer, start the threads
+    next(it)
+  n, t0 = 0, time.perf_counter()
+  while time.perf_counter() - t0 < seconds:
+    next(it)
+    n += 1
+  return n * batch / (time.perf_counter() - t0)
+
+
 def tag_of(m):
   return FLAGS.tag or machine_tag(m)
 
@@ -214,6 +231,10 @@ def best_matmul_rate(dtype):
 
 def main(argv):
   del argv
+  if FLAGS.variant == "pipeline":
+    config = load_config(FLAGS.config)
+    print("RESULT " + json.dumps(pipeline_rate(config, config.autoencoder.batch_size)))
+    return
   if FLAGS.variant:
     print("RESULT " + json.dumps(run_variant(*parse_variant(FLAGS.variant))))
     return
@@ -234,16 +255,10 @@ def main(argv):
                and v[3] == "float32" for v in chosen):
       raise SystemExit(f"--only must include spotter:{config.spotter.batch_size}:"
                        "noxla:float32 (or :xla:): the report's headline row")
+  pipe = run_child("pipeline")
+  print(f"input pipeline alone: {pipe:.0f} img/s", flush=True)
   for phase, batch, jit, prec in chosen:
-    cmd = [sys.executable, "-m", "benchmarks.throughput", f"--config={FLAGS.config}",
-           f"--steps={FLAGS.steps}", f"--windows={FLAGS.windows}",
-           f"--variant={phase}:{batch}:{'xla' if jit else 'noxla'}:{prec}"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
-    if r.returncode or not line:
-      print(r.stderr[-3000:], file=sys.stderr)
-      raise SystemExit(f"variant {cmd[-1]} failed")
-    res = json.loads(line[0][7:])
+    res = run_child(f"{phase}:{batch}:{'xla' if jit else 'noxla'}:{prec}")
     peak = rates["bfloat16" if prec == "mixed_bfloat16" else "float32"]
     res["utilisation"] = res["images_per_second"] * res["flops_per_image"] / peak
     res["utilisation_vs_fp32_matmul"] = (
@@ -252,7 +267,19 @@ def main(argv):
           f"{res['images_per_second']:8.1f} img/s  util {res['utilisation']:.2f}  "
           f"input wait {res['input_wait_share']:.2f}", flush=True)
     results.append(res)
-  write(config, rates, results)
+  write(config, rates, results, pipe)
+
+
+def run_child(variant):
+  """Runs ``--variant=variant`` in its own process; its RESULT JSON."""
+  cmd = [sys.executable, "-m", "benchmarks.throughput", f"--config={FLAGS.config}",
+         f"--steps={FLAGS.steps}", f"--windows={FLAGS.windows}", f"--variant={variant}"]
+  r = subprocess.run(cmd, capture_output=True, text=True)
+  line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
+  if r.returncode or not line:
+    print(r.stderr[-3000:], file=sys.stderr)
+    raise SystemExit(f"variant {variant} failed")
+  return json.loads(line[0][7:])
 
 
 def pick(results, phase, precision, batch):
@@ -261,7 +288,7 @@ def pick(results, phase, precision, batch):
   return max(rows, key=lambda r: r["images_per_second"]) if rows else None
 
 
-def write(config, rates, results):
+def write(config, rates, results, pipe):
   m = machine()
   tag = tag_of(m)
   sp_b = config.spotter.batch_size
@@ -283,6 +310,7 @@ def write(config, rates, results):
                               if r["precision"] == "float32" and r["batch_size"] in (
                                   sp_b, config.autoencoder.batch_size)
                               and r["phase"] != "features"),
+      "input_pipeline_img_s": pipe,
       "results": results,
   }
   os.makedirs(FLAGS.out_dir, exist_ok=True)
@@ -306,6 +334,9 @@ def write(config, rates, results):
       f"utilisation {fp32['utilisation']:.2f}** (XLA {'on' if fp32['jit_compile'] else 'off'}); "
       + (f"mixed bfloat16: **{mixed['images_per_second']:.1f} img/s** "
          f"({report['adversarial_mixed_speedup']:.2f}x)." if mixed else ""), "",
+      f"Input pipeline alone (`{config.pp}`, batch {config.autoencoder.batch_size}, "
+      f"no model): {pipe:.0f} img/s on the same cores; feeding a step at R img/s "
+      "takes about R / that share of the CPU.", "",
       "| phase | batch | XLA | precision | images/s | GFLOP/image | utilisation | input wait | warm-up s |",
       "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for r in results:

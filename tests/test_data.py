@@ -186,6 +186,47 @@ def test_flip_lr_flips_sometimes():
                   tuple(img[:, ::-1].ravel().astype(float))}
 
 
+@pytest.mark.parametrize("spec", DETERMINISTIC)
+def test_batched_pp_equals_per_image(spec):
+  """pp.BATCHABLE ops give the same images on a batch as image by image."""
+  if not pp.batchable(spec):
+    pytest.skip("not batchable")
+  rng = np.random.default_rng(1)
+  cin = 3 if "to_gray" in spec and "to_rgb" not in spec else 1
+  imgs = rng.integers(0, 256, (5, 20, 16, cin), dtype=np.uint8)
+  fn = pp.parse(spec)
+  batched = fn({"image": tf.constant(imgs)})["image"].numpy()
+  single = np.stack([fn({"image": tf.constant(im)})["image"].numpy() for im in imgs])
+  np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+def test_batched_flip_lr_draws_per_image():
+  img = np.arange(4 * 4, dtype=np.uint8).reshape(4, 4, 1)
+  out = pp.parse("flip_lr|value_range(0, 255)")(
+      {"image": tf.constant(np.stack([img] * 64))})["image"].numpy().round()
+  flipped = [bool((o == img[:, ::-1]).all()) for o in out]
+  assert all(f or (o == img).all() for f, o in zip(flipped, out))
+  assert 0 < sum(flipped) < 64
+
+
+def test_pipeline_batches_before_pp_only_where_it_may(idx_dir):
+  """Same-shaped images + batchable pp: pp runs once per batch, with the
+  same result as per image; other pp strings keep the per-image map."""
+  assert pp.batchable("resize(32)|flip_lr|value_range(-1, 1)")
+  assert not pp.batchable("random_resized_crop(32)|value_range(-1, 1)")
+  cfg = ml_collections.ConfigDict(dict(
+      source="idx", path=idx_dir, split="test", auto_install=False,
+      tfds_fallback=False, name="fashion_mnist"))
+  src = pipeline.open_source(cfg, 1)
+  spec = "resize(32)|value_range(-1, 1)"
+  got = next(iter(pipeline.make_dataset(src, spec, 8, training=False)))
+  fn = pp.parse(spec)
+  want = [fn(f)["image"].numpy() for f in src.dataset.take(8)]
+  np.testing.assert_allclose(got["image"].numpy(), np.stack(want), atol=1e-6)
+  labels = [int(f["label"]) for f in src.dataset.take(8)]
+  assert got["label"].numpy().tolist() == labels
+
+
 def test_pp_parse_errors_name_the_op():
   with pytest.raises(ValueError, match="Unknown preprocessing op 'blur'"):
     pp.parse("resize(8)|blur(3)")

@@ -28,6 +28,17 @@ def known_ops():
   return sorted(_REGISTRY)
 
 
+# Ops whose code works unchanged on a batch [B, H, W, C], image by image
+# (random_flip_left_right draws one flip per image of a batch).
+BATCHABLE = frozenset({"resize", "flip_lr", "value_range", "to_rgb", "to_gray"})
+
+
+def batchable(spec: str) -> bool:
+  """Whether every op of ``spec`` can run on whole batches (see BATCHABLE)."""
+  return all(_parse_call(p)[0] in BATCHABLE
+             for p in filter(None, (p.strip() for p in spec.split("|"))))
+
+
 def _as_float01(image):
   if image.dtype == tf.uint8:
     return tf.image.convert_image_dtype(image, tf.float32)
