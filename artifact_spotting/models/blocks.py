@@ -58,11 +58,16 @@ def conv2d_few_channels(x, kernel):
     kh, kw, c, o = kernel.shape
     p, q = kh // 2, kw // 2
     n, h, w = tf.shape(dy)[0], tf.shape(dy)[1], tf.shape(dy)[2]
-    k2 = tf.reshape(tf.transpose(kernel, [3, 0, 1, 2]), [o, kh * kw * c])
-    cols = tf.reshape(tf.matmul(tf.reshape(dy, [-1, o]), k2), [n, h, w, kh, kw, c])
+    # Summed in float32 whatever the compute dtype, like TF's conv kernels
+    # accumulate: kh*kw bfloat16 additions drifted the mixed-precision test.
+    k2 = tf.reshape(tf.transpose(tf.cast(kernel, tf.float32), [3, 0, 1, 2]),
+                    [o, kh * kw * c])
+    cols = tf.matmul(tf.reshape(tf.cast(dy, tf.float32), [-1, o]), k2)
+    cols = tf.reshape(cols, [n, h, w, kh, kw, c])
     cols = tf.pad(cols, [[0, 0], [p, p], [q, q], [0, 0], [0, 0], [0, 0]])
     dx = tf.add_n([cols[:, 2 * p - i:2 * p - i + h, 2 * q - j:2 * q - j + w, i, j, :]
                    for i in range(kh) for j in range(kw)])
+    dx = tf.cast(dx, x.dtype)
     dk = tf.raw_ops.Conv2DBackpropFilter(
         input=x, filter_sizes=tf.shape(kernel), out_backprop=dy,
         strides=[1, 1, 1, 1], padding="SAME")
