@@ -74,9 +74,13 @@ def main(argv):
       subprocess.run(["git", "worktree", "remove", "--force", tree], cwd=root,
                      capture_output=True)
   rows = []
-  for c in commits:
+  for i, c in enumerate(commits):
     rate = statistics.median(windows[c])
-    rows.append({"commit": c, "change": git("log", "-1", "--format=%s", c, cwd=root),
+    # What this row adds: the subjects of the commits since the previous row.
+    span = [c] if i == 0 else [f"{commits[i - 1]}..{c}"]
+    change = "; ".join(git("log", "--format=%h %s", *span, cwd=root).splitlines()
+                       [:1 if i == 0 else None])
+    rows.append({"commit": c, "change": change,
                  "images_per_second": rate, "window_rates": windows[c],
                  "speedup": rate / statistics.median(windows[commits[0]])})
   m = machine()
@@ -97,10 +101,10 @@ def main(argv):
            f"config says otherwise. Each commit in its own process, {FLAGS.rounds} "
            f"interleaved rounds of {FLAGS.windows} windows of {FLAGS.steps} steps; "
            "median over all windows.", "", f"Reproduce: `{command}`", "",
-           "| commit | change | images/s | speedup | windows (min-max) |",
+           "| commit | commits since the previous row | images/s | speedup | windows (min-max) |",
            "|---|---|---|---|---|"]
   for r in rows:
-    lines.append(f"| {r['commit']} | {r['change'][:90]} | {r['images_per_second']:.1f} | "
+    lines.append(f"| {r['commit']} | {r['change']} | {r['images_per_second']:.1f} | "
                  f"{r['speedup']:.2f}x | {min(r['window_rates']):.1f}-"
                  f"{max(r['window_rates']):.1f} |")
   with open(path + ".md", "w") as f:
