@@ -12,7 +12,8 @@ repeated (no input pipeline), so
   input_wait_share = 1 - (real-input images/s) / (cached-batch images/s)
 
 is the share of step time spent waiting for data (0 when the pipeline keeps
-up; clipped at 0).
+up; clipped at 0). The input pipeline is also timed alone (no model), which
+says how much of the CPU feeding a step at a given rate takes.
 
 FLOPs per image are counted from the model: each network's forward FLOPs
 come from TensorFlow's profiler on its traced forward graph (static shapes);
