@@ -101,16 +101,16 @@ def make_dataset(source: Source, pp: str, batch_size: int, *, training: bool,
     if keep_label and source.has_label and "label" in out:
       keep["label"] = out["label"]
     return keep
-  if pp_lib.batchable(pp) and ds.element_spec["image"].shape.is_fully_defined():
-    # Same-sized images and ops that work on batches: one map call per batch
-    # instead of one per image (the per-image calls kept the fast phases,
-    # autoencoder and feature extraction, waiting for input on 2 cores).
+  # Same-sized images and ops that work on batches: one map call per batch
+  # instead of one per image (the per-image calls kept the fast phases,
+  # autoencoder and feature extraction, waiting for input on 2 cores).
+  batch_first = (pp_lib.batchable(pp)
+                 and ds.element_spec["image"].shape.is_fully_defined())
+  if batch_first:
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=not training)
-  else:
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=not training)
+  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
+              deterministic=not training)
+  if not batch_first:
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   options = tf.data.Options()
   options.deterministic = not training

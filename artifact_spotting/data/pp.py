@@ -35,8 +35,7 @@ BATCHABLE = frozenset({"resize", "flip_lr", "value_range", "to_rgb", "to_gray"})
 
 def batchable(spec: str) -> bool:
   """Whether every op of ``spec`` can run on whole batches (see BATCHABLE)."""
-  return all(_parse_call(p)[0] in BATCHABLE
-             for p in filter(None, (p.strip() for p in spec.split("|"))))
+  return all(name in BATCHABLE for name, _, _ in _calls(spec))
 
 
 def _as_float01(image):
@@ -147,11 +146,15 @@ def _parse_call(text: str):
   return node.func.id, args, kwargs
 
 
+def _calls(spec: str):
+  """``"op1(args)|op2|..."`` -> [(name, args, kwargs)] of each op."""
+  return [_parse_call(p) for p in filter(None, (p.strip() for p in spec.split("|")))]
+
+
 def parse(spec: str):
   """Chains ops from ``"op1(args)|op2|..."`` into one feature-dict function."""
   ops = []
-  for part in filter(None, (p.strip() for p in spec.split("|"))):
-    name, args, kwargs = _parse_call(part)
+  for name, args, kwargs in _calls(spec):
     if name not in _REGISTRY:
       raise ValueError(f"Unknown preprocessing op {name!r} in {spec!r}; "
                        f"known ops: {known_ops()}")

@@ -16,6 +16,13 @@ PACKAGE = "artifact_spotting"
 FAST_INPUT_GRAD_MIN_CHANNELS = 8
 
 
+def _filter_grad(x, kernel, dy):
+  """TF's kernel gradient of a stride-1 'same' conv."""
+  return tf.raw_ops.Conv2DBackpropFilter(
+      input=x, filter_sizes=tf.shape(kernel), out_backprop=dy,
+      strides=[1, 1, 1, 1], padding="SAME")
+
+
 @tf.custom_gradient
 def conv2d_same(x, kernel):
   """Stride-1 'same' conv (odd kernel) whose input gradient is a forward conv.
@@ -34,10 +41,7 @@ def conv2d_same(x, kernel):
   def grad(dy):
     flipped = tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])
     dx = tf.nn.conv2d(dy, flipped, 1, "SAME")
-    dk = tf.raw_ops.Conv2DBackpropFilter(
-        input=x, filter_sizes=tf.shape(kernel), out_backprop=dy,
-        strides=[1, 1, 1, 1], padding="SAME")
-    return dx, dk
+    return dx, _filter_grad(x, kernel, dy)
   return y, grad
 
 
@@ -68,10 +72,7 @@ def conv2d_few_channels(x, kernel):
     dx = tf.add_n([cols[:, 2 * p - i:2 * p - i + h, 2 * q - j:2 * q - j + w, i, j, :]
                    for i in range(kh) for j in range(kw)])
     dx = tf.cast(dx, x.dtype)
-    dk = tf.raw_ops.Conv2DBackpropFilter(
-        input=x, filter_sizes=tf.shape(kernel), out_backprop=dy,
-        strides=[1, 1, 1, 1], padding="SAME")
-    return dx, dk
+    return dx, _filter_grad(x, kernel, dy)
   return y, grad
 
 
@@ -158,9 +159,9 @@ class BatchNorm(layers.BatchNormalization):
   parent. In training, on one replica, for NHWC feature maps it calls
   FusedBatchNormV3 (one kernel forward, one backward) instead of keras'
   moments + batch_normalization graph, whose backward (Mul/Tile/Sum chains)
-  was a large share of the adversarial step's CPU time in an ad-hoc profile. With several replicas (the
-  synchronized statistics need a cross-replica reduction), masks, renorm or
-  other shapes it is the parent's code.
+  was a large share of the adversarial step's CPU time in an ad-hoc profile.
+  With several replicas (the synchronized statistics need a cross-replica
+  reduction), masks, renorm or other shapes it is the parent's code.
   """
 
   def _fused(self, inputs, training, mask):
