@@ -17,12 +17,12 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
 from absl import app, flags
 
+from benchmarks import child
 from benchmarks.machine import machine, machine_tag
 
 FLAGS = flags.FLAGS
@@ -41,14 +41,9 @@ def git(*args, cwd=None):
 
 
 def time_at(tree, variant, steps, windows):
-  r = subprocess.run([sys.executable, "-m", "benchmarks.throughput", f"--variant={variant}",
-                      f"--steps={steps}", f"--windows={windows}"],
-                     cwd=tree, capture_output=True, text=True)
-  line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
-  if r.returncode or not line:
-    print(r.stderr[-3000:], file=sys.stderr)
-    raise SystemExit(f"{variant} failed in {tree}")
-  return json.loads(line[0][7:])
+  return child.run(["benchmarks.throughput", f"--variant={variant}",
+                    f"--steps={steps}", f"--windows={windows}"],
+                   f"{variant} in {tree}", cwd=tree)
 
 
 def main(argv):

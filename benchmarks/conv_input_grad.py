@@ -21,12 +21,11 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 
 from absl import app, flags
 
+from benchmarks import child
 from benchmarks.machine import machine, machine_tag
 
 FLAGS = flags.FLAGS
@@ -66,7 +65,7 @@ def time_case(method, n, size, cin, cout, k, repeats):
   return statistics.median(times), ref
 
 
-def child():
+def time_all():
   import numpy as np  # pylint: disable=g-import-not-at-top
   from artifact_spotting.hardware import onednn_enabled  # pylint: disable=g-import-not-at-top
   rows = []
@@ -83,19 +82,14 @@ def child():
 def main(argv):
   del argv
   if FLAGS.child:
-    print("RESULT " + json.dumps(child()))
+    child.emit(time_all())
     return
   runs = []
   for flag in ("0", "1"):
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=flag)
-    r = subprocess.run([sys.executable, "-m", "benchmarks.conv_input_grad", "--child",
-                        f"--repeats={FLAGS.repeats}"], env=env, capture_output=True,
-                       text=True)
-    line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
-    if r.returncode or not line:
-      print(r.stderr[-3000:], file=sys.stderr)
-      raise SystemExit(f"TF_ENABLE_ONEDNN_OPTS={flag} run failed")
-    runs.append(json.loads(line[0][7:]))
+    runs.append(child.run(["benchmarks.conv_input_grad", "--child",
+                           f"--repeats={FLAGS.repeats}"],
+                          f"TF_ENABLE_ONEDNN_OPTS={flag} run", env=env))
   m = machine()
   tag = machine_tag(m)
   report = {"machine": m, "tag": tag, "date": time.strftime("%Y-%m-%d"),

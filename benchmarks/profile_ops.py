@@ -43,10 +43,9 @@ flags.DEFINE_integer("windows", 2, "Profiled windows.")
 flags.DEFINE_integer("top", 25, "Op types listed in the markdown table.")
 flags.DEFINE_string("out_dir", "results", "Output folder.")
 
-def profile(variant: str, steps: int, windows: int):
+def profile(config, variant: str, steps: int, windows: int):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   phase, batch, jit, precision = parse_variant(variant)
-  config = load_config(FLAGS.config)
   _, loop, ds, _ = build_variant(config, phase, batch, jit, precision)
   iterator, n = iter(ds), tf.constant(steps, tf.int32)
   for _ in range(2):  # trace / compile, then one plain window
@@ -103,7 +102,7 @@ def main(argv):
   del argv
   config = load_config(FLAGS.config)
   variant = FLAGS.variant or f"spotter:{config.spotter.batch_size}:noxla:float32"
-  report = profile(variant, FLAGS.steps, FLAGS.windows)
+  report = profile(config, variant, FLAGS.steps, FLAGS.windows)
   m = machine()
   report.update(machine=m, tag=machine_tag(m), date=time.strftime("%Y-%m-%d"),
                 config=FLAGS.config, variant=variant,

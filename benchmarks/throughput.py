@@ -36,13 +36,13 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 from absl import app, flags
 
 from artifact_spotting.evaluation import load_pretrain_config as load_config
+from benchmarks import child
 from benchmarks.machine import machine, machine_tag
 from benchmarks.variants import build_variant, parse_variant
 
@@ -234,10 +234,10 @@ def main(argv):
   del argv
   if FLAGS.variant == "pipeline":
     config = load_config(FLAGS.config)
-    print("RESULT " + json.dumps(pipeline_rate(config, config.autoencoder.batch_size)))
+    child.emit(pipeline_rate(config, config.autoencoder.batch_size))
     return
   if FLAGS.variant:
-    print("RESULT " + json.dumps(run_variant(*parse_variant(FLAGS.variant))))
+    child.emit(run_variant(*parse_variant(FLAGS.variant)))
     return
   if FLAGS.quick:  # 5 variants, 3 windows of 5 steps: ~10 min on 2 cores
     FLAGS.windows = min(FLAGS.windows, 3)
@@ -272,15 +272,10 @@ def main(argv):
 
 
 def run_child(variant):
-  """Runs ``--variant=variant`` in its own process; its RESULT JSON."""
-  cmd = [sys.executable, "-m", "benchmarks.throughput", f"--config={FLAGS.config}",
-         f"--steps={FLAGS.steps}", f"--windows={FLAGS.windows}", f"--variant={variant}"]
-  r = subprocess.run(cmd, capture_output=True, text=True)
-  line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
-  if r.returncode or not line:
-    print(r.stderr[-3000:], file=sys.stderr)
-    raise SystemExit(f"variant {variant} failed")
-  return json.loads(line[0][7:])
+  """Runs ``--variant=variant`` in its own process; its result."""
+  return child.run(["benchmarks.throughput", f"--config={FLAGS.config}",
+                    f"--steps={FLAGS.steps}", f"--windows={FLAGS.windows}",
+                    f"--variant={variant}"], f"variant {variant}")
 
 
 def pick(results, phase, precision, batch):

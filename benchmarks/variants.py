@@ -48,5 +48,3 @@ def build_variant(config, phase: str, batch: int, jit: bool, precision: str):
   ds = pipeline.distributed_dataset(strategy, source, pp, batch,
                                     shuffle_buffer=config.dataset.shuffle_buffer)
   return model, train_lib.make_loop(strategy, fn, jit), ds, (strategy, source, pp)
-
-
