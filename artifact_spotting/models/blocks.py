@@ -207,8 +207,8 @@ class MaxPool(layers.MaxPooling2D):
   (which has no MaxPoolWithArgmax) and mixed precision use the parent's plain
   pool. (Mixed precision was excluded when the old mixed-precision test's
   three-step losses drifted >5% with the argmax path on some initialisations;
-  that test's bfloat16-vs-float32 spread turned out to be up to 10% whatever
-  the pool, so the exclusion is caution, not a known error.)
+  they drift that far with the plain pool too, so the exclusion is caution,
+  not a known error.)
   """
 
   def _argmax(self, inputs, training):
