@@ -281,8 +281,7 @@ def test_mixed_precision_tracks_float32(precision):
   # The first adversarial step's losses (weights apart only by the two
   # autoencoder steps and rounding). Later steps' losses are not compared: a
   # tiny GAN's trajectories part quickly (with bfloat16, r/adversarial after
-  # three steps was more than 5% off on some initialisations, with TF's own
-  # gradients as with ours).
+  # three steps was more than 5% off on some initialisations).
   for k in ("c/class_loss", "c/mask_loss", "r/adversarial"):
     assert metrics[0][k] == pytest.approx(ref_metrics[0][k], rel=0.02), k
   # C's and R's weights moved the same way over the three steps: their
