@@ -43,6 +43,11 @@ flags.DEFINE_multi_string("override", [], "Extra config overrides for every "
                           "spotter run, e.g. --override=spotter.lr=0.001 "
                           "(the autoencoder is shared and takes none). Finished "
                           "runs are not retrained: use a fresh --root.")
+flags.DEFINE_integer("row_seeds", 1, "Training seeds per ablation row "
+                     "(--config.seed=0..N-1, same shared autoencoder): with 2 or "
+                     "more, the report gives each row's seed-to-seed spread and "
+                     "its per-fold differences to the full row of the same seed, "
+                     "and the ablation verdict uses the spread as a noise floor.")
 flags.DEFINE_integer("random_seeds", 3, "Random-init discriminators.")
 flags.DEFINE_integer("supervised_epochs", 2, "Epochs of the supervised bound.")
 flags.DEFINE_integer("full_epochs", 1, "Epochs of the full-label probe.")
@@ -94,8 +99,12 @@ def autoencoder_dir(root):
   return os.path.join(root, "pretrain", "autoencoder")
 
 
-def ablation_dir(root, row):
-  return os.path.join(root, "pretrain", row)
+def ablation_dir(root, row, seed=0):
+  return os.path.join(root, "pretrain", row if not seed else f"{row}_s{seed}")
+
+
+def row_seeds():
+  return range(max(FLAGS.row_seeds, 1))
 
 
 def stage_pretrain(root):
@@ -103,13 +112,14 @@ def stage_pretrain(root):
   train_once("autoencoder", pretrain_cmd(
       "ablation=full", ae, [("autoencoder.steps", FLAGS.ae_steps),
                             ("spotter.steps", 0)]), ae, root)
-  for row in FLAGS.ablations:
-    wd = ablation_dir(root, row)
-    train_once(f"spotter_{row}", pretrain_cmd(
-        f"ablation={row}", wd,
-        [("autoencoder.steps", FLAGS.ae_steps), ("autoencoder.init_from", ae),
-         ("spotter.steps", FLAGS.spotter_steps),
-         ("train.checkpoint_every", 100)], FLAGS.override), wd, root)
+  for seed in row_seeds():
+    for row in FLAGS.ablations:
+      wd = ablation_dir(root, row, seed)
+      train_once(f"spotter_{os.path.basename(wd)}", pretrain_cmd(
+          f"ablation={row}", wd,
+          [("autoencoder.steps", FLAGS.ae_steps), ("autoencoder.init_from", ae),
+           ("spotter.steps", FLAGS.spotter_steps), ("seed", seed),
+           ("train.checkpoint_every", 100)], FLAGS.override), wd, root)
 
 
 def ours_long():
@@ -122,8 +132,10 @@ def ours_dir(root):
   return ablation_dir(root, "full")
 
 
-def row_name(row):
-  """The evaluation name of an ablation row."""
+def row_name(row, seed=0):
+  """The evaluation name of an ablation row (trained with ``seed``)."""
+  if seed:
+    return f"ablation_{row}_s{seed}"
   if row == "full":
     return "ablation_full" if ours_long() else "ours"
   return f"ablation_{row}"
@@ -160,11 +172,12 @@ def models(root):
   classifiers only; ours and the baselines also kNN and the full-label probe."""
   out = {}
   out["ours"] = ([f"--workdir={ours_dir(root)}"], "", done_marker(ours_dir(root)))
-  for row in FLAGS.ablations:
-    if row_name(row) != "ours":
-      wd = ablation_dir(root, row)
-      out[row_name(row)] = ([f"--workdir={wd}"] + NO_KNN, ":folds_only",
-                            done_marker(wd))
+  for seed in row_seeds():
+    for row in FLAGS.ablations:
+      if row_name(row, seed) != "ours":
+        wd = ablation_dir(root, row, seed)
+        out[row_name(row, seed)] = ([f"--workdir={wd}"] + NO_KNN, ":folds_only",
+                                    done_marker(wd))
   for seed in range(FLAGS.random_seeds):
     out[f"random_seed{seed}"] = (
         ["--features=random", f"--pretrain_config={CONFIG}", f"--seed={seed}"]
@@ -285,10 +298,13 @@ def build_report(root):
     ablations[row] = {"best_layer": l, "mean": r["mean"], "std": r["std"],
                       f"at_{layer}": tables[name][layer]["mean"],
                       f"at_{layer}_std": tables[name][layer]["std"]}
+  ablations_missing += [f"{row}_s{s}" for s in row_seeds() if s for row in FLAGS.ablations
+                        if row in ablations and row_name(row, s) not in tables]
   for row, r in ablations.items():
     if row != "full" and "full" in ablations:
       r["below_full_in_stds"] = (ablations["full"]["mean"] - r["mean"]) / max(
           ablations["full"]["std"], r["std"])
+  _seed_statistics(ablations, results, layer)
   with open(os.path.join(ours_dir(root), "config.json")) as f:
     pre = json.load(f)
   report = {
@@ -304,6 +320,7 @@ def build_report(root):
           "repair_lr": pre["spotter"]["repair_lr"],
           "drop_rate": pre["spotter"]["drop_rate"],
           "overrides": list(FLAGS.override),
+          "row_seeds": max(FLAGS.row_seeds, 1),
           "supervised_epochs": FLAGS.supervised_epochs,
           "full_probe_epochs": FLAGS.full_epochs,
           "resolution": pre["resolution"],
@@ -318,16 +335,60 @@ def build_report(root):
           "beats_random_and_autoencoder_by_3_std": bool(margin_random > 3 and margin_ae > 3),
           "gap_closure_at_least_0.5": bool(gap >= 0.5),
           # None: not measured (a row or the full row was not evaluated).
-          "k_and_l_clearly_below_full": (
-              bool(all(ablations[r]["below_full_in_stds"] > 3 for r in ("k", "l")))
-              if all("below_full_in_stds" in ablations.get(r, {}) for r in ("k", "l"))
-              else None),
+          "k_and_l_clearly_below_full": _ablation_verdict(ablations),
       },
       "models": report_models,
       "ablations": ablations,
       "ablations_missing": ablations_missing,
   }
   return report
+
+
+def _per_fold(result, layer):
+  return result["folds"][layer]["linear"]["per_fold"]
+
+
+def _seed_statistics(ablations, results, layer):
+  """With --row_seeds >= 2: per row, its mean at ``layer`` for every seed
+  evaluated, their spread, and the per-fold differences to the full row of
+  the same seed (the folds are the same, so fold difficulty cancels)."""
+  if FLAGS.row_seeds < 2:
+    return
+  for row, r in ablations.items():
+    seeds = [s for s in row_seeds() if row_name(row, s) in results]
+    means = [results[row_name(row, s)]["folds"][layer]["linear"]["mean"] for s in seeds]
+    r["seeds"] = seeds
+    r[f"seed_means_at_{layer}"] = means
+    r[f"seed_mean_at_{layer}"] = sum(means) / len(means)
+    if len(means) > 1:
+      r[f"seed_std_at_{layer}"] = float(_std(means) * (len(means) / (len(means) - 1)) ** 0.5)
+    if row == "full":
+      continue
+    diffs = [f - a for s in seeds if row_name("full", s) in results
+             for f, a in zip(_per_fold(results[row_name("full", s)], layer),
+                             _per_fold(results[row_name(row, s)], layer))]
+    if diffs:
+      r[f"paired_gap_at_{layer}"] = sum(diffs) / len(diffs)
+      r[f"paired_gap_fold_std_at_{layer}"] = float(_std(diffs))
+  full = ablations.get("full", {})
+  for row, r in ablations.items():
+    noise = [full.get(f"seed_std_at_{layer}"), r.get(f"seed_std_at_{layer}")]
+    if row == "full" or None in noise or f"paired_gap_at_{layer}" not in r:
+      continue
+    # The noise floor: the larger of the two rows' fold stds and seed spreads.
+    floor = max(noise + [full[f"at_{layer}_std"], r[f"at_{layer}_std"]])
+    r["below_full_in_noise"] = r[f"paired_gap_at_{layer}"] / floor
+    r["noise_floor"] = floor
+
+
+def _ablation_verdict(ablations):
+  """(k) and (l) more than 3 noise units below the full row: fold stds with
+  one seed per row, fold stds or seed spreads (the larger) with several.
+  None: a row was not measured."""
+  key = "below_full_in_noise" if FLAGS.row_seeds > 1 else "below_full_in_stds"
+  if not all(key in ablations.get(r, {}) for r in ("k", "l")):
+    return None
+  return bool(all(ablations[r][key] > 3 for r in ("k", "l")))
 
 
 def _train_seconds(root):
@@ -372,8 +433,9 @@ def write_markdown(report, path):
       f"fold stds; over the autoencoder's best layer ({r['autoencoder_best_layer']}): "
       f"{r['margin_over_autoencoder_in_stds']:.1f} (target > 3 for both: "
       f"{'met' if r['targets']['beats_random_and_autoencoder_by_3_std'] else 'MISSED'})",
-      f"- ablations (k) and (l) more than 3 stds below full: "
-      f"{_verdict(r['targets']['k_and_l_clearly_below_full'])}", "",
+      f"- ablations (k) and (l) more than 3 "
+      f"{'noise units (see seed replicates)' if b.get('row_seeds', 1) > 1 else 'stds'} "
+      f"below full: {_verdict(r['targets']['k_and_l_clearly_below_full'])}", "",
       "## Linear (folds) accuracy per layer, mean +- std", "",
   ]
   def cell(t, layer, key="mean", std="std"):
@@ -409,6 +471,26 @@ def write_markdown(report, path):
     lines.append(f"| {row} | {a['best_layer']} | {a['mean']:.4f} +- {a['std']:.4f} | "
                  f"{a['at_' + r['best_layer']]:.4f} | "
                  f"{a.get('below_full_in_stds', 0):.1f} |")
+  seeded = [(row, a) for row, a in r["ablations"].items() if "seeds" in a]
+  if seeded:
+    L = r["best_layer"]
+    lines += ["", f"### Seed replicates at {L} (--row_seeds={b['row_seeds']})", "",
+              "Each row trained once per seed (same autoencoder; the seed sets the "
+              "masks, the data order and the history sampling; weight init is "
+              "unseeded). Paired gap: mean over seeds and folds of (full - row) on "
+              "the same folds. Noise floor: the larger of the two rows' fold stds "
+              "and seed spreads (sample std over seeds).", "",
+              "| row | seeds | mean per seed | seed std | paired gap +- fold std | "
+              "noise floor | gap / floor |", "|---|---|---|---|---|---|---|"]
+    for row, a in seeded:
+      fmt = lambda k, p=4: (f"{a[k]:.{p}f}" if k in a else "")
+      gap = (f"{a[f'paired_gap_at_{L}']:.4f} +- {a[f'paired_gap_fold_std_at_{L}']:.4f}"
+             if f"paired_gap_at_{L}" in a else "")
+      lines.append(
+          f"| {row} | {','.join(map(str, a['seeds']))} | "
+          + ", ".join(f"{m:.4f}" for m in a[f"seed_means_at_{L}"])
+          + f" | {fmt(f'seed_std_at_{L}')} | {gap} | {fmt('noise_floor')} | "
+          f"{fmt('below_full_in_noise', 1)} |")
   if r.get("ablations_missing"):
     lines += ["", "Not trained/evaluated in this report (partial run): "
               + ", ".join(r["ablations_missing"]) + "."]
