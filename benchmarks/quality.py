@@ -8,6 +8,14 @@ with the folds protocol, kNN and the full-label probe
 (``configs/eval/fashion_mnist_folds.py``), and writes
 ``results/quality_fashion_mnist.{json,md,png}``.
 
+Seed replicates (how much of an ablation gap is training noise):
+
+  python -m benchmarks.quality --root=R --report=results/quality_fashion_mnist_seeds \
+      --ablations=full,k,l --row_seeds=2
+
+trains each row once per seed and reports each row's seed spread and its
+per-fold differences to the full row of the same seed.
+
 Resumable: every stage writes its result under ``--root`` and is skipped when
 that result exists; training runs resume from their checkpoints. Kill it and
 run the same command again. Each training run is its own process (its log is

@@ -396,3 +396,61 @@ def test_folds_from_a_fold_file_as_for_stl10(idx_dir, tmp_path):
     evaluation.evaluate(c, ex, log=lambda m: None)
   stl = stl10_folds.get_config("")
   assert (stl.folds.kind, stl.dataset.name, stl.channels) == ("file", "stl10", 3)
+
+
+def test_quality_report_seed_replicates(tmp_path):
+  """--row_seeds=2: per-fold paired gaps against the full row of the same
+  seed, seed spreads, and a verdict against the larger noise."""
+  from absl import flags
+  from benchmarks import quality
+  flags.FLAGS(["quality", f"--root={tmp_path}", "--ablations=full,k,l",
+               "--random_seeds=1", "--row_seeds=2"], known_only=True)
+  try:
+    root = str(tmp_path)
+    conv = lambda c3: dict(zip(["conv1", "conv2", "conv3", "conv4", "conv5"],
+                               (.70, .80, c3, .84, .83)))
+    _fake_eval(quality.eval_path(root, "ours"), conv(.85))
+    _fake_eval(quality.eval_path(root, "random_seed0"), conv(.74))
+    _fake_eval(quality.eval_path(root, "autoencoder"), {"stem": .7})
+    _fake_eval(quality.eval_path(root, "pixels"), {"pixels": .72})
+    _fake_eval(quality.eval_path(root, "supervised"), conv(.90))
+    for name, c3 in [("ablation_k", .76), ("ablation_l", .76),
+                     ("ablation_full_s1", .83), ("ablation_l_s1", .81)]:
+      _fake_eval(quality.eval_path(root, name), conv(c3), False)
+    os.makedirs(quality.ablation_dir(root, "full"))
+    with open(os.path.join(quality.ablation_dir(root, "full"), "config.json"), "w") as f:
+      json.dump({"autoencoder": {"batch_size": 128},
+                 "spotter": {"batch_size": 64, "lr": 1e-3, "repair_lr": 1e-3,
+                             "drop_rate": 0.7}, "resolution": 32}, f)
+    out = str(tmp_path / "q")
+    quality.stage_report(root, out)
+    rep = json.loads(open(out + ".json").read())
+    assert quality.ablation_dir(root, "k", 1).endswith(os.path.join("pretrain", "k_s1"))
+    # k's second seed is missing: listed, and without it no seed-aware verdict.
+    assert rep["ablations_missing"] == ["k_s1"]
+    assert rep["targets"]["k_and_l_clearly_below_full"] is None
+    l = rep["ablations"]["l"]
+    assert l["seed_means_at_conv3"] == pytest.approx([.76, .81])
+    # Per-fold differences: seed 0 (.84-.75, .86-.77), seed 1 (.82-.80, .84-.82).
+    assert l["paired_gap_at_conv3"] == pytest.approx((.09 + .09 + .02 + .02) / 4)
+    assert l["paired_gap_fold_std_at_conv3"] == pytest.approx(0.035)
+    full_spread = rep["ablations"]["full"]["seed_std_at_conv3"]
+    assert full_spread == pytest.approx(0.02 / 2 ** 0.5)
+    assert l["seed_std_at_conv3"] == pytest.approx(0.05 / 2 ** 0.5)
+    assert l["noise_floor"] == pytest.approx(0.05 / 2 ** 0.5)  # l's spread is the largest
+    assert l["below_full_in_noise"] == pytest.approx(0.055 / (0.05 / 2 ** 0.5))
+    _fake_eval(quality.eval_path(root, "ablation_k_s1"), conv(.77), False)
+    quality.stage_report(root, out)
+    rep = json.loads(open(out + ".json").read())
+    assert rep["ablations_missing"] == []
+    # k: gap (.09 + .06) / 2 over full's seed spread -> 5.3; l: 1.6 -> missed.
+    assert rep["ablations"]["k"]["below_full_in_noise"] == pytest.approx(
+        0.075 / (0.02 / 2 ** 0.5))
+    # The one-seed figure compares best layers (l's is conv4, .84).
+    assert rep["ablations"]["l"]["below_full_in_stds"] == pytest.approx(0.01 / 0.01)
+    assert rep["targets"]["k_and_l_clearly_below_full"] is False
+    md = open(out + ".md").read()
+    assert "### Seed replicates at conv3 (--row_seeds=2)" in md
+    assert "| l | 0,1 | 0.7600, 0.8100 |" in md
+  finally:
+    flags.FLAGS(["quality", "--row_seeds=1", "--random_seeds=3"], known_only=True)
