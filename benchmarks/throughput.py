@@ -15,14 +15,27 @@ is the share of step time spent waiting for data (0 when the pipeline keeps
 up; clipped at 0). The input pipeline is also timed alone (no model), which
 says how much of the CPU feeding a step at a given rate takes.
 
-FLOPs per image are counted from the model: each network's forward FLOPs
-come from TensorFlow's profiler on its traced forward graph (static shapes);
-a step's FLOPs are composed from them by what the step *needs* (a backward
-pass costs one forward for the input gradients plus one for the weight
-gradients, the first layer's input gradient is not needed, frozen networks
-only pass input gradients through, and R's loss needs C's input gradients on
-the fakes only). Work the implementation does beyond that shows up as lower
-utilisation, which is the point:
+FLOPs per image are counted twice:
+
+- from the traced step (``flops_per_image``, used for the utilisation): the
+  step function is traced once more on the variant's batch shape, the ops the
+  runtime prunes (those no output or state update depends on, e.g. the weight
+  gradients of the frozen decoder) are dropped by walking back from the
+  graph's outputs and control outputs, and the FLOPs TensorFlow registers for
+  each kept op (convolutions, their gradients, matmuls, elementwise math) are
+  summed. Ops the registry does not cover (batch norm, pooling gradients'
+  bookkeeping, casts) count zero.
+- by hand (``flops_per_image_by_hand``, a cross-check): each network's
+  forward FLOPs from TensorFlow's profiler, composed by what the step needs:
+  a backward pass costs one forward for the input gradients plus one for the
+  weight gradients, the first layer's input gradient is not needed, frozen
+  networks only pass input gradients through. R's loss is on the fakes, but C
+  runs its batch norm in training mode on [real, fake, history] together, so
+  the batch statistics couple the rows and the exact gradient needs C's input
+  gradients on every view (counts before 2026-11-23 took the fakes only).
+
+Work the implementation does beyond what the traced step needs shows up as
+lower utilisation, which is the point:
 
   utilisation = images/s * FLOPs per image / measured matmul FLOP/s
 
@@ -126,7 +139,8 @@ def model_flops(model, resolution, channels, history_fraction, has_history,
       + d + r                      # damaged -> repaired
       + views * c                  # C forward on [real, fake, history]
       + views * (c + (c - c1))     # C backward: weight + input gradients
-      + c                          # R's loss: C input gradients on fakes
+      + views * (c - c1) + c1      # R's loss: C input gradients, every view
+                                   # (batch norm statistics couple the rows)
       + d + 2 * r)                 # back through the decoder, R's gradients
   autoencoder = 3 * (e + d)        # forward, input and weight gradients
   return {"forward_per_image": f,
@@ -134,12 +148,61 @@ def model_flops(model, resolution, channels, history_fraction, has_history,
                              "spotter": adversarial, "features": c}}
 
 
+# Ops whose work lives in another graph (a function body, a branch): their
+# FLOPs would be missed by a count of the outer graph, so they are reported.
+_NESTED = ("If", "StatelessIf", "While", "StatelessWhile", "Case",
+           "PartitionedCall", "StatefulPartitionedCall")
+
+
+def kept_ops(graph):
+  """The ops of ``graph`` the runtime runs: those its outputs or its control
+  outputs (state updates) depend on. The rest (e.g. gradients nobody asked
+  for) are pruned before execution."""
+  stack = [t.op for t in graph.outputs] + list(graph.control_outputs)
+  seen = {}
+  while stack:
+    op = stack.pop()
+    if op.name not in seen:
+      seen[op.name] = op
+      stack.extend(t.op for t in op.inputs)
+      stack.extend(op.control_inputs)
+  return list(seen.values())
+
+
+def graph_flops(graph):
+  """(FLOPs of the kept ops, {op type: FLOPs}, nested-graph op types kept)."""
+  from tensorflow.python.framework import ops as tf_ops  # pylint: disable=g-import-not-at-top
+  total, by_type, nested = 0.0, {}, set()
+  for op in kept_ops(graph):
+    if op.type in _NESTED:
+      nested.add(op.type)
+    try:
+      value = tf_ops.get_stats_for_node_def(graph, op.node_def, "flops").value
+    except ValueError:  # no statistics registered for this op type
+      value = None
+    if value:
+      total += float(value)
+      by_type[op.type] = by_type.get(op.type, 0.0) + float(value)
+  return total, by_type, sorted(nested)
+
+
+def step_flops(fn, batch):
+  """FLOPs per image of one ``fn(batch)`` step, traced on ``batch``'s shapes
+  (the step must have run once, so no variable is created here)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  spec = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), batch)
+  graph = tf.function(fn).get_concrete_function(spec).graph
+  total, by_type, nested = graph_flops(graph)
+  n = tf.nest.flatten(batch)[0].shape[0]
+  return total / n, {k: v / n for k, v in by_type.items()}, nested
+
+
 # ------------------------------------------------------------------ variant
 def run_variant(phase: str, batch: int, jit: bool, precision: str):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from artifact_spotting.data import pipeline  # pylint: disable=g-import-not-at-top
   config = load_config(FLAGS.config)
-  model, loop, ds, (strategy, source, pp) = build_variant(
+  model, loop, ds, (strategy, source, pp, step_fn) = build_variant(
       config, phase, batch, jit, precision)
   n = tf.constant(FLAGS.steps, tf.int32)
 
@@ -164,6 +227,7 @@ def run_variant(phase: str, batch: int, jit: bool, precision: str):
   flops = model_flops(model, config.resolution, config.channels,
                       config.spotter.history_fraction, model.history is not None,
                       config.spotter.fakes)
+  traced, traced_by_type, nested = step_flops(step_fn, one)
   params = {
       "autoencoder": int(sum(v.numpy().size for v in model.autoencoder_variables)),
       "discriminator": int(sum(v.numpy().size for v in model.discriminator_variables)),
@@ -175,7 +239,10 @@ def run_variant(phase: str, batch: int, jit: bool, precision: str):
           "cached_batch_images_per_second": rate_cached,
           "input_wait_share": max(0.0, 1.0 - rate / rate_cached),
           "warmup_seconds": warm,
-          "flops_per_image": flops["step_per_image"][phase],
+          "flops_per_image": traced,
+          "flops_per_image_by_type": traced_by_type,
+          "flops_uncounted_nested_ops": nested,
+          "flops_per_image_by_hand": flops["step_per_image"][phase],
           "forward_flops_per_image": flops["forward_per_image"], "params": params}
 
 
@@ -322,10 +389,11 @@ def write(config, rates, results, pipe):
       f"Measured matmul rate (best of {'/'.join(map(str, MATMUL_SIZES))}^3, same run): float32 "
       f"{rates['float32'] / 1e9:.1f} GFLOP/s, bfloat16 {rates['bfloat16'] / 1e9:.1f} GFLOP/s.",
       f"Median of {FLAGS.windows} windows of {FLAGS.steps} steps after warm-up, one "
-      "process per row. Utilisation = images/s x FLOPs/image (what the step "
-      "needs, profiler-counted forward FLOPs composed as in the script's "
-      "docstring) / the matmul rate of the row's precision. Input wait = 1 - "
-      "real-input rate / cached-batch rate.", "",
+      "process per row. Utilisation = images/s x FLOPs/image (counted on the "
+      "traced step, ops the runtime prunes left out; the hand count composed "
+      "from forward FLOPs as in the script's docstring beside it) / the matmul "
+      "rate of the row's precision. Input wait = 1 - real-input rate / "
+      "cached-batch rate.", "",
       f"Adversarial step, float32, batch {sp_b}: **{fp32['images_per_second']:.1f} img/s, "
       f"utilisation {fp32['utilisation']:.2f}** (XLA {'on' if fp32['jit_compile'] else 'off'}); "
       + (f"mixed bfloat16: **{mixed['images_per_second']:.1f} img/s** "
@@ -333,13 +401,15 @@ def write(config, rates, results, pipe):
       f"Input pipeline alone (`{config.pp}`, batch {config.autoencoder.batch_size}, "
       f"no model): {pipe:.0f} img/s on the same cores; feeding a step at R img/s "
       "takes about R / that share of the CPU.", "",
-      "| phase | batch | XLA | precision | images/s | GFLOP/image | utilisation | input wait | warm-up s |",
-      "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+      "| phase | batch | XLA | precision | images/s | GFLOP/image (traced) | "
+      "GFLOP/image (by hand) | utilisation | input wait | warm-up s |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for r in results:
     lines.append(
         f"| {r['phase']} | {r['batch_size']} | {'on' if r['jit_compile'] else 'off'} | "
         f"{r['precision']} | {r['images_per_second']:.1f} | "
-        f"{r['flops_per_image'] / 1e9:.3f} | {r['utilisation']:.2f} | "
+        f"{r['flops_per_image'] / 1e9:.3f} | "
+        f"{r['flops_per_image_by_hand'] / 1e9:.3f} | {r['utilisation']:.2f} | "
         f"{r['input_wait_share']:.2f} | {r['warmup_seconds']:.0f} |")
   f = results[0]["forward_flops_per_image"]
   p = results[0]["params"]
@@ -347,6 +417,11 @@ def write(config, rates, results, pipe):
       f"{k} {v / 1e6:.1f}" for k, v in f.items()) +
       f". Parameters: autoencoder {p['autoencoder']:,}, discriminator "
       f"{p['discriminator']:,}, repair {p['repair']:,}."]
+  nested = sorted({f"{r['phase']}: {', '.join(r['flops_uncounted_nested_ops'])}"
+                   for r in results if r.get("flops_uncounted_nested_ops")})
+  if nested:
+    lines += ["", "Traced steps holding nested graphs, whose FLOPs the traced "
+              "count leaves out: " + "; ".join(nested) + "."]
   with open(prefix + ".md", "w") as fh:
     fh.write("\n".join(lines) + "\n")
   print(f"wrote {prefix}.json/.md")

@@ -19,7 +19,8 @@ def parse_variant(text):
 
 
 def build_variant(config, phase: str, batch: int, jit: bool, precision: str):
-  """(model, multi-step loop, real-input dataset, preprocessing) of a variant.
+  """(model, multi-step loop, real-input dataset, (strategy, source,
+  preprocessing, one-step function)) of a variant.
 
   ``loop(iterator, n)`` runs n steps of ``phase`` in one tf.function; shared
   with benchmarks/profile_ops.py so both time the same step.
@@ -47,4 +48,4 @@ def build_variant(config, phase: str, batch: int, jit: bool, precision: str):
     pp = config.pp.replace("|flip_lr", "")
   ds = pipeline.distributed_dataset(strategy, source, pp, batch,
                                     shuffle_buffer=config.dataset.shuffle_buffer)
-  return model, train_lib.make_loop(strategy, fn, jit), ds, (strategy, source, pp)
+  return model, train_lib.make_loop(strategy, fn, jit), ds, (strategy, source, pp, fn)

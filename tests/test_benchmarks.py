@@ -33,6 +33,51 @@ def test_discriminator_flops_match_a_hand_count():
   assert step["features"] == got
 
 
+def test_traced_flops_leave_out_what_the_runtime_prunes():
+  a = tf.ones([3, 5])
+  w, unused = tf.Variable(tf.ones([5, 7])), tf.Variable(tf.ones([5, 11]))
+
+  def step(x):
+    with tf.GradientTape() as tape:
+      y = tf.matmul(x, w)
+      tf.matmul(x, unused)               # feeds nothing: pruned
+      loss = tf.reduce_sum(y)
+    w.assign_sub(tape.gradient(loss, w))  # kept: a state update
+    return {"y": y}
+
+  step(a)
+  per_image, by_type, nested = throughput.step_flops(step, a)
+  # forward x @ w, and w's gradient x^T @ dy; x's gradient is never asked for.
+  assert by_type["MatMul"] * 3 == 2 * (2 * 3 * 5 * 7)
+  assert per_image * 3 == pytest.approx(2 * (2 * 3 * 5 * 7), rel=0.01)
+  assert nested == []
+
+
+@pytest.mark.parametrize("phase", ["spotter", "autoencoder"])
+def test_traced_step_flops_match_the_hand_count(phase):
+  """Two independent counts of a training step: the traced graph (what the
+  runtime runs) and forward FLOPs composed by hand (what the step needs).
+  They agree only if the hand count knows that C's batch norm couples the
+  views (R's gradient runs back through every row, not the fakes alone)."""
+  c = tiny_config()
+  players = train_lib.Players(c, tf.distribute.get_strategy(), probe=False)
+  m = players.model
+  batch = {"image": tf.random.uniform([8, 16, 16, 1], -1, 1)}
+  fn = {"spotter": lambda b: m.adversarial_step(b, players.c_opt, players.r_opt),
+        "autoencoder": lambda b: m.autoencoder_step(b, players.ae_opt)}[phase]
+  tf.function(fn)(batch)
+  traced, by_type, nested = throughput.step_flops(fn, batch)
+  hand = throughput.model_flops(m, 16, 1, c.spotter.history_fraction, True)
+  assert nested == []
+  assert by_type["Conv2D"] > 0.5 * traced
+  rel = {"spotter": 0.02, "autoencoder": 0.05}[phase]
+  assert traced == pytest.approx(hand["step_per_image"][phase], rel=rel)
+  if phase == "spotter":  # a count of R's pass on the fakes alone would fail
+    f = hand["forward_per_image"]
+    coupling = 1.5 * (f["discriminator"] - f["discriminator_conv1"])
+    assert coupling > 2 * rel * traced
+
+
 def test_cpu_info_names_the_isa(tmp_path):
   from benchmarks.machine import cpu_info, isa_tag
   path = tmp_path / "cpuinfo"
