@@ -369,3 +369,35 @@ def test_argmax_max_pool_matches_keras(dtype, monkeypatch):
   np.testing.assert_array_equal(
       tf.cast(xla(x), tf.float32).numpy(),
       tf.cast(_grads_of(ref, x, tf.ones_like(dy))[1], tf.float32).numpy())
+
+
+def test_discriminator_views_match_their_concatenation():
+  """C on a list of views == C on their concatenation (one batch norm over
+  all rows), gradients included; a view nobody differentiates gets no conv1
+  input gradient."""
+  disc = Discriminator(config_lib.small_alexnet(), fc_units=16, dropout=0.0)
+  disc.build((None, 32, 32, 1))
+  _randomize(disc)
+  real, fake = (tf.random.stateless_normal([n, 32, 32, 1], seed=(n, 1)) for n in (3, 2))
+
+  def loss_and_grad(views):
+    with tf.GradientTape() as tape:
+      tape.watch(fake)
+      out = disc([real, fake] if views else tf.concat([real, fake], 0), training=True)
+      loss = tf.reduce_sum(out["logits"][3:]) + tf.reduce_sum(out["mask_logits"])
+    return out, tape.gradient(loss, fake)
+
+  (a, ga), (b, gb) = loss_and_grad(True), loss_and_grad(False)
+  for k in a:
+    np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(ga.numpy(), gb.numpy(), rtol=1e-4, atol=1e-5)
+  # The traced gradient: with views, the rows of `real` get no conv1 input gradient.
+  from benchmarks import throughput
+  flops = {}
+  for views in (True, False):
+    graph = tf.function(lambda r, f, v=views: tf.gradients(
+        tf.reduce_sum(disc([r, f] if v else tf.concat([r, f], 0), training=True)["logits"]),
+        f)).get_concrete_function(real, fake).graph
+    flops[views] = throughput.graph_flops(graph)[0]
+  conv1_input_grad_of_real = 2 * 3 * 32 * 32 * 5 * 5 * 1 * 64
+  assert conv1_input_grad_of_real <= flops[False] - flops[True] <= 1.2 * conv1_input_grad_of_real

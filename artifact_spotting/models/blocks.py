@@ -273,7 +273,12 @@ class ConvBlock(layers.Layer):
     return self.conv.compute_output_shape(input_shape)
 
   def call(self, x, training=False):
-    x = self.conv(x)
+    if isinstance(x, (list, tuple)):
+      # Views convolved one by one, normalised together: an input gradient is
+      # then only computed for the views that need one (see Discriminator).
+      x = tf.concat([self.conv(v) for v in x], axis=0)
+    else:
+      x = self.conv(x)
     if self.bn is not None:
       x = self.bn(x, training=training)
     x = self.act(x)

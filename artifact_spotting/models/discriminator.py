@@ -32,6 +32,13 @@ class Discriminator(layers.Layer):
   adds a 3x3 stride-2 max pool after the layer. ``call`` returns a dict with
   ``conv1``..``conv5`` (post-activation, pre-pool), ``logits`` [B] (real = 1)
   and ``mask_logits`` [B, M, N] (keep = 1) where conv5's grid is M x N.
+
+  ``x`` may also be a list of image batches (views, e.g. [real, fake,
+  history]): conv1 runs on each view and the results are concatenated, so
+  everything from conv1's batch norm on sees one batch of all views, exactly
+  as for their concatenation, while conv1's input gradient is only computed
+  for the views that need one (the fakes, for R's loss) instead of for the
+  whole batch and then sliced.
   """
 
   def __init__(self, convs: Sequence[Dict], fc_units: int = 512,

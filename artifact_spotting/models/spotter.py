@@ -281,7 +281,7 @@ class ArtifactSpotter(keras.Model):
             hist_k * n, tf.stop_gradient(fake), keep)
         inputs.append(h_img)
         fake_masks = tf.concat([keep, h_mask], axis=0)
-      out = self.discriminator(tf.concat(inputs, axis=0), training=True)
+      out = self.discriminator(inputs, training=True)  # views: see Discriminator
       logits, mask_logits = out["logits"], out["mask_logits"]
       real_logits, all_fake_logits = logits[:b], logits[b:]
       fake_logits = logits[b:2 * b]
