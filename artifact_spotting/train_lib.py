@@ -27,6 +27,7 @@ from artifact_spotting import distribute
 from artifact_spotting import hardware
 from artifact_spotting.data import pipeline
 from artifact_spotting.models.spotter import ArtifactSpotter
+from artifact_spotting.optimizers import FusedAdam
 from artifact_spotting.schedules import LinearDecay
 
 CHECKPOINT_DIR = "checkpoints"
@@ -41,9 +42,8 @@ class SetupError(ValueError):
 def make_adam(lr: float, steps: int, opt_cfg, name: str, precision="float32"):
   schedule = LinearDecay(lr, int(math.ceil(opt_cfg.decay_fraction * steps)),
                          opt_cfg.end_lr_ratio)
-  adam = keras.optimizers.Adam(learning_rate=schedule, beta_1=opt_cfg.beta1,
-                               beta_2=opt_cfg.beta2, epsilon=opt_cfg.epsilon,
-                               name=name)
+  adam = FusedAdam(learning_rate=schedule, beta_1=opt_cfg.beta1,
+                   beta_2=opt_cfg.beta2, epsilon=opt_cfg.epsilon, name=name)
   if precision == "mixed_float16":  # float16 gradients need loss scaling
     return keras.optimizers.LossScaleOptimizer(adam, name=name)
   return adam
@@ -99,7 +99,7 @@ class Players:
                              "c_optimizer", precision)
       self.r_opt = make_adam(config.spotter.repair_lr, config.spotter.steps, o,
                              "r_optimizer", precision)
-      self.probe_opt = keras.optimizers.Adam(config.probe.lr, name="probe_optimizer")
+      self.probe_opt = FusedAdam(config.probe.lr, name="probe_optimizer")
       m = self.model
       self.ae_opt.build(m.autoencoder_variables)
       self.c_opt.build(m.discriminator_variables)

@@ -9,6 +9,8 @@ model and the vector/matrix ISA that decides TensorFlow's kernels, and
 
 import os
 import platform
+import statistics
+import time
 
 from artifact_spotting.hardware import cpu_info
 
@@ -35,3 +37,35 @@ def machine_tag(m):
     return f"gpu_{m['gpu_name']}"
   isa = isa_tag(m)
   return f"cpu{m['cores']}_{isa}" if isa else f"cpu{m['cores']}"
+
+
+def matmul_rate(dtype: str, n: int = 2048, seconds: float = 3.0) -> float:
+  """FLOP/s of an n x n x n matmul in ``dtype`` (median of timed runs)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  a = tf.random.normal([n, n], dtype=tf.float32)
+  a, b = tf.cast(a, dtype), tf.cast(tf.transpose(a), dtype)
+
+  @tf.function
+  def many(k):
+    acc = tf.zeros([], tf.float32)
+    for _ in tf.range(k):
+      acc += tf.cast(tf.matmul(a, b)[0, 0], tf.float32)
+    return acc
+  many(tf.constant(2)).numpy()
+  rates = []
+  reps = 4
+  deadline = time.perf_counter() + seconds
+  while time.perf_counter() < deadline or len(rates) < 3:
+    t0 = time.perf_counter()
+    many(tf.constant(reps)).numpy()
+    rates.append(2 * n ** 3 * reps / (time.perf_counter() - t0))
+  return statistics.median(rates)
+
+
+MATMUL_SIZES = (1024, 2048, 4096)
+
+
+def best_matmul_rate(dtype):
+  """The machine's matmul rate: the best of a few square sizes (on one AVX2
+  CPU the smallest was the fastest, so one size under-states the peak)."""
+  return max(matmul_rate(dtype, n, seconds=2.0) for n in MATMUL_SIZES)

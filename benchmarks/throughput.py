@@ -56,7 +56,7 @@ from absl import app, flags
 
 from artifact_spotting.evaluation import load_pretrain_config as load_config
 from benchmarks import child
-from benchmarks.machine import machine, machine_tag
+from benchmarks.machine import MATMUL_SIZES, best_matmul_rate, machine, machine_tag
 from benchmarks.variants import build_variant, parse_variant
 
 FLAGS = flags.FLAGS
@@ -75,29 +75,6 @@ flags.DEFINE_string("out_dir", "results", "Output folder.")
 
 
 # ------------------------------------------------------------- matmul rate
-def matmul_rate(dtype: str, n: int = 2048, seconds: float = 3.0) -> float:
-  """FLOP/s of an n x n x n matmul in ``dtype`` (median of timed runs)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  a = tf.random.normal([n, n], dtype=tf.float32)
-  a, b = tf.cast(a, dtype), tf.cast(tf.transpose(a), dtype)
-
-  @tf.function
-  def many(k):
-    acc = tf.zeros([], tf.float32)
-    for _ in tf.range(k):
-      acc += tf.cast(tf.matmul(a, b)[0, 0], tf.float32)
-    return acc
-  many(tf.constant(2)).numpy()
-  rates = []
-  reps = 4
-  deadline = time.perf_counter() + seconds
-  while time.perf_counter() < deadline or len(rates) < 3:
-    t0 = time.perf_counter()
-    many(tf.constant(reps)).numpy()
-    rates.append(2 * n ** 3 * reps / (time.perf_counter() - t0))
-  return statistics.median(rates)
-
-
 # --------------------------------------------------------------------- FLOPs
 def forward_flops(fn, *specs) -> float:
   """Profiler-counted FLOPs of one call of ``fn`` on tensors of ``specs``."""
@@ -286,15 +263,6 @@ def pipeline_rate(config, batch: int, seconds: float = 10.0):
 
 def tag_of(m):
   return FLAGS.tag or machine_tag(m)
-
-
-MATMUL_SIZES = (1024, 2048, 4096)
-
-
-def best_matmul_rate(dtype):
-  """The machine's matmul rate: the best of a few square sizes (on one AVX2
-  CPU the smallest was the fastest, so one size under-states the peak)."""
-  return max(matmul_rate(dtype, n, seconds=2.0) for n in MATMUL_SIZES)
 
 
 def main(argv):
