@@ -23,7 +23,7 @@ FLOPs per image are counted twice:
   gradients of the frozen decoder) are dropped by walking back from the
   graph's outputs and control outputs, and the FLOPs TensorFlow registers for
   each kept op (convolutions, their gradients, matmuls, elementwise math) are
-  summed. Ops the registry does not cover (batch norm, pooling gradients'
+  summed, into called functions' bodies too. Ops the registry does not cover (batch norm, pooling gradients'
   bookkeeping, casts) count zero.
 - by hand (``flops_per_image_by_hand``, a cross-check): each network's
   forward FLOPs from TensorFlow's profiler, composed by what the step needs:
@@ -125,10 +125,11 @@ def model_flops(model, resolution, channels, history_fraction, has_history,
                              "spotter": adversarial, "features": c}}
 
 
-# Ops whose work lives in another graph (a function body, a branch): their
-# FLOPs would be missed by a count of the outer graph, so they are reported.
-_NESTED = ("If", "StatelessIf", "While", "StatelessWhile", "Case",
-           "PartitionedCall", "StatefulPartitionedCall")
+# Ops whose work lives in another graph: a called function's body is counted
+# (once per call); branches and loop bodies are not (how often they run is
+# data-dependent), so they are reported instead.
+_CALLS = ("PartitionedCall", "StatefulPartitionedCall")
+_NESTED = ("If", "StatelessIf", "While", "StatelessWhile", "Case")
 
 
 def kept_ops(graph):
@@ -146,13 +147,34 @@ def kept_ops(graph):
   return list(seen.values())
 
 
+def _called_graph(graph, op):
+  """The body of a function-call op (TF's private function registry; there
+  is no public API for it), or None."""
+  try:
+    return graph._get_function(op.get_attr("f").name).graph  # pylint: disable=protected-access
+  except (AttributeError, ValueError):
+    return None
+
+
 def graph_flops(graph):
-  """(FLOPs of the kept ops, {op type: FLOPs}, nested-graph op types kept)."""
+  """(FLOPs of the kept ops, {op type: FLOPs}, nested-graph op types kept
+  whose FLOPs are not counted)."""
   from tensorflow.python.framework import ops as tf_ops  # pylint: disable=g-import-not-at-top
   total, by_type, nested = 0.0, {}, set()
   for op in kept_ops(graph):
     if op.type in _NESTED:
       nested.add(op.type)
+    if op.type in _CALLS:
+      body = _called_graph(graph, op)
+      if body is None:
+        nested.add(op.type)
+        continue
+      sub_total, sub_by_type, sub_nested = graph_flops(body)
+      total += sub_total
+      for k, v in sub_by_type.items():
+        by_type[k] = by_type.get(k, 0.0) + v
+      nested.update(sub_nested)
+      continue
     try:
       value = tf_ops.get_stats_for_node_def(graph, op.node_def, "flops").value
     except ValueError:  # no statistics registered for this op type

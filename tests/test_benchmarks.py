@@ -51,6 +51,13 @@ def test_traced_flops_leave_out_what_the_runtime_prunes():
   assert by_type["MatMul"] * 3 == 2 * (2 * 3 * 5 * 7)
   assert per_image * 3 == pytest.approx(2 * (2 * 3 * 5 * 7), rel=0.01)
   assert nested == []
+  # A called tf.function's body is counted; a loop body is reported instead.
+  inner = tf.function(lambda x: tf.matmul(x, w))
+  per_image, by_type, nested = throughput.step_flops(lambda x: {"y": inner(x)}, a)
+  assert by_type["MatMul"] * 3 == 2 * 3 * 5 * 7 and nested == []
+  loop = lambda x: {"y": tf.while_loop(lambda i, y: i < 2, lambda i, y: (i + 1, y * 2.0),
+                                       (0, tf.matmul(x, w)))[1]}
+  assert throughput.step_flops(loop, a)[2] in (["While"], ["StatelessWhile"])
 
 
 @pytest.mark.parametrize("phase", ["spotter", "autoencoder"])
