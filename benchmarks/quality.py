@@ -10,11 +10,13 @@ with the folds protocol, kNN and the full-label probe
 
 Seed replicates (how much of an ablation gap is training noise):
 
-  python -m benchmarks.quality --root=R --report=results/quality_fashion_mnist_seeds \
-      --ablations=full,k,l --row_seeds=2
+  python -m benchmarks.quality --root=R --ablations=full,k,l,a,g \
+      --row_seeds=2 --replicate=full,k,l
 
-trains each row once per seed and reports each row's seed spread and its
-per-fold differences to the full row of the same seed.
+trains the rows of --replicate once more per extra seed (the others once)
+and reports each replicated row's seed spread and its per-fold differences to
+the full row of the same seed. Added to a finished root, it trains and
+evaluates only the new runs.
 
 Resumable: every stage writes its result under ``--root`` and is skipped when
 that result exists; training runs resume from their checkpoints. Kill it and
@@ -56,6 +58,8 @@ flags.DEFINE_integer("row_seeds", 1, "Training seeds per ablation row "
                      "more, the report gives each row's seed-to-seed spread and "
                      "its per-fold differences to the full row of the same seed, "
                      "and the ablation verdict uses the spread as a noise floor.")
+flags.DEFINE_list("replicate", [], "Rows that get the seeds after 0 (default: "
+                  "every row of --ablations); e.g. --replicate=full,k,l.")
 flags.DEFINE_integer("random_seeds", 3, "Random-init discriminators.")
 flags.DEFINE_integer("supervised_epochs", 2, "Epochs of the supervised bound.")
 flags.DEFINE_integer("full_epochs", 1, "Epochs of the full-label probe.")
@@ -111,7 +115,10 @@ def ablation_dir(root, row, seed=0):
   return os.path.join(root, "pretrain", row if not seed else f"{row}_s{seed}")
 
 
-def row_seeds():
+def row_seeds(row=None):
+  """The training seeds of ``row`` (of any row when None)."""
+  if row is not None and FLAGS.replicate and row not in FLAGS.replicate:
+    return range(1)
   return range(max(FLAGS.row_seeds, 1))
 
 
@@ -122,6 +129,8 @@ def stage_pretrain(root):
                             ("spotter.steps", 0)]), ae, root)
   for seed in row_seeds():
     for row in FLAGS.ablations:
+      if seed not in row_seeds(row):
+        continue
       wd = ablation_dir(root, row, seed)
       train_once(f"spotter_{os.path.basename(wd)}", pretrain_cmd(
           f"ablation={row}", wd,
@@ -182,7 +191,7 @@ def models(root):
   out["ours"] = ([f"--workdir={ours_dir(root)}"], "", done_marker(ours_dir(root)))
   for seed in row_seeds():
     for row in FLAGS.ablations:
-      if row_name(row, seed) != "ours":
+      if seed in row_seeds(row) and row_name(row, seed) != "ours":
         wd = ablation_dir(root, row, seed)
         out[row_name(row, seed)] = ([f"--workdir={wd}"] + NO_KNN, ":folds_only",
                                     done_marker(wd))
@@ -306,8 +315,8 @@ def build_report(root):
     ablations[row] = {"best_layer": l, "mean": r["mean"], "std": r["std"],
                       f"at_{layer}": tables[name][layer]["mean"],
                       f"at_{layer}_std": tables[name][layer]["std"]}
-  ablations_missing += [f"{row}_s{s}" for s in row_seeds() if s for row in FLAGS.ablations
-                        if row in ablations and row_name(row, s) not in tables]
+  ablations_missing += [f"{row}_s{s}" for row in FLAGS.ablations for s in row_seeds(row)
+                        if s and row in ablations and row_name(row, s) not in tables]
   for row, r in ablations.items():
     if row != "full" and "full" in ablations:
       r["below_full_in_stds"] = (ablations["full"]["mean"] - r["mean"]) / max(
@@ -329,6 +338,7 @@ def build_report(root):
           "drop_rate": pre["spotter"]["drop_rate"],
           "overrides": list(FLAGS.override),
           "row_seeds": max(FLAGS.row_seeds, 1),
+          "replicated_rows": [r for r in FLAGS.ablations if len(row_seeds(r)) > 1],
           "supervised_epochs": FLAGS.supervised_epochs,
           "full_probe_epochs": FLAGS.full_epochs,
           "resolution": pre["resolution"],
@@ -363,7 +373,9 @@ def _seed_statistics(ablations, results, layer):
   if FLAGS.row_seeds < 2:
     return
   for row, r in ablations.items():
-    seeds = [s for s in row_seeds() if row_name(row, s) in results]
+    if len(row_seeds(row)) < 2:
+      continue
+    seeds = [s for s in row_seeds(row) if row_name(row, s) in results]
     means = [results[row_name(row, s)]["folds"][layer]["linear"]["mean"] for s in seeds]
     r["seeds"] = seeds
     r[f"seed_means_at_{layer}"] = means

@@ -403,8 +403,9 @@ def test_quality_report_seed_replicates(tmp_path):
   seed, seed spreads, and a verdict against the larger noise."""
   from absl import flags
   from benchmarks import quality
-  flags.FLAGS(["quality", f"--root={tmp_path}", "--ablations=full,k,l",
-               "--random_seeds=1", "--row_seeds=2"], known_only=True)
+  flags.FLAGS(["quality", f"--root={tmp_path}", "--ablations=full,k,l,a",
+               "--random_seeds=1", "--row_seeds=2", "--replicate=full,k,l"],
+              known_only=True)
   try:
     root = str(tmp_path)
     conv = lambda c3: dict(zip(["conv1", "conv2", "conv3", "conv4", "conv5"],
@@ -414,7 +415,8 @@ def test_quality_report_seed_replicates(tmp_path):
     _fake_eval(quality.eval_path(root, "autoencoder"), {"stem": .7})
     _fake_eval(quality.eval_path(root, "pixels"), {"pixels": .72})
     _fake_eval(quality.eval_path(root, "supervised"), conv(.90))
-    for name, c3 in [("ablation_k", .76), ("ablation_l", .76),
+    assert "ablation_a_s1" not in quality.models(root) and "ablation_k_s1" in quality.models(root)
+    for name, c3 in [("ablation_k", .76), ("ablation_l", .76), ("ablation_a", .85),
                      ("ablation_full_s1", .83), ("ablation_l_s1", .81)]:
       _fake_eval(quality.eval_path(root, name), conv(c3), False)
     os.makedirs(quality.ablation_dir(root, "full"))
@@ -427,7 +429,8 @@ def test_quality_report_seed_replicates(tmp_path):
     rep = json.loads(open(out + ".json").read())
     assert quality.ablation_dir(root, "k", 1).endswith(os.path.join("pretrain", "k_s1"))
     # k's second seed is missing: listed, and without it no seed-aware verdict.
-    assert rep["ablations_missing"] == ["k_s1"]
+    assert rep["ablations_missing"] == ["k_s1"]  # a is not replicated
+    assert "seeds" not in rep["ablations"]["a"]
     assert rep["targets"]["k_and_l_clearly_below_full"] is None
     l = rep["ablations"]["l"]
     assert l["seed_means_at_conv3"] == pytest.approx([.76, .81])
@@ -453,4 +456,5 @@ def test_quality_report_seed_replicates(tmp_path):
     assert "### Seed replicates at conv3 (--row_seeds=2)" in md
     assert "| l | 0,1 | 0.7600, 0.8100 |" in md
   finally:
-    flags.FLAGS(["quality", "--row_seeds=1", "--random_seeds=3"], known_only=True)
+    flags.FLAGS(["quality", "--row_seeds=1", "--random_seeds=3", "--replicate="],
+                known_only=True)
