@@ -13,7 +13,6 @@ given, the first is the 1.00x reference). Run it on an otherwise idle machine.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -23,7 +22,7 @@ import time
 from absl import app, flags
 
 from benchmarks import child
-from benchmarks.machine import machine, machine_tag
+from benchmarks.machine import machine, machine_tag, write_report
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("commits", [], "Commits to time, the reference first.")
@@ -85,10 +84,6 @@ def main(argv):
              f"--windows={FLAGS.windows} --rounds={FLAGS.rounds}")
   report = {"machine": m, "tag": tag, "date": time.strftime("%Y-%m-%d"),
             "command": command, "variant": FLAGS.variant, "rows": rows}
-  os.makedirs(FLAGS.out_dir, exist_ok=True)
-  path = os.path.join(FLAGS.out_dir, f"throughput_{tag}_history")
-  with open(path + ".json", "w") as f:
-    json.dump(report, f, indent=2)
   lines = [f"# Speed by commit: {FLAGS.variant} ({tag})", "",
            f"Machine: {m['cpu']} family {m.get('cpu_family')} model {m.get('cpu_model')}, "
            f"ISA {m.get('cpu_flags')}, {m['cores']} cores, TensorFlow {m['tensorflow']}; "
@@ -102,8 +97,7 @@ def main(argv):
     lines.append(f"| {r['commit']} | {r['change']} | {r['images_per_second']:.1f} | "
                  f"{r['speedup']:.2f}x | {min(r['window_rates']):.1f}-"
                  f"{max(r['window_rates']):.1f} |")
-  with open(path + ".md", "w") as f:
-    f.write("\n".join(lines) + "\n")
+  write_report(FLAGS.out_dir, f"throughput_{tag}_history", report, lines)
   print("\n".join(lines))
 
 

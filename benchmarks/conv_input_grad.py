@@ -18,7 +18,6 @@ formulation per shape and oneDNN state from these timings.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
@@ -26,7 +25,7 @@ import time
 from absl import app, flags
 
 from benchmarks import child
-from benchmarks.machine import machine, machine_tag
+from benchmarks.machine import machine, machine_tag, write_report
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("child", False, "Internal: time in this process, print JSON.")
@@ -94,10 +93,6 @@ def main(argv):
   tag = machine_tag(m)
   report = {"machine": m, "tag": tag, "date": time.strftime("%Y-%m-%d"),
             "command": "python -m benchmarks.conv_input_grad", "runs": runs}
-  os.makedirs(FLAGS.out_dir, exist_ok=True)
-  path = os.path.join(FLAGS.out_dir, f"conv_input_grad_{tag}")
-  with open(path + ".json", "w") as f:
-    json.dump(report, f, indent=2)
   lines = [f"# Conv input gradient, float32: ms per call (median of {FLAGS.repeats})",
            "", f"Machine: {m['cpu']} ({tag}), TensorFlow {m['tensorflow']}; "
            f"{report['date']}. Reproduce: `{report['command']}`.", "",
@@ -112,8 +107,7 @@ def main(argv):
   worst = max(r["max_abs_diff_vs_tf"] for run in runs for r in run["rows"])
   lines += ["", f"Largest |difference| from tf's gradient over all cases: {worst:.2e} "
             "(inputs and kernels standard normal)."]
-  with open(path + ".md", "w") as f:
-    f.write("\n".join(lines) + "\n")
+  write_report(FLAGS.out_dir, f"conv_input_grad_{tag}", report, lines)
   print("\n".join(lines))
 
 

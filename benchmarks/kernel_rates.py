@@ -26,15 +26,13 @@ Writes results/kernel_rates_<machine>.{json,md}.
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
 import time
 
 from absl import app, flags
 
 from artifact_spotting.evaluation import load_pretrain_config as load_config
-from benchmarks.machine import best_matmul_rate, machine, machine_tag
+from benchmarks.machine import best_matmul_rate, machine, machine_tag, write_report
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "configs/fashion_mnist.py", "Pretraining config.")
@@ -156,10 +154,6 @@ def main(argv):
             "command": command, "config": FLAGS.config, "onednn": onednn_enabled(),
             "matmul_peak_flops_per_second": peak, "rows": rows,
             "optimizer_update": optimizers}
-  os.makedirs(FLAGS.out_dir, exist_ok=True)
-  path = os.path.join(FLAGS.out_dir, f"kernel_rates_{tag}")
-  with open(path + ".json", "w") as f:
-    json.dump(report, f, indent=2)
   lines = [
       f"# Discriminator kernels against the matmul rate, float32 ({FLAGS.config})", "",
       f"Machine: {m['cpu']} ({tag}), TensorFlow {m['tensorflow']}, oneDNN "
@@ -180,8 +174,7 @@ def main(argv):
   lines += ["", f"One Adam update of C's and R's {o['variables']} variables "
             f"({o['parameters']:,} parameters): keras Adam {o['keras_adam_ms']:.2f} ms, "
             f"FusedAdam {o['fused_adam_ms']:.2f} ms."]
-  with open(path + ".md", "w") as f:
-    f.write("\n".join(lines) + "\n")
+  write_report(FLAGS.out_dir, f"kernel_rates_{tag}", report, lines)
   print("\n".join(lines))
 
 

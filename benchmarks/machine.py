@@ -7,6 +7,7 @@ model and the vector/matrix ISA that decides TensorFlow's kernels, and
 ``isa_tag`` names result files by it.
 """
 
+import json
 import os
 import platform
 import statistics
@@ -69,3 +70,14 @@ def best_matmul_rate(dtype):
   """The machine's matmul rate: the best of a few square sizes (on one AVX2
   CPU the smallest was the fastest, so one size under-states the peak)."""
   return max(matmul_rate(dtype, n, seconds=2.0) for n in MATMUL_SIZES)
+
+
+def write_report(out_dir, name, report, lines):
+  """``out_dir/name.json`` (the report) and ``.md`` (``lines``); the prefix."""
+  os.makedirs(out_dir, exist_ok=True)
+  prefix = os.path.join(out_dir, name)
+  with open(prefix + ".json", "w") as f:
+    json.dump(report, f, indent=2)
+  with open(prefix + ".md", "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return prefix

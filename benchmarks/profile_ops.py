@@ -22,15 +22,13 @@ little overhead per op; the shares, not the absolute times, are the point
 
 from __future__ import annotations
 
-import json
-import os
 import tempfile
 import time
 
 from absl import app, flags
 
 from artifact_spotting.evaluation import load_pretrain_config as load_config
-from benchmarks.machine import machine, machine_tag
+from benchmarks.machine import machine, machine_tag, write_report
 from benchmarks.variants import build_variant, parse_variant
 from benchmarks.xplane import breakdown, read_trace
 
@@ -64,9 +62,7 @@ def profile(config, variant: str, steps: int, windows: int):
   return out
 
 
-def write(report, path):
-  with open(path + ".json", "w") as f:
-    json.dump(report, f, indent=2)
+def markdown(report):
   r = report
   lines = [
       f"# Op-type profile: {r['phase']} step, batch {r['batch_size']}, "
@@ -94,8 +90,7 @@ def write(report, path):
     lines.append(f"| {len(rest)} other types | "
                  f"{sum(v['seconds_per_step'] for _, v in rest) * 1e3:.2f} | "
                  f"{sum(v['share'] for _, v in rest):.3f} | |")
-  with open(path + ".md", "w") as f:
-    f.write("\n".join(lines) + "\n")
+  return lines
 
 
 def main(argv):
@@ -108,9 +103,8 @@ def main(argv):
                 config=FLAGS.config, variant=variant,
                 command=f"python -m benchmarks.profile_ops --variant={variant} "
                         f"--steps={FLAGS.steps} --windows={FLAGS.windows}")
-  os.makedirs(FLAGS.out_dir, exist_ok=True)
-  path = os.path.join(FLAGS.out_dir, f"profile_{report['phase']}_{report['tag']}")
-  write(report, path)
+  path = write_report(FLAGS.out_dir, f"profile_{report['phase']}_{report['tag']}",
+                      report, markdown(report))
   top = list(report["op_types"].items())[:8]
   print("\n".join(f"{k:32s} {v['share']:.3f}" for k, v in top))
   print(f"wrote {path}.json/.md")

@@ -46,8 +46,6 @@ and .md; never mix figures of two machines in one ratio.
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
 import sys
 import time
@@ -56,7 +54,8 @@ from absl import app, flags
 
 from artifact_spotting.evaluation import load_pretrain_config as load_config
 from benchmarks import child
-from benchmarks.machine import MATMUL_SIZES, best_matmul_rate, machine, machine_tag
+from benchmarks.machine import (MATMUL_SIZES, best_matmul_rate, machine,
+                                machine_tag, write_report)
 from benchmarks.variants import build_variant, parse_variant
 
 FLAGS = flags.FLAGS
@@ -366,10 +365,6 @@ def write(config, rates, results, pipe):
       "input_pipeline_img_s": pipe,
       "results": results,
   }
-  os.makedirs(FLAGS.out_dir, exist_ok=True)
-  prefix = os.path.join(FLAGS.out_dir, f"throughput_{tag}")
-  with open(prefix + ".json", "w") as f:
-    json.dump(report, f, indent=2)
   lines = [
       f"# Throughput on {tag} ({FLAGS.config}, {config.resolution}x{config.resolution})", "",
       f"Machine: {m['cpu']} (family {m.get('cpu_family')}, model "
@@ -412,8 +407,7 @@ def write(config, rates, results, pipe):
   if nested:
     lines += ["", "Traced steps holding nested graphs, whose FLOPs the traced "
               "count leaves out: " + "; ".join(nested) + "."]
-  with open(prefix + ".md", "w") as fh:
-    fh.write("\n".join(lines) + "\n")
+  prefix = write_report(FLAGS.out_dir, f"throughput_{tag}", report, lines)
   print(f"wrote {prefix}.json/.md")
 
 
