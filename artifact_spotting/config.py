@@ -229,3 +229,26 @@ def model_spec(config) -> Dict[str, Any]:
                 generator_adds_c_losses=sp.generator_adds_c_losses),
       probe_classes=config.probe.num_classes if config.probe.enabled else 0,
   )
+
+
+def tiny_config(**overrides):
+  """A 16x16 grayscale config with a 4x4 grid that trains in seconds: the
+  smallest full model, for tests and numerical checks (no dataset set)."""
+  c = base_config()
+  c.resolution, c.channels = 16, 1
+  c.autoencoder.update(stem_filters=4, widths=(8, 8), decoder_widths=(8, 4),
+                       steps=4, batch_size=8, lr=1e-3)
+  c.spotter.update(steps=4, batch_size=8, history_size=16)
+  c.discriminator.update(
+      convs=(dict(filters=8, kernel=3, stride=1, pool=True, norm="batch"),
+             dict(filters=8, kernel=3, stride=1, pool=True, norm="batch"),
+             dict(filters=8, kernel=3, stride=1, pool=False, norm="lrn"),
+             dict(filters=8, kernel=3, stride=1, pool=False, norm="none"),
+             dict(filters=8, kernel=3, stride=1, pool=False, norm="batch")),
+      fc_units=16, dropout=0.0)
+  c.train.update(log_every=2, summary_every=2, checkpoint_every=2, montage_size=2,
+                 jit_compile="off")  # XLA has its own tests; compiling is slow
+  c.dataset.shuffle_buffer = 64
+  for k, v in overrides.items():
+    set_dotted(c, k, v)
+  return c
