@@ -35,9 +35,14 @@ from artifact_spotting.evaluation import load_pretrain_config as load_config
 from benchmarks.machine import best_matmul_rate, machine, machine_tag, write_report
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", "configs/fashion_mnist.py", "Pretraining config.")
-flags.DEFINE_integer("repeats", 15, "Timed calls per case (median reported).")
-flags.DEFINE_string("out_dir", "results", "Output folder.")
+
+
+def define_flags():
+  """Flags of the binary (defined when run, so that tests can import the
+  module beside others that define flags of the same names)."""
+  flags.DEFINE_string("config", "configs/fashion_mnist.py", "Pretraining config.")
+  flags.DEFINE_integer("repeats", 15, "Timed calls per case (median reported).")
+  flags.DEFINE_string("out_dir", "results", "Output folder.")
 
 CASES = ("forward", "input_grad", "filter_grad", "matmul")
 
@@ -138,6 +143,21 @@ def time_optimizers(config, repeats):
   return out
 
 
+def conv_work(rows, fake_share):
+  """C's conv work in one adversarial step at the measured rates: (FLOPs,
+  seconds). Per layer: the forward, the filter gradient, and the input
+  gradient twice (C's loss and R's loss each run back through C), except
+  conv1's input gradient, needed for R's loss on the fakes only."""
+  flops = seconds = 0.0
+  for i, r in enumerate(rows):
+    passes = {"forward": 1.0, "filter_grad": 1.0,
+              "input_grad": fake_share if i == 0 else 2.0}
+    for case, n in passes.items():
+      flops += n * r["flops"]
+      seconds += n * r["seconds"][case]
+  return flops, seconds
+
+
 def main(argv):
   del argv
   from artifact_spotting.hardware import onednn_enabled  # pylint: disable=g-import-not-at-top
@@ -147,13 +167,17 @@ def main(argv):
   optimizers = time_optimizers(config, FLAGS.repeats)
   for r in rows:
     r["fraction_of_matmul_peak"] = {c: r["flops"] / r["seconds"][c] / peak for c in CASES}
+  s = config.spotter
+  flops, seconds = conv_work(rows, s.batch_size / rows[0]["shape"][0])
+  c_convs = {"flops": flops, "seconds": seconds,
+             "fraction_of_matmul_peak": flops / seconds / peak}
   m = machine()
   tag = machine_tag(m)
   command = f"python -m benchmarks.kernel_rates --config={FLAGS.config}"
   report = {"machine": m, "tag": tag, "date": time.strftime("%Y-%m-%d"),
             "command": command, "config": FLAGS.config, "onednn": onednn_enabled(),
             "matmul_peak_flops_per_second": peak, "rows": rows,
-            "optimizer_update": optimizers}
+            "optimizer_update": optimizers, "c_conv_work_per_step": c_convs}
   lines = [
       f"# Discriminator kernels against the matmul rate, float32 ({FLAGS.config})", "",
       f"Machine: {m['cpu']} ({tag}), TensorFlow {m['tensorflow']}, oneDNN "
@@ -170,6 +194,12 @@ def main(argv):
              for c in CASES]
     lines.append(f"| {tuple(r['shape'])} | {r['flops'] / 1e9:.2f} | " + " | ".join(cells)
                  + f" | {r['seconds']['bn_act'] * 1e3:.1f} |")
+  lines += ["", f"C's conv work in one adversarial step at these rates (forward, "
+            "filter gradient, input gradient for C's loss and for R's loss; "
+            f"conv1's for the fakes only): {flops / 1e9:.1f} GFLOP in "
+            f"{seconds * 1e3:.0f} ms, {c_convs['fraction_of_matmul_peak']:.2f} of the "
+            "matmul peak: what C's part of the step could reach if nothing "
+            "else took time."]
   o = optimizers
   lines += ["", f"One Adam update of C's and R's {o['variables']} variables "
             f"({o['parameters']:,} parameters): keras Adam {o['keras_adam_ms']:.2f} ms, "
@@ -179,4 +209,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -25,9 +25,14 @@ from absl import app, flags
 from benchmarks.machine import machine, machine_tag, write_report
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("seeds", 10, "Initialisations (and batches) to try.")
-flags.DEFINE_list("precisions", ["mixed_bfloat16"], "Mixed precisions to compare.")
-flags.DEFINE_string("out_dir", "results", "Output folder.")
+
+
+def define_flags():
+  """Flags of the binary (defined when run, so that tests can import the
+  module beside others that define flags of the same names)."""
+  flags.DEFINE_integer("seeds", 10, "Initialisations (and batches) to try.")
+  flags.DEFINE_list("precisions", ["mixed_bfloat16"], "Mixed precisions to compare.")
+  flags.DEFINE_string("out_dir", "results", "Output folder.")
 
 LOSSES = ("c/class_loss", "c/mask_loss", "r/adversarial")
 
@@ -126,4 +131,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -148,3 +148,20 @@ def test_profile_breakdown_by_op_type():
   assert out["input_busy_seconds_per_step"] == pytest.approx(15e-9 / 2)
   with pytest.raises(ValueError, match="no TensorFlow op events"):
     breakdown(_xspace({"tf_data/1": [("x:Map", 0, 1)]}), steps=1)
+
+
+def test_kernel_rates_shapes_and_conv_work():
+  from benchmarks import kernel_rates
+  c = tiny_config()
+  # batch 8 x (real + fake + half a batch of history) = 20 rows; pools after
+  # conv1 and conv2 halve 16 -> 8 -> 4.
+  assert kernel_rates.layer_shapes(c) == [
+      (20, 16, 1, 8, 3), (20, 8, 8, 8, 3), (20, 4, 8, 8, 3), (20, 4, 8, 8, 3),
+      (20, 4, 8, 8, 3)]
+  rows = [{"flops": 10.0, "seconds": {"forward": 1.0, "filter_grad": 2.0,
+                                      "input_grad": 3.0}},
+          {"flops": 100.0, "seconds": {"forward": 1.0, "filter_grad": 1.0,
+                                       "input_grad": 1.0}}]
+  flops, seconds = kernel_rates.conv_work(rows, 0.4)
+  assert flops == pytest.approx(10 * 2.4 + 100 * 4)
+  assert seconds == pytest.approx(1 + 2 + 0.4 * 3 + 4)
