@@ -327,6 +327,8 @@ def build_report(root):
   report = {
       "machine": machine(),
       "date": time.strftime("%Y-%m-%d"),
+      "command": " ".join(["python -m benchmarks.quality"] + [
+          a for a in sys.argv[1:] if not a.startswith(("--root", "--stages"))]),
       "budget": {
           "autoencoder_steps": FLAGS.ae_steps,
           "autoencoder_batch": pre["autoencoder"]["batch_size"],
@@ -427,8 +429,9 @@ def write_markdown(report, path):
       "# Feature quality on Fashion-MNIST (folds protocol)", "",
       f"Machine: {m['cpu']} (ISA {isa_tag(m) or 'unknown'}), {m['cores']} cores, "
       f"{m['gpus']} GPUs, TensorFlow "
-      f"{m['tensorflow']}; {r['date']}. Reproduce: `python -m benchmarks.quality` "
-      "(resumable; see its docstring).", "",
+      f"{m['tensorflow']}; {r['date']}. Reproduce: "
+      f"`{r.get('command', 'python -m benchmarks.quality')} --root=R` (resumable; "
+      "see its docstring).", "",
       f"Budget: autoencoder {b['autoencoder_steps']} steps x {b['autoencoder_batch']}, "
       f"spotter {b['spotter_steps']} steps x {b['spotter_batch']} per ablation row "
       f"(shared autoencoder), ours {b['ours_spotter_steps']} spotter steps, "

@@ -6,7 +6,11 @@ r"""Throughput and hardware utilisation of pretraining and feature extraction.
 For each variant (phase x global batch x XLA x precision), in its own process:
 build the config's model, feed the config's real input pipeline, warm up
 (trace / compile), then time ``--windows`` windows of ``--steps`` steps and take
-the median images/s. The same variant is then timed on one cached batch
+the median images/s; with ``--rounds`` (default 2) every variant runs once
+per round, interleaved, and its figure is the median over all its windows (on
+a shared machine a slow spell then hits every variant alike instead of
+skewing a ratio such as the mixed-precision speed-up). The same variant is
+then timed on one cached batch
 repeated (no input pipeline), so
 
   input_wait_share = 1 - (real-input images/s) / (cached-batch images/s)
@@ -63,6 +67,10 @@ flags.DEFINE_string("config", "configs/fashion_mnist.py", "Pretraining config.")
 flags.DEFINE_integer("steps", 10, "Steps per timed window.")
 flags.DEFINE_integer("windows", 5, "Timed windows (median reported).")
 flags.DEFINE_bool("quick", False, "Fewer variants and windows.")
+flags.DEFINE_integer("rounds", 2, "Interleaved rounds over the variants (each "
+                     "variant once per round, in its own process); a variant's "
+                     "images/s is the median over all its windows, so a slow "
+                     "spell of a shared machine hits every variant alike.")
 flags.DEFINE_string("variant", "", "Internal: run one variant (or 'pipeline': the "
                     "input pipeline alone), print JSON.")
 flags.DEFINE_list("only", [], "Run just these variants, each "
@@ -314,8 +322,16 @@ def main(argv):
                        "noxla:float32 (or :xla:): the report's headline row")
   pipe = run_child("pipeline")
   print(f"input pipeline alone: {pipe:.0f} img/s", flush=True)
-  for phase, batch, jit, prec in chosen:
-    res = run_child(f"{phase}:{batch}:{'xla' if jit else 'noxla'}:{prec}")
+  names = [f"{phase}:{batch}:{'xla' if jit else 'noxla'}:{prec}"
+           for phase, batch, jit, prec in chosen]
+  rounds = {name: [] for name in names}
+  for i in range(max(FLAGS.rounds, 1)):
+    for name in names:
+      rounds[name].append(run_child(name))
+      print(f"round {i + 1} {name}: {rounds[name][-1]['images_per_second']:.1f} img/s",
+            flush=True)
+  for (phase, batch, jit, prec), name in zip(chosen, names):
+    res = merge_rounds(rounds[name])
     peak = rates["bfloat16" if prec == "mixed_bfloat16" else "float32"]
     res["utilisation"] = res["images_per_second"] * res["flops_per_image"] / peak
     res["utilisation_vs_fp32_matmul"] = (
@@ -325,6 +341,23 @@ def main(argv):
           f"input wait {res['input_wait_share']:.2f}", flush=True)
     results.append(res)
   write(config, rates, results, pipe)
+
+
+def merge_rounds(runs):
+  """One variant's result over rounds: images/s the median of every timed
+  window, the cached-batch rate the median of the rounds', input wait from
+  the two; the per-round figures kept."""
+  out = dict(runs[0])
+  windows = [w for r in runs for w in r["window_rates"]]
+  out["images_per_second"] = statistics.median(windows)
+  out["window_rates"] = windows
+  out["cached_batch_images_per_second"] = statistics.median(
+      r["cached_batch_images_per_second"] for r in runs)
+  out["input_wait_share"] = max(
+      0.0, 1.0 - out["images_per_second"] / out["cached_batch_images_per_second"])
+  out["rounds"] = [{k: r[k] for k in ("images_per_second", "cached_batch_images_per_second",
+                                      "input_wait_share")} for r in runs]
+  return out
 
 
 def run_child(variant):
@@ -351,6 +384,7 @@ def write(config, rates, results, pipe):
       "config": FLAGS.config, "resolution": config.resolution,
       "command": command_line(),
       "steps_per_window": FLAGS.steps, "windows": FLAGS.windows,
+      "rounds": FLAGS.rounds,
       "matmul_flops_per_second": rates,
       "adversarial_fp32_img_s": fp32["images_per_second"],
       "adversarial_fp32_utilisation": fp32["utilisation"],
@@ -373,8 +407,9 @@ def write(config, rates, results, pipe):
       f"Reproduce: `{command_line()}`.",
       f"Measured matmul rate (best of {'/'.join(map(str, MATMUL_SIZES))}^3, same run): float32 "
       f"{rates['float32'] / 1e9:.1f} GFLOP/s, bfloat16 {rates['bfloat16'] / 1e9:.1f} GFLOP/s.",
-      f"Median of {FLAGS.windows} windows of {FLAGS.steps} steps after warm-up, one "
-      "process per row. Utilisation = images/s x FLOPs/image (counted on the "
+      f"{FLAGS.rounds} interleaved rounds over the rows (one process per row "
+      f"and round), each {FLAGS.windows} windows of {FLAGS.steps} steps after "
+      "warm-up; images/s is the median over all windows of a row. Utilisation = images/s x FLOPs/image (counted on the "
       "traced step, ops the runtime prunes left out; the hand count composed "
       "from forward FLOPs as in the script's docstring beside it) / the matmul "
       "rate of the row's precision. Input wait = 1 - real-input rate / "

@@ -165,3 +165,18 @@ def test_kernel_rates_shapes_and_conv_work():
   flops, seconds = kernel_rates.conv_work(rows, 0.4)
   assert flops == pytest.approx(10 * 2.4 + 100 * 4)
   assert seconds == pytest.approx(1 + 2 + 0.4 * 3 + 4)
+
+
+def test_throughput_rounds_merge_to_the_median_window():
+  runs = [{"images_per_second": 10.0, "window_rates": [9.0, 10.0, 11.0],
+           "cached_batch_images_per_second": 12.0, "input_wait_share": 1 / 6,
+           "phase": "spotter"},
+          {"images_per_second": 20.0, "window_rates": [19.0, 20.0, 30.0],
+           "cached_batch_images_per_second": 30.0, "input_wait_share": 1 / 3,
+           "phase": "spotter"}]
+  out = throughput.merge_rounds(runs)
+  assert out["images_per_second"] == 15.0  # median of the six windows
+  assert out["cached_batch_images_per_second"] == 21.0
+  assert out["input_wait_share"] == pytest.approx(1 - 15 / 21)
+  assert [r["images_per_second"] for r in out["rounds"]] == [10.0, 20.0]
+  assert out["phase"] == "spotter"
