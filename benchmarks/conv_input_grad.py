@@ -19,13 +19,12 @@ formulation per shape and oneDNN state from these timings.
 from __future__ import annotations
 
 import os
-import statistics
 import time
 
 from absl import app, flags
 
 from benchmarks import child
-from benchmarks.machine import machine, machine_tag, write_report
+from benchmarks.machine import machine, machine_tag, median_seconds, write_report
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("child", False, "Internal: time in this process, print JSON.")
@@ -56,12 +55,7 @@ def time_case(method, n, size, cin, cout, k, repeats):
       loss = tf.reduce_sum(conv(x, w) * dy)
     return tape.gradient(loss, x)
   ref = dx(x, w, dy).numpy()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    dx(x, w, dy).numpy()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times), ref
+  return median_seconds(dx, (x, w, dy), repeats), ref
 
 
 def time_all():

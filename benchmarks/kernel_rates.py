@@ -26,13 +26,13 @@ Writes results/kernel_rates_<machine>.{json,md}.
 
 from __future__ import annotations
 
-import statistics
 import time
 
 from absl import app, flags
 
 from artifact_spotting.evaluation import load_pretrain_config as load_config
-from benchmarks.machine import best_matmul_rate, machine, machine_tag, write_report
+from benchmarks.machine import (best_matmul_rate, machine, machine_tag,
+                                median_seconds, write_report)
 
 FLAGS = flags.FLAGS
 
@@ -62,18 +62,6 @@ def layer_shapes(config):
     if spec.get("pool", False):
       size = -(-size // 2)
   return out
-
-
-def median_seconds(fn, args, repeats):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  run = lambda: [t.numpy() for t in tf.nest.flatten(fn(*args))]
-  run()  # trace
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    run()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
 
 
 def time_layer(n, size, cin, cout, k, repeats):
