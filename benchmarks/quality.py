@@ -29,6 +29,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -122,21 +123,25 @@ def row_seeds(row=None):
   return range(max(FLAGS.row_seeds, 1))
 
 
+def row_runs():
+  """(row, seed) of every ablation run: all rows' seed 0 first, then the
+  replicates, so that a partial run has a complete first seed."""
+  return [(row, seed) for seed in row_seeds() for row in FLAGS.ablations
+          if seed in row_seeds(row)]
+
+
 def stage_pretrain(root):
   ae = autoencoder_dir(root)
   train_once("autoencoder", pretrain_cmd(
       "ablation=full", ae, [("autoencoder.steps", FLAGS.ae_steps),
                             ("spotter.steps", 0)]), ae, root)
-  for seed in row_seeds():
-    for row in FLAGS.ablations:
-      if seed not in row_seeds(row):
-        continue
-      wd = ablation_dir(root, row, seed)
-      train_once(f"spotter_{os.path.basename(wd)}", pretrain_cmd(
-          f"ablation={row}", wd,
-          [("autoencoder.steps", FLAGS.ae_steps), ("autoencoder.init_from", ae),
-           ("spotter.steps", FLAGS.spotter_steps), ("seed", seed),
-           ("train.checkpoint_every", 100)], FLAGS.override), wd, root)
+  for row, seed in row_runs():
+    wd = ablation_dir(root, row, seed)
+    train_once(f"spotter_{os.path.basename(wd)}", pretrain_cmd(
+        f"ablation={row}", wd,
+        [("autoencoder.steps", FLAGS.ae_steps), ("autoencoder.init_from", ae),
+         ("spotter.steps", FLAGS.spotter_steps), ("seed", seed),
+         ("train.checkpoint_every", 100)], FLAGS.override), wd, root)
 
 
 def ours_long():
@@ -189,12 +194,11 @@ def models(root):
   classifiers only; ours and the baselines also kNN and the full-label probe."""
   out = {}
   out["ours"] = ([f"--workdir={ours_dir(root)}"], "", done_marker(ours_dir(root)))
-  for seed in row_seeds():
-    for row in FLAGS.ablations:
-      if seed in row_seeds(row) and row_name(row, seed) != "ours":
-        wd = ablation_dir(root, row, seed)
-        out[row_name(row, seed)] = ([f"--workdir={wd}"] + NO_KNN, ":folds_only",
-                                    done_marker(wd))
+  for row, seed in row_runs():
+    if row_name(row, seed) != "ours":
+      wd = ablation_dir(root, row, seed)
+      out[row_name(row, seed)] = ([f"--workdir={wd}"] + NO_KNN, ":folds_only",
+                                  done_marker(wd))
   for seed in range(FLAGS.random_seeds):
     out[f"random_seed{seed}"] = (
         ["--features=random", f"--pretrain_config={CONFIG}", f"--seed={seed}"]
@@ -257,7 +261,7 @@ def combine_seeds(tables):
   over every (seed, fold) accuracy; plus the best seed."""
   out = {}
   for layer in tables[0][1]:
-    accs = [a for _, t, r in tables for a in r["folds"][layer]["linear"]["per_fold"]]
+    accs = [a for _, t, r in tables for a in _per_fold(r, layer)]
     knns = [a for _, t, r in tables
             for a in r["folds"][layer].get("knn", {}).get("per_fold", [])]
     means = [t[layer]["mean"] for _, t, _ in tables]
@@ -315,7 +319,7 @@ def build_report(root):
     ablations[row] = {"best_layer": l, "mean": r["mean"], "std": r["std"],
                       f"at_{layer}": tables[name][layer]["mean"],
                       f"at_{layer}_std": tables[name][layer]["std"]}
-  ablations_missing += [f"{row}_s{s}" for row in FLAGS.ablations for s in row_seeds(row)
+  ablations_missing += [f"{row}_s{s}" for row, s in row_runs()
                         if s and row in ablations and row_name(row, s) not in tables]
   for row, r in ablations.items():
     if row != "full" and "full" in ablations:
@@ -383,7 +387,7 @@ def _seed_statistics(ablations, results, layer):
     r[f"seed_means_at_{layer}"] = means
     r[f"seed_mean_at_{layer}"] = sum(means) / len(means)
     if len(means) > 1:
-      r[f"seed_std_at_{layer}"] = float(_std(means) * (len(means) / (len(means) - 1)) ** 0.5)
+      r[f"seed_std_at_{layer}"] = statistics.stdev(means)
     if row == "full":
       continue
     diffs = [f - a for s in seeds if row_name("full", s) in results
