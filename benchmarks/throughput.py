@@ -10,8 +10,7 @@ the median images/s; with ``--rounds`` (default 2) every variant runs once
 per round, interleaved, and its figure is the median over all its windows (on
 a shared machine a slow spell then hits every variant alike instead of
 skewing a ratio such as the mixed-precision speed-up). The same variant is
-then timed on one cached batch
-repeated (no input pipeline), so
+then timed on one cached batch repeated (no input pipeline), so
 
   input_wait_share = 1 - (real-input images/s) / (cached-batch images/s)
 
@@ -27,8 +26,8 @@ FLOPs per image are counted twice:
   gradients of the frozen decoder) are dropped by walking back from the
   graph's outputs and control outputs, and the FLOPs TensorFlow registers for
   each kept op (convolutions, their gradients, matmuls, elementwise math) are
-  summed, into called functions' bodies too. Ops the registry does not cover (batch norm, pooling gradients'
-  bookkeeping, casts) count zero.
+  summed, into called functions' bodies too. Ops the registry does not cover
+  (batch norm, pooling gradients' bookkeeping, casts) count zero.
 - by hand (``flops_per_image_by_hand``, a cross-check): each network's
   forward FLOPs from TensorFlow's profiler, composed by what the step needs:
   a backward pass costs one forward for the input gradients plus one for the
@@ -81,7 +80,6 @@ flags.DEFINE_string("tag", "", "Machine tag for the output name (default: "
 flags.DEFINE_string("out_dir", "results", "Output folder.")
 
 
-# ------------------------------------------------------------- matmul rate
 # --------------------------------------------------------------------- FLOPs
 def forward_flops(fn, *specs) -> float:
   """Profiler-counted FLOPs of one call of ``fn`` on tensors of ``specs``."""
@@ -409,9 +407,10 @@ def write(config, rates, results, pipe):
       f"{rates['float32'] / 1e9:.1f} GFLOP/s, bfloat16 {rates['bfloat16'] / 1e9:.1f} GFLOP/s.",
       f"{FLAGS.rounds} interleaved rounds over the rows (one process per row "
       f"and round), each {FLAGS.windows} windows of {FLAGS.steps} steps after "
-      "warm-up; images/s is the median over all windows of a row. Utilisation = images/s x FLOPs/image (counted on the "
-      "traced step, ops the runtime prunes left out; the hand count composed "
-      "from forward FLOPs as in the script's docstring beside it) / the matmul "
+      "warm-up; images/s is the median over all windows of a row. "
+      "Utilisation = images/s x FLOPs/image (counted on the traced step, ops "
+      "the runtime prunes left out; the hand count composed from forward "
+      "FLOPs as in the script's docstring beside it) / the matmul "
       "rate of the row's precision. Input wait = 1 - real-input rate / "
       "cached-batch rate.", "",
       f"Adversarial step, float32, batch {sp_b}: **{fp32['images_per_second']:.1f} img/s, "
