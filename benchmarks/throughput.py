@@ -9,13 +9,18 @@ build the config's model, feed the config's real input pipeline, warm up
 the median images/s; with ``--rounds`` (default 2) every variant runs once
 per round, interleaved, and its figure is the median over all its windows (on
 a shared machine a slow spell then hits every variant alike instead of
-skewing a ratio such as the mixed-precision speed-up). The same variant is
-then timed on one cached batch repeated (no input pipeline), so
+skewing a ratio such as the mixed-precision speed-up). Each timed window on
+the real input pipeline is paired with a window of the same step on one
+cached batch repeated (no input pipeline), alternating which of the two goes
+first, so
 
-  input_wait_share = 1 - (real-input images/s) / (cached-batch images/s)
+  input_wait_share = 1 - median over pairs of (real-input images/s) /
+                                              (cached-batch images/s)
 
 is the share of step time spent waiting for data (0 when the pipeline keeps
-up; clipped at 0). The input pipeline is also timed alone (no model), which
+up; clipped at 0) and a drift of the machine's speed hits both sides of a
+pair alike (before 2026-11-23 all real windows ran first, then all cached
+ones, and the host's drift read as input wait). The input pipeline is also timed alone (no model), which
 says how much of the CPU feeding a step at a given rate takes.
 
 FLOPs per image are counted twice:
@@ -209,25 +214,30 @@ def run_variant(phase: str, batch: int, jit: bool, precision: str):
   model, loop, ds, (strategy, source, pp, step_fn) = build_variant(
       config, phase, batch, jit, precision)
   n = tf.constant(FLAGS.steps, tf.int32)
+  settle = tf.constant(max(1, FLAGS.steps // 2), tf.int32)
 
-  def timed(iterator):
+  def window(iterator, steps=n):
     t0 = time.perf_counter()
-    float(next(iter(loop(iterator, n).values())))  # warm-up: trace, compile
-    warm = time.perf_counter() - t0
-    rates = []
-    for _ in range(FLAGS.windows):
-      t0 = time.perf_counter()
-      float(next(iter(loop(iterator, n).values())))
-      rates.append(FLAGS.steps * batch / (time.perf_counter() - t0))
-    return statistics.median(rates), rates, warm
+    float(next(iter(loop(iterator, steps).values())))
+    return time.perf_counter() - t0
 
-  rate, rates, warm = timed(iter(ds))
   # The same step on one cached batch: no input pipeline in the way.
   one = next(iter(pipeline.make_dataset(source, pp, batch, training=True,
                                         shuffle_buffer=1000)))
-  cached = strategy.experimental_distribute_dataset(
-      tf.data.Dataset.from_tensors(one).repeat())
-  rate_cached, _, _ = timed(iter(cached))
+  real = iter(ds)
+  cached = iter(strategy.experimental_distribute_dataset(
+      tf.data.Dataset.from_tensors(one).repeat()))
+  warm = window(real)  # warm-up: trace, compile
+  window(cached)
+
+  def real_window():
+    # Untimed steps first: while the cached window ran, the input pipeline
+    # refilled its prefetch buffer, which would flatter the next window.
+    window(real, settle)
+    return window(real)
+
+  rates, rates_cached = alternate_windows(
+      FLAGS.windows, FLAGS.steps * batch, real_window, lambda: window(cached))
   flops = model_flops(model, config.resolution, config.channels,
                       config.spotter.history_fraction, model.history is not None,
                       config.spotter.fakes)
@@ -239,15 +249,38 @@ def run_variant(phase: str, batch: int, jit: bool, precision: str):
   }
   return {"phase": phase, "batch_size": batch, "jit_compile": jit,
           "precision": precision, "resolution": config.resolution,
-          "images_per_second": rate, "window_rates": rates,
-          "cached_batch_images_per_second": rate_cached,
-          "input_wait_share": max(0.0, 1.0 - rate / rate_cached),
+          "images_per_second": statistics.median(rates), "window_rates": rates,
+          "cached_batch_images_per_second": statistics.median(rates_cached),
+          "cached_window_rates": rates_cached,
+          "input_wait_share": input_wait(rates, rates_cached),
           "warmup_seconds": warm,
           "flops_per_image": traced,
           "flops_per_image_by_type": traced_by_type,
           "flops_uncounted_nested_ops": nested,
           "flops_per_image_by_hand": flops["step_per_image"][phase],
           "forward_flops_per_image": flops["forward_per_image"], "params": params}
+
+
+def alternate_windows(windows, images, real, cached):
+  """Times ``windows`` pairs of a real-input and a cached-batch window,
+  alternating which goes first (real, cached, cached, real, ...), so that a
+  drift of the machine's speed hits both alike; ``real``/``cached`` time one
+  window (seconds). Returns the two lists of images/s, pair by pair."""
+  rates, rates_cached = [], []
+  for w in range(windows):
+    for kind in ("real", "cached") if w % 2 == 0 else ("cached", "real"):
+      if kind == "real":
+        rates.append(images / real())
+      else:
+        rates_cached.append(images / cached())
+  return rates, rates_cached
+
+
+def input_wait(rates, rates_cached):
+  """Share of step time spent waiting for input, from paired windows: 1 - the
+  median over pairs of real-input / cached-batch images/s (clipped at 0)."""
+  return max(0.0, 1.0 - statistics.median(
+      r / c for r, c in zip(rates, rates_cached)))
 
 
 def variants(config, quick):
@@ -343,16 +376,14 @@ def main(argv):
 
 def merge_rounds(runs):
   """One variant's result over rounds: images/s the median of every timed
-  window, the cached-batch rate the median of the rounds', input wait from
-  the two; the per-round figures kept."""
+  window (real input and cached batch alike), input wait from every pair of
+  windows; the per-round figures kept."""
   out = dict(runs[0])
-  windows = [w for r in runs for w in r["window_rates"]]
-  out["images_per_second"] = statistics.median(windows)
-  out["window_rates"] = windows
-  out["cached_batch_images_per_second"] = statistics.median(
-      r["cached_batch_images_per_second"] for r in runs)
-  out["input_wait_share"] = max(
-      0.0, 1.0 - out["images_per_second"] / out["cached_batch_images_per_second"])
+  for key, median_key in (("window_rates", "images_per_second"),
+                          ("cached_window_rates", "cached_batch_images_per_second")):
+    out[key] = [w for r in runs for w in r[key]]
+    out[median_key] = statistics.median(out[key])
+  out["input_wait_share"] = input_wait(out["window_rates"], out["cached_window_rates"])
   out["rounds"] = [{k: r[k] for k in ("images_per_second", "cached_batch_images_per_second",
                                       "input_wait_share")} for r in runs]
   return out
@@ -411,8 +442,9 @@ def write(config, rates, results, pipe):
       "Utilisation = images/s x FLOPs/image (counted on the traced step, ops "
       "the runtime prunes left out; the hand count composed from forward "
       "FLOPs as in the script's docstring beside it) / the matmul "
-      "rate of the row's precision. Input wait = 1 - real-input rate / "
-      "cached-batch rate.", "",
+      "rate of the row's precision. Input wait = 1 - the median over pairs "
+      "of windows (real input, then one cached batch repeated, alternating "
+      "which goes first) of real-input / cached-batch images/s.", "",
       f"Adversarial step, float32, batch {sp_b}: **{fp32['images_per_second']:.1f} img/s, "
       f"utilisation {fp32['utilisation']:.2f}** (XLA {'on' if fp32['jit_compile'] else 'off'}); "
       + (f"mixed bfloat16: **{mixed['images_per_second']:.1f} img/s** "

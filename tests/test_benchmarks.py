@@ -1,5 +1,7 @@
 """Benchmark arithmetic: FLOP counts against hand counts."""
 
+import statistics
+
 import pytest
 import tensorflow as tf
 
@@ -167,16 +169,57 @@ def test_kernel_rates_shapes_and_conv_work():
   assert seconds == pytest.approx(1 + 2 + 0.4 * 3 + 4)
 
 
+def test_input_wait_pairs_alternating_windows_against_drift():
+  # The machine slows down 2x halfway through; the pipeline costs 10% of
+  # each real window. Pairs see the drift alike, so the 10% is recovered.
+  speed = iter([100, 100, 100, 100, 50, 50, 50, 50])
+  calls = []
+
+  def real():
+    calls.append("real")
+    return 1.0 / (next(speed) * 0.9)
+
+  def cached():
+    calls.append("cached")
+    return 1.0 / next(speed)
+
+  rates, cached_rates = throughput.alternate_windows(4, 1.0, real, cached)
+  assert calls == ["real", "cached", "cached", "real"] * 2
+  assert throughput.input_wait(rates, cached_rates) == pytest.approx(0.1)
+  # All real windows first, then all cached ones (the old order), on the
+  # same drift: real at 90 img/s, cached at 50 -> the 10% wait is hidden.
+  assert throughput.input_wait([90.0] * 4, [50.0] * 4) == 0.0
+
+
 def test_throughput_rounds_merge_to_the_median_window():
   runs = [{"images_per_second": 10.0, "window_rates": [9.0, 10.0, 11.0],
-           "cached_batch_images_per_second": 12.0, "input_wait_share": 1 / 6,
-           "phase": "spotter"},
+           "cached_window_rates": [9.0, 12.0, 11.0], "phase": "spotter"},
           {"images_per_second": 20.0, "window_rates": [19.0, 20.0, 30.0],
-           "cached_batch_images_per_second": 30.0, "input_wait_share": 1 / 3,
-           "phase": "spotter"}]
+           "cached_window_rates": [19.0, 25.0, 30.0], "phase": "spotter"}]
+  for r in runs:
+    r["cached_batch_images_per_second"] = statistics.median(r["cached_window_rates"])
+    r["input_wait_share"] = throughput.input_wait(r["window_rates"],
+                                                  r["cached_window_rates"])
   out = throughput.merge_rounds(runs)
   assert out["images_per_second"] == 15.0  # median of the six windows
-  assert out["cached_batch_images_per_second"] == 21.0
-  assert out["input_wait_share"] == pytest.approx(1 - 15 / 21)
+  assert out["cached_batch_images_per_second"] == 15.5
+  # Pair ratios 1, 10/12, 1, 1, 0.8, 1: median 1 -> no wait, although the
+  # medians of the two sides differ only through which pairs they come from.
+  assert out["input_wait_share"] == 0.0
   assert [r["images_per_second"] for r in out["rounds"]] == [10.0, 20.0]
   assert out["phase"] == "spotter"
+
+
+def test_throughput_variant_child_pairs_its_windows():
+  # The real child process on the tiny config: both sides of every pair
+  # timed, the step's FLOPs counted, input wait from the pairs.
+  from benchmarks import child
+  r = child.run(["benchmarks.throughput", "--config=configs/fashion_mnist.py:tiny",
+                 "--variant=spotter:8:noxla:float32", "--steps=2", "--windows=3"],
+                "tiny throughput variant")
+  assert len(r["window_rates"]) == len(r["cached_window_rates"]) == 3
+  assert r["images_per_second"] == statistics.median(r["window_rates"])
+  assert r["input_wait_share"] == throughput.input_wait(r["window_rates"],
+                                                        r["cached_window_rates"])
+  assert 0.0 <= r["input_wait_share"] < 1.0
+  assert r["flops_per_image"] > 0 and r["resolution"] == 16
