@@ -1,5 +1,6 @@
 """Benchmark arithmetic: FLOP counts against hand counts."""
 
+import json
 import statistics
 
 import pytest
@@ -223,3 +224,66 @@ def test_throughput_variant_child_pairs_its_windows():
                                                         r["cached_window_rates"])
   assert 0.0 <= r["input_wait_share"] < 1.0
   assert r["flops_per_image"] > 0 and r["resolution"] == 16
+
+
+def _quality_root(tmp_path, name, steps, folds, ae_bytes=b"ae", lr=1e-3):
+  """A finished benchmarks.quality root: per row, its per-fold accuracies
+  (same at every layer) and its pretraining config."""
+  root = tmp_path / name
+  ae = root / "pretrain" / "autoencoder" / "checkpoints"
+  ae.mkdir(parents=True)
+  (ae / "ckpt-1.index").write_bytes(ae_bytes)
+  for (row, seed), accs in folds.items():
+    ev = "ours" if row == "full" and not seed else (
+        f"ablation_{row}" if not seed else f"ablation_{row}_s{seed}")
+    layers = {l: {"dims": 4, "linear": {"per_fold": accs, "mean": sum(accs) / len(accs)}}
+              for l in ("conv1", "conv2", "conv3", "conv4", "conv5")}
+    (root / "eval" / ev).mkdir(parents=True)
+    (root / "eval" / ev / "eval_results.json").write_text(json.dumps({"folds": layers}))
+    wd = root / "pretrain" / (row if not seed else f"{row}_s{seed}")
+    wd.mkdir(parents=True, exist_ok=True)
+    (wd / "config.json").write_text(json.dumps({
+        "seed": seed, "resolution": 32, "ablation": row,
+        "autoencoder": {"init_from": str(ae.parent)},
+        "train": {"precision": "float32", "checkpoint_every": 100},
+        "spotter": {"steps": steps, "batch_size": 60, "lr": lr, "repair_lr": lr,
+                    "drop_rate": 0.7}}))
+  return str(root)
+
+
+def test_budget_curve_pairs_folds_and_checks_roots(tmp_path):
+  from benchmarks import budget_curve
+  short = _quality_root(tmp_path, "short", 100, {
+      ("full", 0): [0.80, 0.82], ("k", 0): [0.79, 0.80],
+      ("full", 1): [0.81, 0.83], ("k", 1): [0.80, 0.81]})
+  long = _quality_root(tmp_path, "long", 300, {
+      ("full", 0): [0.90, 0.80], ("k", 0): [0.80, 0.70]})
+  report = budget_curve.build([long, short], ["full", "k"])
+  b100, b300 = report["budgets"]  # sorted by budget
+  assert (b100["spotter_steps"], b300["spotter_steps"]) == (100, 300)
+  assert b100["epochs"] == pytest.approx(0.1)
+  g = b100["gaps"]["k"]["conv3"]
+  # Pairs (seed, fold): 0.01, 0.02, 0.01, 0.02 -> mean 0.015; the floor is
+  # the largest of fold stds (0.01, 0.005) and seed spreads (0.00707, 0.00707).
+  assert g["gap"] == pytest.approx(0.015)
+  assert g["pairs"] == 4 and g["folds_below_full"] == 4
+  assert g["noise_floor"] == pytest.approx(0.01)
+  assert g["in_noise_units"] == pytest.approx(1.5)
+  assert b100["rows"]["full"]["conv3"]["seed_means"] == pytest.approx([0.81, 0.82])
+  g = b300["gaps"]["k"]["conv3"]
+  assert g["gap"] == pytest.approx(0.10) and g["in_noise_units"] == pytest.approx(2.0)
+  lines = budget_curve.markdown(report)
+  assert any("| 300 (0.3) | conv1 (best of full) |" in l for l in lines)
+  # Roots that differ in more than the budget are refused, naming the field.
+  other_lr = _quality_root(tmp_path, "lr", 200, {("full", 0): [0.8], ("k", 0): [0.7]},
+                           lr=3e-4)
+  with pytest.raises(ValueError, match="spotter.lr"):
+    budget_curve.build([short, other_lr], ["full", "k"])
+  other_ae = _quality_root(tmp_path, "ae", 200, {("full", 0): [0.8], ("k", 0): [0.7]},
+                           ae_bytes=b"another autoencoder")
+  with pytest.raises(ValueError, match="autoencoder checkpoint"):
+    budget_curve.build([short, other_ae], ["full", "k"])
+  with pytest.raises(ValueError, match="no finished evaluation of row 'l'"):
+    budget_curve.build([short], ["full", "k", "l"])
+  with pytest.raises(ValueError, match="same budget"):
+    budget_curve.build([short, short], ["full", "k"])
