@@ -121,26 +121,37 @@ def check_comparable(configs):
                        f"{', '.join(diff)}")
 
 
-def per_fold(result, layer):
-  return result["folds"][layer]["linear"]["per_fold"]
+METRICS = ("linear", "knn")
 
 
-def row_stats(runs, row, layer):
+def per_fold(result, layer, metric):
+  return result["folds"][layer][metric]["per_fold"]
+
+
+def has_metric(runs, metric):
+  return all(metric in r["folds"][l] for seeds in runs.values()
+             for r in seeds.values() for l in LAYERS)
+
+
+def row_stats(runs, row, layer, metric):
   """The row's fold mean (over seeds), seed-0 fold std, seed spread."""
-  means = [statistics.mean(per_fold(r, layer)) for _, r in sorted(runs[row].items())]
+  means = [statistics.mean(per_fold(r, layer, metric))
+           for _, r in sorted(runs[row].items())]
   return {"mean": statistics.mean(means),
-          "std": statistics.pstdev(per_fold(runs[row][0], layer)),
+          "std": statistics.pstdev(per_fold(runs[row][0], layer, metric)),
           "seed_means": means,
           "seed_std": statistics.stdev(means) if len(means) > 1 else None}
 
 
-def paired_gap(runs, row, layer):
+def paired_gap(runs, row, layer, metric):
   """Full minus ``row``, fold by fold, over the seeds both have; in noise
   units: the larger of the two rows' fold stds and seed spreads."""
   seeds = sorted(set(runs["full"]) & set(runs[row]))
-  diffs = [f - a for s in seeds for f, a in zip(per_fold(runs["full"][s], layer),
-                                                 per_fold(runs[row][s], layer))]
-  full, other = row_stats(runs, "full", layer), row_stats(runs, row, layer)
+  diffs = [f - a for s in seeds
+           for f, a in zip(per_fold(runs["full"][s], layer, metric),
+                           per_fold(runs[row][s], layer, metric))]
+  full = row_stats(runs, "full", layer, metric)
+  other = row_stats(runs, row, layer, metric)
   floor = max(x for x in (full["std"], other["std"], full["seed_std"],
                           other["seed_std"]) if x is not None)
   gap = statistics.mean(diffs)
@@ -158,16 +169,19 @@ def build(roots, rows):
   if len(set(steps)) != len(steps):
     raise ValueError(f"two roots hold the same budget: {dict(zip(roots, steps))}")
   budgets = []
+  metrics = [m for m in METRICS if all(has_metric(runs, m) for _, _, runs, _ in loaded)]
   for root, b, runs, cfg in sorted(loaded, key=lambda x: x[1]):
-    layer = max(LAYERS, key=lambda l: row_stats(runs, "full", l)["mean"])
-    budgets.append({
-        "spotter_steps": b,
-        "epochs": b * cfg["spotter"]["batch_size"] / 60000,
-        "root": root, "best_layer_of_full": layer,
-        "rows": {row: {l: row_stats(runs, row, l) for l in LAYERS} for row in rows},
-        "gaps": {row: {l: paired_gap(runs, row, l) for l in LAYERS}
-                 for row in rows[1:]},
-    })
+    budgets.append({"spotter_steps": b,
+                    "epochs": b * cfg["spotter"]["batch_size"] / 60000,
+                    "root": root, "metrics": {}})
+    for m in metrics:
+      budgets[-1]["metrics"][m] = {
+          "best_layer_of_full": max(
+              LAYERS, key=lambda l: row_stats(runs, "full", l, m)["mean"]),
+          "rows": {row: {l: row_stats(runs, row, l, m) for l in LAYERS}
+                   for row in rows},
+          "gaps": {row: {l: paired_gap(runs, row, l, m) for l in LAYERS}
+                   for row in rows[1:]}}
   cfg = loaded[0][3]
   return {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
           "command": "python -m benchmarks.budget_curve --roots=" + ",".join(
@@ -178,13 +192,13 @@ def build(roots, rows):
                        "drop_rate": cfg["spotter"]["drop_rate"],
                        "precision": cfg["train"]["precision"],
                        "resolution": cfg["resolution"]},
-          "budgets": budgets}
+          "metrics": metrics, "budgets": budgets}
 
 
 def markdown(report):
   s = report["settings"]
   m = report["machine"]
-  rows = list(report["budgets"][0]["rows"])
+  rows = list(report["budgets"][0]["metrics"]["linear"]["rows"])
   lines = [
       "# Ablation gaps against the training budget (Fashion-MNIST folds protocol)", "",
       f"Machine: {m['cpu']}, {m['cores']} cores, TensorFlow {m['tensorflow']}; "
@@ -195,27 +209,45 @@ def markdown(report):
       f"{s['repair_lr']:g} (R), linear decay to 1% over 90% of each run's steps "
       f"(so every budget ends its own schedule), drop rate {s['drop_rate']:g}, "
       f"{s['precision']}, {s['resolution']}x{s['resolution']} grayscale. "
-      "Accuracy: mean over folds (and over seeds where a row has replicates). "
-      "Gap: full minus the row, fold by fold on the same folds, averaged; "
-      "in noise units: divided by the larger of the two rows' fold stds and "
-      "seed spreads (the ablation target asks for more than 3).", "",
-      "| spotter steps (epochs) | layer | " + " | ".join(rows) + " | " +
-      " | ".join(f"full - {r} (noise units, folds below full)" for r in rows[1:]) + " |",
-      "|" + " --- |" * (2 + len(rows) + len(rows) - 1)]
-  for b in report["budgets"]:
-    for layer in LAYERS:
-      mark = " (best of full)" if layer == b["best_layer_of_full"] else ""
-      cells = [f"{b['rows'][r][layer]['mean']:.4f} +- {b['rows'][r][layer]['std']:.4f}"
-               for r in rows]
-      gaps = [f"{g['gap']:+.4f} ({g['in_noise_units']:.1f}, "
-              f"{g['folds_below_full']}/{g['pairs']})"
-              for g in (b["gaps"][r][layer] for r in rows[1:])]
-      lines.append(f"| {b['spotter_steps']} ({b['epochs']:.1f}) | {layer}{mark} | "
-                   + " | ".join(cells + gaps) + " |")
+      "Accuracy: mean over folds (and over seeds where a row has replicates) "
+      "+- the seed-0 fold std. Gap: full minus the row, fold by fold on the "
+      "same folds, averaged; in noise units: divided by the larger of the two "
+      "rows' fold stds and seed spreads (the ablation target asks for more "
+      "than 3); then how many (seed, fold) pairs have the row below full.", "",
+      "## At the full row's best layer", "",
+      "| metric | spotter steps (epochs) | layer | " + " | ".join(
+          f"full - {r} (noise units)" for r in rows[1:]) + " |",
+      "|" + " --- |" * (3 + len(rows) - 1)]
+  for metric in report["metrics"]:
+    for b in report["budgets"]:
+      t = b["metrics"][metric]
+      L = t["best_layer_of_full"]
+      lines.append(f"| {metric} | {b['spotter_steps']} ({b['epochs']:.1f}) | {L} | "
+                   + " | ".join(f"{t['gaps'][r][L]['gap']:+.4f} "
+                                f"({t['gaps'][r][L]['in_noise_units']:.1f})"
+                                for r in rows[1:]) + " |")
+  for metric in report["metrics"]:
+    lines += ["", f"## {metric}, every layer", "",
+              "| spotter steps (epochs) | layer | " + " | ".join(rows) + " | " +
+              " | ".join(f"full - {r} (noise units, pairs below full)"
+                         for r in rows[1:]) + " |",
+              "|" + " --- |" * (2 + len(rows) + len(rows) - 1)]
+    for b in report["budgets"]:
+      t = b["metrics"][metric]
+      for layer in LAYERS:
+        mark = " (best of full)" if layer == t["best_layer_of_full"] else ""
+        cells = [f"{t['rows'][r][layer]['mean']:.4f} +- {t['rows'][r][layer]['std']:.4f}"
+                 for r in rows]
+        gaps = [f"{g['gap']:+.4f} ({g['in_noise_units']:.1f}, "
+                f"{g['folds_below_full']}/{g['pairs']})"
+                for g in (t["gaps"][r][layer] for r in rows[1:])]
+        lines.append(f"| {b['spotter_steps']} ({b['epochs']:.1f}) | {layer}{mark} | "
+                     + " | ".join(cells + gaps) + " |")
+  t0 = report["budgets"]
   lines += ["", "Seeds per row and budget: " + "; ".join(
       f"{b['spotter_steps']}: " + ", ".join(
-          f"{r} {len(b['rows'][r]['conv1']['seed_means'])}" for r in rows)
-      for b in report["budgets"]) + "."]
+          f"{r} {len(b['metrics']['linear']['rows'][r]['conv1']['seed_means'])}"
+          for r in rows) for b in t0) + "."]
   return lines
 
 

@@ -226,9 +226,9 @@ def test_throughput_variant_child_pairs_its_windows():
   assert r["flops_per_image"] > 0 and r["resolution"] == 16
 
 
-def _quality_root(tmp_path, name, steps, folds, ae_bytes=b"ae", lr=1e-3):
+def _quality_root(tmp_path, name, steps, folds, ae_bytes=b"ae", lr=1e-3, knn=False):
   """A finished benchmarks.quality root: per row, its per-fold accuracies
-  (same at every layer) and its pretraining config."""
+  (same at every layer; kNN 0.1 lower) and its pretraining config."""
   root = tmp_path / name
   ae = root / "pretrain" / "autoencoder" / "checkpoints"
   ae.mkdir(parents=True)
@@ -236,8 +236,11 @@ def _quality_root(tmp_path, name, steps, folds, ae_bytes=b"ae", lr=1e-3):
   for (row, seed), accs in folds.items():
     ev = "ours" if row == "full" and not seed else (
         f"ablation_{row}" if not seed else f"ablation_{row}_s{seed}")
-    layers = {l: {"dims": 4, "linear": {"per_fold": accs, "mean": sum(accs) / len(accs)}}
+    layers = {l: {"dims": 4, "linear": {"per_fold": accs}}
               for l in ("conv1", "conv2", "conv3", "conv4", "conv5")}
+    if knn:
+      for r in layers.values():
+        r["knn"] = {"per_fold": [a - 0.1 for a in accs]}
     (root / "eval" / ev).mkdir(parents=True)
     (root / "eval" / ev / "eval_results.json").write_text(json.dumps({"folds": layers}))
     wd = root / "pretrain" / (row if not seed else f"{row}_s{seed}")
@@ -255,13 +258,18 @@ def test_budget_curve_pairs_folds_and_checks_roots(tmp_path):
   from benchmarks import budget_curve
   short = _quality_root(tmp_path, "short", 100, {
       ("full", 0): [0.80, 0.82], ("k", 0): [0.79, 0.80],
-      ("full", 1): [0.81, 0.83], ("k", 1): [0.80, 0.81]})
+      ("full", 1): [0.81, 0.83], ("k", 1): [0.80, 0.81]}, knn=True)
   long = _quality_root(tmp_path, "long", 300, {
       ("full", 0): [0.90, 0.80], ("k", 0): [0.80, 0.70]})
   report = budget_curve.build([long, short], ["full", "k"])
+  assert report["metrics"] == ["linear"]  # kNN only where every root has it
   b100, b300 = report["budgets"]  # sorted by budget
   assert (b100["spotter_steps"], b300["spotter_steps"]) == (100, 300)
   assert b100["epochs"] == pytest.approx(0.1)
+  knn = budget_curve.build([short], ["full", "k"])
+  assert knn["metrics"] == ["linear", "knn"]
+  assert knn["budgets"][0]["metrics"]["knn"]["rows"]["k"]["conv2"]["mean"] == pytest.approx(0.70)
+  b100, b300 = b100["metrics"]["linear"], b300["metrics"]["linear"]
   g = b100["gaps"]["k"]["conv3"]
   # Pairs (seed, fold): 0.01, 0.02, 0.01, 0.02 -> mean 0.015; the floor is
   # the largest of fold stds (0.01, 0.005) and seed spreads (0.00707, 0.00707).
@@ -273,7 +281,8 @@ def test_budget_curve_pairs_folds_and_checks_roots(tmp_path):
   g = b300["gaps"]["k"]["conv3"]
   assert g["gap"] == pytest.approx(0.10) and g["in_noise_units"] == pytest.approx(2.0)
   lines = budget_curve.markdown(report)
-  assert any("| 300 (0.3) | conv1 (best of full) |" in l for l in lines)
+  assert "| linear | 300 (0.3) | conv1 | +0.1000 (2.0) |" in lines
+  assert any(l.startswith("| 300 (0.3) | conv1 (best of full) |") for l in lines)
   # Roots that differ in more than the budget are refused, naming the field.
   other_lr = _quality_root(tmp_path, "lr", 200, {("full", 0): [0.8], ("k", 0): [0.7]},
                            lr=3e-4)

@@ -458,3 +458,32 @@ def test_quality_report_seed_replicates(tmp_path):
   finally:
     flags.FLAGS(["quality", "--row_seeds=1", "--random_seeds=3", "--replicate="],
                 known_only=True)
+
+
+def test_quality_evaluates_ablation_rows_again_for_knn(tmp_path, monkeypatch):
+  """A finished ablation evaluation without kNN is run again (with kNN),
+  one with kNN is kept; --noablation_knn keeps both."""
+  from absl import flags
+  from benchmarks import quality
+  root = str(tmp_path)
+  conv = dict(zip(["conv1", "conv2", "conv3", "conv4", "conv5"], (.7, .8, .85, .84, .83)))
+  _fake_eval(quality.eval_path(root, "ablation_k"), conv, full=False)  # no kNN
+  _fake_eval(quality.eval_path(root, "ablation_l"), conv, full=True)   # kNN
+  for row in ("k", "l"):
+    os.makedirs(quality.ablation_dir(root, row))
+    open(quality.done_marker(quality.ablation_dir(root, row)), "w").close()
+  try:
+    for knn, expected in ((True, ["eval_ablation_k"]), (False, [])):
+      flags.FLAGS(["quality", f"--root={root}", "--ablations=k,l",
+                   f"--{'' if knn else 'no'}ablation_knn"], known_only=True)
+      rows = {n: v for n, v in quality.models(root).items() if n.startswith("ablation_")}
+      calls = []
+      monkeypatch.setattr(quality, "models", lambda r, m=rows: m)
+      monkeypatch.setattr(quality, "run_logged",
+                          lambda name, cmd, root, calls=calls: calls.append((name, cmd)))
+      quality.stage_evaluate(root)
+      monkeypatch.undo()
+      assert [name for name, _ in calls] == expected
+      assert all("--config.knn.enabled=False" not in cmd for _, cmd in calls)
+  finally:
+    flags.FLAGS(["quality", "--ablation_knn", "--ablations=full,a,g,k,l"], known_only=True)
