@@ -296,7 +296,7 @@ def test_quality_report_arithmetic(tmp_path):
   root = str(tmp_path)
   conv = lambda *m: dict(zip(["conv1", "conv2", "conv3", "conv4", "conv5"], m))
   _fake_eval(quality.eval_path(root, "ours"), conv(.70, .80, .85, .84, .83))
-  _fake_eval(quality.eval_path(root, "ablation_k"), conv(.70, .75, .76, .74, .73), False)
+  _fake_eval(quality.eval_path(root, "ablation_k"), conv(.70, .75, .76, .77, .73))  # kNN
   _fake_eval(quality.eval_path(root, "random_seed0"), conv(.70, .72, .74, .73, .72))
   _fake_eval(quality.eval_path(root, "random_seed1"), conv(.70, .72, .76, .73, .72), False)
   _fake_eval(quality.eval_path(root, "autoencoder"),
@@ -322,7 +322,13 @@ def test_quality_report_arithmetic(tmp_path):
   assert rep["targets"] == {"beats_random_and_autoencoder_by_3_std": True,
                             "gap_closure_at_least_0.5": True,
                             "k_and_l_clearly_below_full": None}
-  assert rep["ablations"]["k"]["below_full_in_stds"] == pytest.approx(0.09 / 0.01)
+  # k's best layer is conv4 (.77): 0.08 below ours' best.
+  assert rep["ablations"]["k"]["below_full_in_stds"] == pytest.approx(0.08 / 0.01)
+  # kNN at ours' best kNN layer (conv3: .80), k there .71.
+  assert rep["ablations"]["k"]["knn_layer"] == "conv3"
+  assert rep["ablations"]["k"]["knn_below_full_in_stds"] == pytest.approx(0.09 / 0.01)
+  assert "| k | conv4 | 0.7700 +- 0.0100 | 0.7600 | 8.0 | 0.7100 +- 0.0100 | 9.0 |" in (
+      open(out + ".md").read())
   for model in ("ours", "random", "autoencoder", "pixels", "supervised"):
     for layer, v in rep["models"][model].items():
       assert {"mean", "std"} <= set(v)
