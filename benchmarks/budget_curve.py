@@ -243,11 +243,10 @@ def markdown(report):
                 for g in (t["gaps"][r][layer] for r in rows[1:])]
         lines.append(f"| {b['spotter_steps']} ({b['epochs']:.1f}) | {layer}{mark} | "
                      + " | ".join(cells + gaps) + " |")
-  t0 = report["budgets"]
   lines += ["", "Seeds per row and budget: " + "; ".join(
       f"{b['spotter_steps']}: " + ", ".join(
           f"{r} {len(b['metrics']['linear']['rows'][r]['conv1']['seed_means'])}"
-          for r in rows) for b in t0) + "."]
+          for r in rows) for b in report["budgets"]) + "."]
   return lines
 
 

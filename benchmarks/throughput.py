@@ -48,7 +48,8 @@ lower utilisation, which is the point:
   utilisation = images/s * FLOPs per image / measured matmul FLOP/s
 
 where the matmul rate (float32 and bfloat16, large square matmuls) is measured
-in the same run on the same device. Writes results/throughput_<machine>.json
+in the same run on the same device, before and after the variants, the better
+of the two taken (a shared host can halve one measurement). Writes results/throughput_<machine>.json
 and .md; never mix figures of two machines in one ratio.
 """
 
