@@ -44,9 +44,10 @@ def define_flags():
 
 def eval_names(root, row):
   """{seed: evaluation folder name} of ``row``'s evaluated runs in ``root``
-  (quality names the full row 'ours' unless a longer headline run exists)."""
+  (quality names the full row 'ours', or 'ablation_full' when a longer
+  headline run took the name 'ours': then the full row is 'ablation_full')."""
   out = {}
-  candidates = ["ours", "ablation_full"] if row == "full" else [f"ablation_{row}"]
+  candidates = ["ablation_full", "ours"] if row == "full" else [f"ablation_{row}"]
   for name in candidates:
     if os.path.exists(os.path.join(root, "eval", name, "eval_results.json")):
       out[0] = name

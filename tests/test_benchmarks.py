@@ -1,6 +1,7 @@
 """Benchmark arithmetic: FLOP counts against hand counts."""
 
 import json
+import os
 import statistics
 
 import pytest
@@ -296,3 +297,14 @@ def test_budget_curve_pairs_folds_and_checks_roots(tmp_path):
     budget_curve.build([short], ["full", "k", "l"])
   with pytest.raises(ValueError, match="same budget"):
     budget_curve.build([short, short], ["full", "k"])
+  # A root with a longer headline run: 'ours' is that run, the full row at
+  # the common budget is 'ablation_full'.
+  headline = tmp_path / "short" / "eval" / "ours" / "eval_results.json"
+  (tmp_path / "short" / "eval" / "ablation_full").mkdir()
+  os.replace(headline, tmp_path / "short" / "eval" / "ablation_full" / "eval_results.json")
+  longer = {"folds": {l: {"linear": {"per_fold": [0.99, 0.99]}}
+                      for l in ("conv1", "conv2", "conv3", "conv4", "conv5")}}
+  headline.write_text(json.dumps(longer))
+  assert budget_curve.eval_names(short, "full") == {0: "ablation_full", 1: "ablation_full_s1"}
+  again = budget_curve.build([short], ["full", "k"])["budgets"][0]["metrics"]["linear"]
+  assert again["rows"]["full"]["conv3"]["seed_means"] == pytest.approx([0.81, 0.82])
