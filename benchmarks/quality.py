@@ -275,7 +275,7 @@ def combine_seeds(tables):
   over every (seed, fold) accuracy; plus the best seed."""
   out = {}
   for layer in tables[0][1]:
-    accs = [a for _, t, r in tables for a in _per_fold(r, layer)]
+    accs = [a for _, t, r in tables for a in per_fold(r, layer)]
     knns = [a for _, t, r in tables
             for a in r["folds"][layer].get("knn", {}).get("per_fold", [])]
     means = [t[layer]["mean"] for _, t, _ in tables]
@@ -392,8 +392,8 @@ def build_report(root):
   return report
 
 
-def _per_fold(result, layer):
-  return result["folds"][layer]["linear"]["per_fold"]
+def per_fold(result, layer, metric="linear"):
+  return result["folds"][layer][metric]["per_fold"]
 
 
 def _seed_statistics(ablations, results, layer):
@@ -415,8 +415,8 @@ def _seed_statistics(ablations, results, layer):
     if row == "full":
       continue
     diffs = [f - a for s in seeds if row_name("full", s) in results
-             for f, a in zip(_per_fold(results[row_name("full", s)], layer),
-                             _per_fold(results[row_name(row, s)], layer))]
+             for f, a in zip(per_fold(results[row_name("full", s)], layer),
+                             per_fold(results[row_name(row, s)], layer))]
     if diffs:
       r[f"paired_gap_at_{layer}"] = sum(diffs) / len(diffs)
       r[f"paired_gap_fold_std_at_{layer}"] = float(_std(diffs))
