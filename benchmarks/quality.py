@@ -232,10 +232,10 @@ def _has_knn(path):
 def stage_evaluate(root):
   for name, (flags_, arg, needs) in models(root).items():
     path = eval_path(root, name)
-    if os.path.exists(path) and (NO_KNN[0] in flags_ or _has_knn(path)):
-      log(f"eval {name}: done already")
-      continue
     if os.path.exists(path):
+      if NO_KNN[0] in flags_ or _has_knn(path):
+        log(f"eval {name}: done already")
+        continue
       log(f"eval {name}: evaluating again, with kNN")
     if needs and not os.path.exists(needs):
       log(f"eval {name}: skipped, its training has not finished ({needs})")
@@ -343,12 +343,10 @@ def build_report(root):
       r["knn_layer"], r["knn_mean"], r["knn_std"] = knn_layer, t["knn_mean"], t["knn_std"]
   for row, r in ablations.items():
     if row != "full" and "full" in ablations:
-      r["below_full_in_stds"] = (ablations["full"]["mean"] - r["mean"]) / max(
-          ablations["full"]["std"], r["std"])
-      if "knn_mean" in r and "knn_mean" in ablations["full"]:
-        f = ablations["full"]
-        r["knn_below_full_in_stds"] = (f["knn_mean"] - r["knn_mean"]) / max(
-            f["knn_std"], r["knn_std"])
+      full = ablations["full"]
+      r["below_full_in_stds"] = _below_in_stds(full, r, "mean", "std")
+      if "knn_mean" in r and "knn_mean" in full:
+        r["knn_below_full_in_stds"] = _below_in_stds(full, r, "knn_mean", "knn_std")
   _seed_statistics(ablations, results, layer)
   with open(os.path.join(ours_dir(root), "config.json")) as f:
     pre = json.load(f)
@@ -390,6 +388,11 @@ def build_report(root):
       "ablations_missing": ablations_missing,
   }
   return report
+
+
+def _below_in_stds(full, row, mean, std):
+  """How far ``row`` lies below ``full`` in the larger of their fold stds."""
+  return (full[mean] - row[mean]) / max(full[std], row[std])
 
 
 def per_fold(result, layer, metric="linear"):
