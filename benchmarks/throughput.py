@@ -20,8 +20,9 @@ first, so
 is the share of step time spent waiting for data (0 when the pipeline keeps
 up; clipped at 0) and a drift of the machine's speed hits both sides of a
 pair alike (before 2026-11-23 all real windows ran first, then all cached
-ones, and the host's drift read as input wait). The input pipeline is also timed alone (no model), which
-says how much of the CPU feeding a step at a given rate takes.
+ones, and the host's drift read as input wait). The input pipeline is also
+timed alone (no model), which says how much of the CPU feeding a step at a
+given rate takes.
 
 FLOPs per image are counted twice:
 
@@ -49,8 +50,9 @@ lower utilisation, which is the point:
 
 where the matmul rate (float32 and bfloat16, large square matmuls) is measured
 in the same run on the same device, before and after the variants, the better
-of the two taken (a shared host can halve one measurement). Writes results/throughput_<machine>.json
-and .md; never mix figures of two machines in one ratio.
+of the two taken (a shared host can halve one measurement). Writes
+results/throughput_<machine>.json and .md; never mix figures of two machines
+in one ratio.
 """
 
 from __future__ import annotations
