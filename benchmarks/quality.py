@@ -50,6 +50,9 @@ flags.DEFINE_integer("ours_steps", 0, "Adversarial steps of ours (the headline "
                      "full row, more: a separate, longer run.")
 flags.DEFINE_list("ablations", ["full", "a", "g", "k", "l"],
                   "Ablation rows to train; 'full' is ours.")
+flags.DEFINE_string("config_arg", "", "Extra argument of configs/fashion_mnist.py "
+                    "for every model built from it (pretraining, random "
+                    "baselines, supervised bound), e.g. 'grid=8'.")
 flags.DEFINE_multi_string("override", [], "Extra config overrides for every "
                           "spotter run, e.g. --override=spotter.lr=0.001 "
                           "(the autoencoder is shared and takes none). Finished "
@@ -96,8 +99,13 @@ def done_marker(workdir):
   return os.path.join(workdir, "train_done.json")
 
 
+def config_spec(arg=""):
+  """``configs/fashion_mnist.py:<arg>``, with --config_arg added."""
+  return f"{CONFIG}:" + ",".join(filter(None, (arg, FLAGS.config_arg)))
+
+
 def pretrain_cmd(arg, workdir, overrides, extra=()):
-  return ([sys.executable, "-m", "trainers.pretrain", f"--config={CONFIG}:{arg}",
+  return ([sys.executable, "-m", "trainers.pretrain", f"--config={config_spec(arg)}",
            f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides]
           + [f"--config.{o}" for o in extra])
 
@@ -186,7 +194,7 @@ def stage_supervised(root):
   train_once("supervised", [
       sys.executable, "-m", "trainers.finetune",
       f"--config=configs/finetune/fashion_mnist.py:supervised,epochs={FLAGS.supervised_epochs}",
-      f"--init=random:{CONFIG}", f"--workdir={wd}"], wd, root)
+      f"--init=random:{config_spec()}", f"--workdir={wd}"], wd, root)
 
 
 NO_KNN = ["--config.knn.enabled=False"]
@@ -208,7 +216,7 @@ def models(root):
                                   done_marker(wd))
   for seed in range(FLAGS.random_seeds):
     out[f"random_seed{seed}"] = (
-        ["--features=random", f"--pretrain_config={CONFIG}", f"--seed={seed}"]
+        ["--features=random", f"--pretrain_config={config_spec()}", f"--seed={seed}"]
         + ([] if seed == 0 else NO_KNN), "" if seed == 0 else ":folds_only", None)
   out["autoencoder"] = (["--features=autoencoder",
                          f"--workdir={autoencoder_dir(root)}"], "",
@@ -364,6 +372,7 @@ def build_report(root):
           "spotter_lr": pre["spotter"]["lr"],
           "repair_lr": pre["spotter"]["repair_lr"],
           "drop_rate": pre["spotter"]["drop_rate"],
+          "config_arg": FLAGS.config_arg,
           "overrides": list(FLAGS.override),
           "row_seeds": max(FLAGS.row_seeds, 1),
           "replicated_rows": [r for r in FLAGS.ablations if len(row_seeds(r)) > 1],
@@ -467,7 +476,8 @@ def write_markdown(report, path):
       f"spotter {b['spotter_steps']} steps x {b['spotter_batch']} per ablation row "
       f"(shared autoencoder), ours {b['ours_spotter_steps']} spotter steps, "
       f"Adam lr {b['spotter_lr']:g} (C) / {b['repair_lr']:g} (R), drop rate "
-      f"{b['drop_rate']:g}, extra overrides {b['overrides'] or 'none'}, "
+      f"{b['drop_rate']:g}, config argument {b.get('config_arg') or 'none'}, "
+      f"extra overrides {b['overrides'] or 'none'}, "
       f"{b['resolution']}x{b['resolution']} grayscale; "
       f"supervised bound {b['supervised_epochs']} epochs on all 60k labels. "
       f"Wall seconds of each training run (several shared the 2 cores): "
