@@ -380,6 +380,33 @@ def test_quality_longer_ours_run_is_separate_from_the_full_row(tmp_path):
     flags.FLAGS.ours_steps = 0
 
 
+def test_quality_config_arg_reaches_every_model_built_from_the_config(
+    tmp_path, monkeypatch):
+  """--config_arg=grid=8: the pretraining runs, the random baselines and the
+  supervised bound all get it (a random baseline with the 4x4-grid
+  discriminator beside 8x8-grid rows would compare different networks)."""
+  from absl import flags
+  from benchmarks import quality
+  flags.FLAGS(["quality", f"--root={tmp_path}", "--ablations=full,k",
+               "--config_arg=grid=8"], known_only=True)
+  try:
+    spec = "configs/fashion_mnist.py:grid=8"
+    assert quality.config_spec() == spec
+    cmd = quality.pretrain_cmd("ablation=k", "/w", [])
+    assert "--config=configs/fashion_mnist.py:ablation=k,grid=8" in cmd
+    names = quality.models(str(tmp_path))
+    for seed in range(flags.FLAGS.random_seeds):
+      assert f"--pretrain_config={spec}" in names[f"random_seed{seed}"][0]
+    seen = []
+    monkeypatch.setattr(quality, "train_once", lambda n, c, w, r: seen.append(c))
+    quality.stage_supervised(str(tmp_path))
+    assert f"--init=random:{spec}" in seen[0]
+    flags.FLAGS.config_arg = ""
+    assert quality.config_spec("ablation=k") == "configs/fashion_mnist.py:ablation=k"
+  finally:
+    flags.FLAGS.config_arg = ""
+
+
 def test_folds_from_a_fold_file_as_for_stl10(idx_dir, tmp_path):
   """The STL-10 protocol's shape: folds read from a file and covering the
   whole training split, so each fold validates on the other folds' images."""

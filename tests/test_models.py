@@ -27,11 +27,13 @@ def _randomize(layer, seed=0):
       w.assign(rng.normal(0, 0.3, w.shape).astype("float32"))
 
 
-@pytest.mark.parametrize("name,res,grid,channels", [
-    ("fashion_mnist", 32, 4, 1), ("stl10", 96, 6, 3), ("imagenet", 96, 6, 3),
-    ("image_folder", 96, 6, 3)])
-def test_output_shapes_per_config(name, res, grid, channels):
-  c = importlib.import_module(f"configs.{name}").get_config("smoke")
+@pytest.mark.parametrize("name,arg,res,grid,channels", [
+    ("fashion_mnist", "smoke", 32, 4, 1),
+    ("fashion_mnist", "smoke,grid=8", 32, 8, 1),
+    ("stl10", "smoke", 96, 6, 3), ("imagenet", "smoke", 96, 6, 3),
+    ("image_folder", "smoke", 96, 6, 3)])
+def test_output_shapes_per_config(name, arg, res, grid, channels):
+  c = importlib.import_module(f"configs.{name}").get_config(arg)
   c.discriminator.fc_units = 8
   model = ArtifactSpotter(config_lib.model_spec(c))
   model.build()
@@ -89,6 +91,12 @@ def test_gating_at_every_decoder_stage_of_the_model():
     up = np.broadcast_to(upsample_mask(keep, before.shape[1:3]).numpy(), before.shape)
     assert np.array_equal(before[up == 1], after[up == 1])
     assert np.abs(before[up == 0] - after[up == 0]).max() > 1e-3
+
+
+def test_fashion_mnist_unknown_grid_is_refused():
+  fashion_mnist = importlib.import_module("configs.fashion_mnist")
+  with pytest.raises(ValueError, match="grid=6"):
+    fashion_mnist.get_config("grid=6")
 
 
 def test_mask_cells_line_up_with_image_patches():
