@@ -4,11 +4,12 @@ r"""Fashion-MNIST at 32x32, offline (Debian's dataset-fashion-mnist IDX files).
 
 Arguments after ':' (comma separated): ``smoke`` (both phases in well under two
 minutes on 2 CPU cores), ``tiny`` (16x16, seconds; for tests), ``ablation=<row>`` (a paper ablation row, see
-artifact_spotting/config.py ABLATIONS), ``grid=8`` (an 8x8 mask grid of 4x4-pixel
-cells instead of 4x4 cells of 8x8 pixels; the paper's 96x96 images have a 6x6
-grid, cells of 1/6 of the side: two encoder downsamplings instead of three, and
-no pool after the discriminator's conv3, so conv3-5 run on 8x8). Any field can be overridden with a
-dotted flag, e.g. ``--config.spotter.drop_rate=0.5``.
+artifact_spotting/config.py ABLATIONS), ``grid=8`` (an 8x8 mask grid of
+4x4-pixel cells instead of 4x4 cells of 8x8 pixels: two encoder downsamplings
+instead of three, and no pool after the discriminator's conv3, so conv3-5 run
+on 8x8; the paper's 96x96 images have a 6x6 grid, cells a sixth of the side).
+Any field can be overridden with a dotted flag, e.g.
+``--config.spotter.drop_rate=0.5``.
 """
 
 from artifact_spotting import config as config_lib
