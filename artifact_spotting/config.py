@@ -53,6 +53,14 @@ def parse_arg(arg: str) -> Dict[str, Any]:
   return out
 
 
+def check_args(args: Dict[str, Any], known, where: str):
+  """Refuses config arguments ``where`` does not read (a typo such as
+  ``abaltion=k`` would otherwise train the full method without a word)."""
+  unknown = sorted(set(args) - set(known))
+  if unknown:
+    raise ValueError(f"{where}: unknown argument(s) {unknown}; known: {sorted(known)}")
+
+
 def set_dotted(config, dotted: str, value):
   node = config
   *parents, leaf = dotted.split(".")

@@ -7,7 +7,8 @@ minutes on 2 CPU cores), ``tiny`` (16x16, seconds; for tests), ``ablation=<row>`
 artifact_spotting/config.py ABLATIONS), ``grid=8`` (an 8x8 mask grid of
 4x4-pixel cells instead of 4x4 cells of 8x8 pixels: two encoder downsamplings
 instead of three, and no pool after the discriminator's conv3, so conv3-5 run
-on 8x8; the paper's 96x96 images have a 6x6 grid, cells a sixth of the side).
+on 8x8; the paper's 96x96 images have a 6x6 grid, cells a sixth of the side;
+not with ``tiny``). Other arguments are refused.
 Any field can be overridden with a dotted flag, e.g.
 ``--config.spotter.drop_rate=0.5``.
 """
@@ -17,6 +18,8 @@ from artifact_spotting import config as config_lib
 
 def get_config(arg: str = ""):
   args = config_lib.parse_arg(arg)
+  config_lib.check_args(args, ("smoke", "tiny", "ablation", "grid"),
+                        "configs/fashion_mnist.py")
   c = config_lib.base_config()
   c.dataset.source = "idx"
   c.dataset.name = "fashion_mnist"
@@ -35,6 +38,10 @@ def get_config(arg: str = ""):
                                   enumerate(config_lib.small_alexnet()))
   elif grid != 4:
     raise ValueError(f"configs/fashion_mnist.py: grid={grid!r}; known: 4, 8")
+  if grid != 4 and args.get("tiny"):
+    # tiny sets its own 16x16 autoencoder and discriminator (a 4x4 grid).
+    raise ValueError("configs/fashion_mnist.py: tiny has a 4x4 grid only; "
+                     f"got tiny with grid={grid!r}")
   # 1500 steps is a tiny fraction of the paper's ~195k, so the paper's lr 3e-4
   # is too timid here: 1e-3 for both players gave better folds-protocol
   # features (results/quality_fashion_mnist.md).

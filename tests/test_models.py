@@ -99,6 +99,17 @@ def test_fashion_mnist_unknown_grid_is_refused():
     fashion_mnist.get_config("grid=6")
 
 
+@pytest.mark.parametrize("arg,match", [
+    ("tiny,grid=8", "tiny has a 4x4 grid only"),
+    ("abaltion=k", r"unknown argument\(s\) \['abaltion'\]"),
+])
+def test_fashion_mnist_refuses_arguments_it_would_ignore(arg, match):
+  fashion_mnist = importlib.import_module("configs.fashion_mnist")
+  with pytest.raises(ValueError, match=match):
+    fashion_mnist.get_config(arg)
+  assert fashion_mnist.get_config("tiny,ablation=k").spotter.repair is False
+
+
 def test_mask_cells_line_up_with_image_patches():
   """Bottleneck cell (i, j) sees the f x f image patch (i, j) (plus the 3x3
   stem's one-pixel border), and upsampling puts the mask on that patch."""
