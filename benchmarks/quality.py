@@ -390,7 +390,7 @@ def build_report(root):
           "beats_random_and_autoencoder_by_3_std": bool(margin_random > 3 and margin_ae > 3),
           "gap_closure_at_least_0.5": bool(gap >= 0.5),
           # None: not measured (a row or the full row was not evaluated).
-          "k_and_l_clearly_below_full": _ablation_verdict(ablations),
+          "k_and_l_clearly_below_full": _ablation_verdict(ablations, ablations_missing),
       },
       "models": report_models,
       "ablations": ablations,
@@ -443,14 +443,21 @@ def _seed_statistics(ablations, results, layer):
     r["noise_floor"] = floor
 
 
-def _ablation_verdict(ablations):
+def _ablation_verdict(ablations, missing=()):
   """(k) and (l) more than 3 noise units below the full row: fold stds with
-  one seed per row, fold stds or seed spreads (the larger) with several.
-  None: a row was not measured."""
-  key = "below_full_in_noise" if FLAGS.row_seeds > 1 else "below_full_in_stds"
-  if not all(key in ablations.get(r, {}) for r in ("k", "l")):
+  one seed per row, fold stds or seed spreads (the larger) for a row
+  replicated with several (a row left out of --replicate: its fold stds).
+  None: a row, or a seed of a row in --replicate, was not measured."""
+  if any(m.split("_s")[0] in ("k", "l") for m in missing):
     return None
-  return bool(all(ablations[r][key] > 3 for r in ("k", "l")))
+  gaps = []
+  for name in ("k", "l"):
+    r = ablations.get(name, {})
+    gap = r.get("below_full_in_noise", r.get("below_full_in_stds"))
+    if gap is None:
+      return None
+    gaps.append(gap)
+  return bool(all(g > 3 for g in gaps))
 
 
 def _train_seconds(root):

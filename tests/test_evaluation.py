@@ -520,3 +520,19 @@ def test_quality_evaluates_ablation_rows_again_for_knn(tmp_path, monkeypatch):
       assert all("--config.knn.enabled=False" not in cmd for _, cmd in calls)
   finally:
     flags.FLAGS(["quality", "--ablation_knn", "--ablations=full,a,g,k,l"], known_only=True)
+
+
+def test_ablation_verdict_judges_an_unreplicated_row_on_its_fold_stds():
+  """--replicate=full,k with --row_seeds=2: (l) has one seed, so its fold-std
+  gap decides, not "rows missing"."""
+  from benchmarks import quality
+  k = {"below_full_in_stds": 4.0, "below_full_in_noise": 3.5}
+  assert quality._ablation_verdict({"k": k, "l": {"below_full_in_stds": 0.7}}) is False
+  assert quality._ablation_verdict({"k": k, "l": {"below_full_in_stds": 3.1}}) is True
+  assert quality._ablation_verdict(
+      {"k": {"below_full_in_stds": 4.0, "below_full_in_noise": 2.9},
+       "l": {"below_full_in_stds": 3.1}}) is False
+  assert quality._ablation_verdict({"k": k}) is None
+  # A planned seed not yet run: no verdict until it is.
+  assert quality._ablation_verdict(
+      {"k": k, "l": {"below_full_in_stds": 3.1}}, ["l_s1"]) is None
