@@ -390,7 +390,8 @@ def build_report(root):
           "beats_random_and_autoencoder_by_3_std": bool(margin_random > 3 and margin_ae > 3),
           "gap_closure_at_least_0.5": bool(gap >= 0.5),
           # None: not measured (a row or the full row was not evaluated).
-          "k_and_l_clearly_below_full": _ablation_verdict(ablations, ablations_missing),
+          "k_and_l_clearly_below_full": _ablation_verdict(ablations, {
+              row for row, s in row_runs() if row_name(row, s) not in tables}),
       },
       "models": report_models,
       "ablations": ablations,
@@ -443,20 +444,17 @@ def _seed_statistics(ablations, results, layer):
     r["noise_floor"] = floor
 
 
-def _ablation_verdict(ablations, missing=()):
+def _ablation_verdict(ablations, unfinished=frozenset()):
   """(k) and (l) more than 3 noise units below the full row: fold stds with
   one seed per row, fold stds or seed spreads (the larger) for a row
   replicated with several (a row left out of --replicate: its fold stds).
-  None: a row, or a seed of a row in --replicate, was not measured."""
-  if any(m.split("_s")[0] in ("k", "l") for m in missing):
+  None: full, k or l has a run (any seed) not yet evaluated."""
+  if unfinished & {"full", "k", "l"}:
     return None
-  gaps = []
-  for name in ("k", "l"):
-    r = ablations.get(name, {})
-    gap = r.get("below_full_in_noise", r.get("below_full_in_stds"))
-    if gap is None:
-      return None
-    gaps.append(gap)
+  rows = [ablations.get(r, {}) for r in ("k", "l")]
+  gaps = [r.get("below_full_in_noise", r.get("below_full_in_stds")) for r in rows]
+  if None in gaps:  # a row, or the full row, not among --ablations
+    return None
   return bool(all(g > 3 for g in gaps))
 
 

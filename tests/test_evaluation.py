@@ -533,6 +533,8 @@ def test_ablation_verdict_judges_an_unreplicated_row_on_its_fold_stds():
       {"k": {"below_full_in_stds": 4.0, "below_full_in_noise": 2.9},
        "l": {"below_full_in_stds": 3.1}}) is False
   assert quality._ablation_verdict({"k": k}) is None
-  # A planned seed not yet run: no verdict until it is.
-  assert quality._ablation_verdict(
-      {"k": k, "l": {"below_full_in_stds": 3.1}}, ["l_s1"]) is None
+  # A planned seed not yet run (of l, or of full, which the paired gaps
+  # need): no verdict until it is.
+  for row in ("l", "full"):
+    assert quality._ablation_verdict(
+        {"k": k, "l": {"below_full_in_stds": 3.1}}, {row}) is None
