@@ -80,9 +80,17 @@ def warn_slow_precision(precision: str) -> Optional[str]:
 
 
 class Players:
-  """The model and one optimizer per player, built inside the strategy scope."""
+  """The model and one optimizer per player, built inside the strategy scope.
+
+  The weights are initialised from ``config.seed`` (Keras, TF and NumPy global
+  seeds are set here), so two runs of one config start from the same weights
+  and different seeds start from different ones. The damage masks, noise and
+  history draws are seeded by ``config.seed`` too (stateless, per step), and
+  the input order by the data pipeline's seed.
+  """
 
   def __init__(self, config, strategy, probe: bool = True):
+    keras.utils.set_random_seed(int(config.seed))
     spec = config_lib.model_spec(config)
     if not probe:
       spec["probe_classes"] = 0
