@@ -488,6 +488,11 @@ def test_quality_report_seed_replicates(tmp_path):
     md = open(out + ".md").read()
     assert "### Seed replicates at conv3 (--row_seeds=2)" in md
     assert "| l | 0,1 | 0.7600, 0.8100 |" in md
+    k_units = 0.075 / (0.02 / 2 ** 0.5)
+    l_units = rep["ablations"]["l"]["below_full_in_noise"]
+    assert (f"- ablations (k) and (l) more than 3 noise units below full (k: "
+            f"{k_units:.1f} noise units, see seed replicates; l: {l_units:.1f} noise "
+            "units, see seed replicates): MISSED") in md
   finally:
     flags.FLAGS(["quality", "--row_seeds=1", "--random_seeds=3", "--replicate="],
                 known_only=True)
@@ -533,6 +538,10 @@ def test_ablation_verdict_judges_an_unreplicated_row_on_its_fold_stds():
       {"k": {"below_full_in_stds": 4.0, "below_full_in_noise": 2.9},
        "l": {"below_full_in_stds": 3.1}}) is False
   assert quality._ablation_verdict({"k": k}) is None
+  # The report's verdict line names each row's figure in the unit judged on.
+  assert quality._gap_words({"k": k, "l": {"below_full_in_stds": 0.7}}) == (
+      "k: 3.5 noise units, see seed replicates; l: 0.7 fold stds")
+  assert quality._gap_words({"k": k}).endswith("l: not run")
   # A planned seed not yet run (of l, or of full, which the paired gaps
   # need): no verdict until it is.
   for row in ("l", "full"):
