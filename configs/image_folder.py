@@ -16,7 +16,7 @@ from configs import stl10
 
 def get_config(arg: str = ""):
   args = config_lib.parse_arg(arg)
-  c = stl10.get_config(arg)
+  c = stl10.get_config(arg, also=("res",), where="configs/image_folder.py")
   res = int(args.get("res", 96))
   c.dataset.update(source="image_folder", name="image_folder", path="",
                    shuffle_buffer=10_000)

@@ -13,7 +13,7 @@ from configs import stl10
 
 def get_config(arg: str = ""):
   args = config_lib.parse_arg(arg)
-  c = stl10.get_config(arg)
+  c = stl10.get_config(arg, where="configs/imagenet.py")
   c.dataset.update(source="tfds", name="imagenet2012", split="train",
                    manual_dir="", shuffle_buffer=50_000)
   c.probe.update(enabled=True, num_classes=1000)

@@ -11,8 +11,11 @@ or prepare it elsewhere and pass --config.dataset.data_dir). Paper scale is
 from artifact_spotting import config as config_lib
 
 
-def get_config(arg: str = ""):
+def get_config(arg: str = "", also=(), where="configs/stl10.py"):
+  """``also``/``where``: the arguments a config built on this one adds, and
+  its name, for the refusal of unknown arguments."""
   args = config_lib.parse_arg(arg)
+  config_lib.check_args(args, ("smoke", "ablation") + tuple(also), where)
   c = config_lib.base_config()
   c.dataset.update(source="tfds", name="stl10", split="unlabelled",
                    shuffle_buffer=20_000)

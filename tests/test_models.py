@@ -110,6 +110,30 @@ def test_fashion_mnist_refuses_arguments_it_would_ignore(arg, match):
   assert fashion_mnist.get_config("tiny,ablation=k").spotter.repair is False
 
 
+@pytest.mark.parametrize("module,documented", [
+    ("configs.stl10", "smoke,ablation=k"),
+    ("configs.imagenet", "smoke,ablation=k"),
+    ("configs.image_folder", "smoke,res=64"),
+    ("configs.eval.fashion_mnist_folds", "smoke,folds_only"),
+    ("configs.eval.stl10_folds", "smoke,full_only"),
+    ("configs.finetune.fashion_mnist", "smoke,supervised,epochs=3"),
+    ("configs.finetune.stl10_folds", "smoke,fold=3"),
+    ("configs.finetune.voc07", "smoke,res=64"),
+])
+def test_every_config_refuses_arguments_it_would_ignore(module, documented):
+  """Each config takes its documented arguments and names itself and the
+  typo in the error otherwise (a config built on another one included:
+  image_folder's ``res`` is not stl10's)."""
+  get_config = importlib.import_module(module).get_config
+  get_config(documented)
+  where = module.replace(".", "/") + ".py"
+  with pytest.raises(ValueError, match=rf"^{where}: unknown argument\(s\) \['smok'\]"):
+    get_config("smok")
+  if module != "configs.image_folder" and module != "configs.finetune.voc07":
+    with pytest.raises(ValueError, match=r"\['res'\]"):
+      get_config("res=64")
+
+
 def test_mask_cells_line_up_with_image_patches():
   """Bottleneck cell (i, j) sees the f x f image patch (i, j) (plus the 3x3
   stem's one-pixel border), and upsampling puts the mask on that patch."""

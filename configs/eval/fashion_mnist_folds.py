@@ -18,8 +18,9 @@ from artifact_spotting import config as config_lib
 from configs import datasets
 
 
-def get_config(arg: str = ""):
+def get_config(arg: str = "", where="configs/eval/fashion_mnist_folds.py"):
   args = config_lib.parse_arg(arg)
+  config_lib.check_args(args, ("folds_only", "full_only", "smoke"), where)
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.dataset = datasets.fashion_mnist(train_split="train", test_split="test")

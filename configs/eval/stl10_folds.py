@@ -18,7 +18,7 @@ from configs.eval import fashion_mnist_folds
 
 
 def get_config(arg: str = ""):
-  c = fashion_mnist_folds.get_config(arg)
+  c = fashion_mnist_folds.get_config(arg, where="configs/eval/stl10_folds.py")
   c.dataset = datasets.tfds("stl10", train_split="train", test_split="test")
   c.channels = 3
   c.pp_eval = "resize(96)|value_range(-1, 1)"

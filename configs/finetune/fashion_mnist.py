@@ -21,6 +21,8 @@ from configs import datasets
 
 def get_config(arg: str = ""):
   args = config_lib.parse_arg(arg)
+  config_lib.check_args(args, ("supervised", "epochs", "smoke"),
+                        "configs/finetune/fashion_mnist.py")
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.dataset = datasets.fashion_mnist(train_split="train", eval_split="test")
@@ -46,9 +48,12 @@ def get_config(arg: str = ""):
   return c
 
 
-def tfds_images(arg, name, res, num_classes, train_split, eval_split="test"):
-  """The RGB tfds fine-tuning setup (STL-10 folds, VOC 2007) at ``res``."""
+def tfds_images(arg, name, res, num_classes, train_split, eval_split="test",
+                also=(), where=""):
+  """The RGB tfds fine-tuning setup (STL-10 folds, VOC 2007) at ``res``;
+  ``arg`` may hold ``smoke`` and the caller's own arguments ``also``."""
   args = config_lib.parse_arg(arg)
+  config_lib.check_args(args, ("smoke",) + tuple(also), where)
   c = get_config("")
   c.dataset = datasets.tfds(name, train_split=train_split, eval_split=eval_split)
   c.channels = 3

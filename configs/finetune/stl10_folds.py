@@ -15,7 +15,8 @@ from configs.finetune import fashion_mnist
 
 
 def get_config(arg: str = ""):
-  c, args = fashion_mnist.tfds_images(arg, "stl10", 96, 10, "train")
+  c, args = fashion_mnist.tfds_images(arg, "stl10", 96, 10, "train", also=("fold",),
+                                      where="configs/finetune/stl10_folds.py")
   c.fold = str(args.get("fold", "all"))   # "all" or one fold index
   c.fold_file = ""                       # path of fold_indices.txt (required)
   if not args.get("smoke"):

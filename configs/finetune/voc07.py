@@ -17,7 +17,8 @@ from configs.finetune import fashion_mnist
 
 def get_config(arg: str = ""):
   res = int(config_lib.parse_arg(arg).get("res", 96))
-  c, args = fashion_mnist.tfds_images(arg, "voc/2007", res, 20, "train+validation")
+  c, args = fashion_mnist.tfds_images(arg, "voc/2007", res, 20, "train+validation",
+                                      also=("res",), where="configs/finetune/voc07.py")
   c.multilabel = True
   if not args.get("smoke"):
     c.epochs = 80
