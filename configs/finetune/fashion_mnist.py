@@ -49,7 +49,7 @@ def get_config(arg: str = ""):
 
 
 def tfds_images(arg, name, res, num_classes, train_split, eval_split="test",
-                also=(), where=""):
+                *, also=(), where):
   """The RGB tfds fine-tuning setup (STL-10 folds, VOC 2007) at ``res``;
   ``arg`` may hold ``smoke`` and the caller's own arguments ``also``."""
   args = config_lib.parse_arg(arg)
