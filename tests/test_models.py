@@ -129,7 +129,7 @@ def test_every_config_refuses_arguments_it_would_ignore(module, documented):
   where = module.replace(".", "/") + ".py"
   with pytest.raises(ValueError, match=rf"^{where}: unknown argument\(s\) \['smok'\]"):
     get_config("smok")
-  if module != "configs.image_folder" and module != "configs.finetune.voc07":
+  if module not in ("configs.image_folder", "configs.finetune.voc07"):
     with pytest.raises(ValueError, match=r"\['res'\]"):
       get_config("res=64")
 
