@@ -61,6 +61,19 @@ def check_args(args: Dict[str, Any], known, where: str):
     raise ValueError(f"{where}: unknown argument(s) {unknown}; known: {sorted(known)}")
 
 
+def scale_discriminator(config, factor, where: str):
+  """Multiplies the discriminator's conv filters and fc units by ``factor``
+  (rounded, at least 1): the ``width=`` argument of a config."""
+  if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
+    raise ValueError(f"{where}: width={factor!r} must be a positive number "
+                     f"(a factor on the discriminator's widths, e.g. width=2)")
+  scale = lambda n: max(1, int(round(n * factor)))
+  disc = config.discriminator
+  disc.convs = tuple(dict(conv, filters=scale(conv["filters"])) for conv in disc.convs)
+  disc.fc_units = scale(disc.fc_units)
+  return config
+
+
 def set_dotted(config, dotted: str, value):
   node = config
   *parents, leaf = dotted.split(".")

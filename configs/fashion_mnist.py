@@ -8,7 +8,10 @@ artifact_spotting/config.py ABLATIONS), ``grid=8`` (an 8x8 mask grid of
 4x4-pixel cells instead of 4x4 cells of 8x8 pixels: two encoder downsamplings
 instead of three, and no pool after the discriminator's conv3, so conv3-5 run
 on 8x8; the paper's 96x96 images have a 6x6 grid, cells a sixth of the side;
-not with ``tiny``). Other arguments are refused.
+not with ``tiny``), ``width=<factor>`` (the discriminator's conv filters and
+fc units times the factor, e.g. ``width=2``; a width is a property of the
+network, so random baselines and the supervised bound built from this config
+get it too). Other arguments are refused.
 Any field can be overridden with a dotted flag, e.g.
 ``--config.spotter.drop_rate=0.5``.
 """
@@ -18,7 +21,7 @@ from artifact_spotting import config as config_lib
 
 def get_config(arg: str = ""):
   args = config_lib.parse_arg(arg)
-  config_lib.check_args(args, ("smoke", "tiny", "ablation", "grid"),
+  config_lib.check_args(args, ("smoke", "tiny", "ablation", "grid", "width"),
                         "configs/fashion_mnist.py")
   c = config_lib.base_config()
   c.dataset.source = "idx"
@@ -64,5 +67,7 @@ def get_config(arg: str = ""):
         for i in range(5)), fc_units=16, dropout=0.0)
     c.train.update(log_every=2, summary_every=2, checkpoint_every=2, montage_size=2)
     c.dataset.shuffle_buffer = 64
+  if "width" in args:
+    config_lib.scale_discriminator(c, args["width"], "configs/fashion_mnist.py")
   config_lib.apply_ablation(c, args.get("ablation", "full"))
   return c

@@ -110,6 +110,29 @@ def test_fashion_mnist_refuses_arguments_it_would_ignore(arg, match):
   assert fashion_mnist.get_config("tiny,ablation=k").spotter.repair is False
 
 
+def test_fashion_mnist_width_scales_the_discriminator_only():
+  fashion_mnist = importlib.import_module("configs.fashion_mnist")
+  base = fashion_mnist.get_config("grid=8")
+  wide = fashion_mnist.get_config("grid=8,width=2,ablation=k")
+  assert [c["filters"] * 2 for c in base.discriminator.convs] == [
+      c["filters"] for c in wide.discriminator.convs]
+  assert [dict(c, filters=0) for c in base.discriminator.convs] == [
+      dict(c, filters=0) for c in wide.discriminator.convs]
+  assert wide.discriminator.fc_units == 2 * base.discriminator.fc_units
+  assert wide.autoencoder.to_dict() == base.autoencoder.to_dict()
+  assert wide.spotter.repair is False
+  half = fashion_mnist.get_config("tiny,width=0.5")
+  assert [c["filters"] for c in half.discriminator.convs] == [4] * 5
+  model = ArtifactSpotter(config_lib.model_spec(half))
+  model.build()
+  out = model(tf.zeros([1, 16, 16, 1]))
+  assert out["conv5"].shape[-1] == 4
+  for bad in ("width=0", "width=-1", "width=wide"):
+    with pytest.raises(ValueError, match=r"configs/fashion_mnist.py: width=.* must "
+                       r"be a positive number"):
+      fashion_mnist.get_config(bad)
+
+
 @pytest.mark.parametrize("module,documented", [
     ("configs.stl10", "smoke,ablation=k"),
     ("configs.imagenet", "smoke,ablation=k"),
