@@ -396,6 +396,7 @@ def build_report(root):
       "models": report_models,
       "ablations": ablations,
       "ablations_missing": ablations_missing,
+      "provenance": provenance(root),
   }
   return report
 
@@ -480,6 +481,50 @@ def _train_seconds(root):
   return out
 
 
+def _made_in(path, key):
+  """The folder a marker or eval result says it was made in, or None."""
+  with open(path) as f:
+    record = json.load(f)
+  if key == "output":
+    return record.get("output")
+  return next((a.split("=", 1)[1] for a in record.get("command", [])
+               if a.startswith("--workdir=")), None)
+
+
+def provenance(root):
+  """What another root made (copied in here to share it): folder relative to
+  ``root`` -> where it was made; and the evaluations that do not record where
+  (written before eval_results.json carried ``output``)."""
+  copied, unrecorded = {}, []
+  found = [(p, "command") for p in glob.glob(
+      os.path.join(root, "**", "train_done.json"), recursive=True)]
+  found += [(eval_path(root, n), "output") for n in models(root)
+            if os.path.exists(eval_path(root, n))]
+  for path, key in sorted(found):
+    here = os.path.dirname(path)
+    name = os.path.relpath(here, root)
+    made = _made_in(path, key)
+    if made is None:
+      if key == "output":
+        unrecorded.append(name)
+    elif os.path.abspath(made) != os.path.abspath(here):
+      copied[name] = made
+  return {"copied": copied, "unrecorded": sorted(unrecorded)}
+
+
+def provenance_lines(prov):
+  out = []
+  if prov["copied"]:
+    out.append("Made in another root and copied into this one (not rerun by "
+               "this command): " + "; ".join(
+                   f"{n} (made in {m})" for n, m in sorted(prov["copied"].items())) + ".")
+  if prov["unrecorded"]:
+    out.append("Evaluations that do not record where they were made (written "
+               "before eval_results.json carried it): "
+               + ", ".join(prov["unrecorded"]) + ".")
+  return " ".join(out) or "Every training run and evaluation was made in this root."
+
+
 def write_markdown(report, path):
   r = report
   b = r["budget"]
@@ -500,7 +545,9 @@ def write_markdown(report, path):
       f"{b['resolution']}x{b['resolution']} grayscale; "
       f"supervised bound {b['supervised_epochs']} epochs on all 60k labels. "
       f"Wall seconds of each training run (several shared the 2 cores): "
-      f"{b['train_seconds']}.", "",
+      f"{b['train_seconds']}.", ""] + (
+          [provenance_lines(r["provenance"]), ""] if "provenance" in r else []) + [
+
       f"Protocol: {r['protocol']['num_folds']} seeded disjoint folds of "
       f"{r['protocol']['fold_size']} labelled training images (100 per class), "
       f"ridge classifier on standardized, average-pooled (~9k dims) frozen "

@@ -198,6 +198,7 @@ def test_linear_eval_binary_writes_per_layer_results(idx_dir, tmp_path):
   assert res["folds_setup"] == {"num_folds": 2, "fold_size": 30,
                                 "validation_size": 20, "test_images": 64}
   assert any(p.name.startswith("events") for p in (out / "tensorboard").iterdir())
+  assert res["output"] == str(out) and "--features=random" in res["command"]
 
 
 def test_linear_eval_names_bad_inputs(idx_dir, tmp_path):
@@ -351,6 +352,45 @@ def test_quality_report_arithmetic(tmp_path):
   os.remove(quality.eval_path(root, "pixels"))
   with pytest.raises(RuntimeError, match="pixels"):
     quality.stage_report(root, out)
+
+
+def test_quality_report_names_what_another_root_made(tmp_path):
+  """Runs and evaluations copied in from another root (a shared autoencoder or
+  baseline) are listed with where they were made; evaluations that do not
+  record it are listed as such; what this root made is not listed."""
+  from absl import flags
+  from benchmarks import quality
+  flags.FLAGS(["quality", f"--root={tmp_path}", "--ablations=full,k",
+               "--random_seeds=1"], known_only=True)
+  root = str(tmp_path)
+  def marker(workdir, made_in):
+    os.makedirs(workdir, exist_ok=True)
+    with open(quality.done_marker(workdir), "w") as f:
+      json.dump({"seconds_last_run": 5.0, "command": [
+          "python", "-m", "trainers.pretrain", f"--workdir={made_in}"]}, f)
+  marker(quality.autoencoder_dir(root), "/other/pretrain/autoencoder")
+  marker(quality.ablation_dir(root, "k"), "/other/pretrain/k")
+  marker(quality.ablation_dir(root, "full"), quality.ablation_dir(root, "full"))
+  for name in quality.models(root):
+    _fake_eval(quality.eval_path(root, name), {"conv3": .8})
+  for name, made in (("ours", quality.eval_path(root, "ours")),
+                     ("random_seed0", "/other/eval/random_seed0/eval_results.json")):
+    path = quality.eval_path(root, name)
+    res = json.load(open(path))
+    res["output"] = os.path.dirname(made)
+    json.dump(res, open(path, "w"))
+  got = quality.provenance(root)
+  assert got["copied"] == {
+      "pretrain/autoencoder": "/other/pretrain/autoencoder",
+      "pretrain/k": "/other/pretrain/k",
+      "eval/random_seed0": "/other/eval/random_seed0"}
+  assert got["unrecorded"] == sorted(
+      f"eval/{n}" for n in quality.models(root) if n not in ("ours", "random_seed0"))
+  lines = quality.provenance_lines(got)
+  assert "pretrain/k (made in /other/pretrain/k)" in lines
+  assert "eval/ablation_k" in lines
+  assert quality.provenance_lines({"copied": {}, "unrecorded": []}) == (
+      "Every training run and evaluation was made in this root.")
 
 
 def test_ridge_standardize_folds_the_affine_map_into_the_classifier():

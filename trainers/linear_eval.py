@@ -94,6 +94,10 @@ def main(argv):
     sys.exit(2)
   result["seconds"] = time.time() - t0
   result["config"] = config.to_dict()
+  # Where and how it was made: a report that finds this file in another
+  # folder (copied in to share a baseline) can say so.
+  result["output"] = os.path.abspath(output)
+  result["command"] = sys.argv[1:]
   path = os.path.join(output, "eval_results.json")
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
