@@ -356,6 +356,10 @@ def build_report(root):
       if "knn_mean" in r and "knn_mean" in full:
         r["knn_below_full_in_stds"] = _below_in_stds(full, r, "knn_mean", "knn_std")
   _seed_statistics(ablations, results, layer)
+  for row, r in ablations.items():
+    game = _game_at_end(ablation_dir(root, row))
+    if game:
+      r["game_at_end"] = game
   with open(os.path.join(ours_dir(root), "config.json")) as f:
     pre = json.load(f)
   report = {
@@ -471,6 +475,30 @@ def _gap_words(ablations):
     else:
       out.append(f"{row}: not run")
   return "; ".join(out)
+
+
+GAME_KEYS = ("c/real_accuracy", "c/fake_accuracy", "c/mask_accuracy")
+
+
+def _game_at_end(workdir):
+  """C's real/fake and mask accuracies over the last logged window of a
+  spotter run (its train_summary.json, written by trainers.pretrain), with the
+  keep rate: a mask head that calls every cell kept scores the keep rate."""
+  path = os.path.join(workdir, "train_summary.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    spotter = json.load(f).get("spotter")
+  if not spotter:
+    return None
+  out = {k.split("/")[1]: spotter["metrics"][k] for k in GAME_KEYS
+         if k in spotter["metrics"]}
+  out["steps"] = spotter["steps"]
+  config_path = os.path.join(workdir, "config.json")
+  if os.path.exists(config_path):
+    with open(config_path) as f:
+      out["keep_rate"] = 1.0 - json.load(f)["spotter"]["drop_rate"]
+  return out
 
 
 def _train_seconds(root):
@@ -610,6 +638,20 @@ def write_markdown(report, path):
               "seed, fold stds (the ablation target above is judged on the linear "
               "figures; `benchmarks.budget_curve` gives both metrics' paired gaps "
               "with seed spreads)."]
+  games = [(row, a["game_at_end"]) for row, a in r["ablations"].items()
+           if "game_at_end" in a]
+  if games:
+    lines += ["", "### The discriminator's game at the end of each run", "",
+              "C's accuracies over the last logged window of the run's spotter "
+              "phase (train_summary.json): real/fake near 0.5 means C cannot tell "
+              "repaired images from autoencoded ones; a mask accuracy at the keep "
+              "rate is what calling every cell kept scores.", "",
+              "| row | steps | real accuracy | fake accuracy | mask accuracy | keep rate |",
+              "|---|---|---|---|---|---|"]
+    for row, g in games:
+      fmt = lambda k: f"{g[k]:.3f}" if k in g else ""
+      lines.append(f"| {row} | {g['steps']} | {fmt('real_accuracy')} | "
+                   f"{fmt('fake_accuracy')} | {fmt('mask_accuracy')} | {fmt('keep_rate')} |")
   seeded = [(row, a) for row, a in r["ablations"].items() if "seeds" in a]
   if seeded:
     L = r["best_layer"]

@@ -309,9 +309,18 @@ def test_quality_report_arithmetic(tmp_path):
     json.dump({"autoencoder": {"batch_size": 128},
                "spotter": {"batch_size": 64, "lr": 1e-3, "repair_lr": 1e-3, "drop_rate": 0.7},
                "resolution": 32}, f)
+  with open(os.path.join(quality.ablation_dir(root, "full"), "train_summary.json"), "w") as f:
+    json.dump({"spotter": {"steps": 300, "metrics": {
+        "c/real_accuracy": 0.52, "c/fake_accuracy": 0.55, "c/mask_accuracy": 0.31,
+        "r/adversarial": 0.7}}}, f)
   out = str(tmp_path / "results" / "quality")
   quality.stage_report(root, out)
   rep = json.loads(open(out + ".json").read())
+  assert rep["ablations"]["full"]["game_at_end"] == {
+      "real_accuracy": 0.52, "fake_accuracy": 0.55, "mask_accuracy": 0.31,
+      "steps": 300, "keep_rate": pytest.approx(0.3)}
+  assert "game_at_end" not in rep["ablations"]["k"]  # no train_summary.json
+  assert "| full | 300 | 0.520 | 0.550 | 0.310 | 0.300 |" in open(out + ".md").read()
   assert rep["best_layer"] == "conv3"
   # random at conv3 = mean of seeds (.74, .76) = .75; supervised .90.
   assert rep["gap_closure"] == pytest.approx((0.85 - 0.75) / (0.90 - 0.75))
