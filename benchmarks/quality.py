@@ -657,8 +657,8 @@ def write_markdown(report, path):
     L = r["best_layer"]
     lines += ["", f"### Seed replicates at {L} (--row_seeds={b['row_seeds']})", "",
               "Each row trained once per seed (same autoencoder; the seed sets the "
-              "masks, the data order, the history sampling and, since commit "
-              "7d1c4fa, the initial weights). Paired gap: mean over seeds and "
+              "masks, the data order, the history sampling and, in runs trained "
+              "at commit 7d1c4fa or later, the initial weights). Paired gap: mean over seeds and "
               "folds of (full - row) on the same folds. Noise floor: the larger of the two rows' fold stds "
               "and seed spreads (sample std over seeds).", "",
               "| row | seeds | mean per seed | seed std | paired gap +- fold std | "
