@@ -575,7 +575,6 @@ def write_markdown(report, path):
       f"Wall seconds of each training run (several shared the 2 cores): "
       f"{b['train_seconds']}.", ""] + (
           [provenance_lines(r["provenance"]), ""] if "provenance" in r else []) + [
-
       f"Protocol: {r['protocol']['num_folds']} seeded disjoint folds of "
       f"{r['protocol']['fold_size']} labelled training images (100 per class), "
       f"ridge classifier on standardized, average-pooled (~9k dims) frozen "
@@ -658,9 +657,10 @@ def write_markdown(report, path):
     lines += ["", f"### Seed replicates at {L} (--row_seeds={b['row_seeds']})", "",
               "Each row trained once per seed (same autoencoder; the seed sets the "
               "masks, the data order, the history sampling and, in runs trained "
-              "at commit 7d1c4fa or later, the initial weights). Paired gap: mean over seeds and "
-              "folds of (full - row) on the same folds. Noise floor: the larger of the two rows' fold stds "
-              "and seed spreads (sample std over seeds).", "",
+              "at commit 7d1c4fa or later, the initial weights). Paired gap: "
+              "mean over seeds and folds of (full - row) on the same folds. "
+              "Noise floor: the larger of the two rows' fold stds and seed "
+              "spreads (sample std over seeds).", "",
               "| row | seeds | mean per seed | seed std | paired gap +- fold std | "
               "noise floor | gap / floor |", "|---|---|---|---|---|---|---|"]
     for row, a in seeded:
