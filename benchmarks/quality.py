@@ -362,6 +362,7 @@ def build_report(root):
       r["game_at_end"] = game
   with open(os.path.join(ours_dir(root), "config.json")) as f:
     pre = json.load(f)
+  markers = done_markers(root)
   report = {
       "machine": machine(),
       "date": time.strftime("%Y-%m-%d"),
@@ -383,7 +384,7 @@ def build_report(root):
           "supervised_epochs": FLAGS.supervised_epochs,
           "full_probe_epochs": FLAGS.full_epochs,
           "resolution": pre["resolution"],
-          "train_seconds": _train_seconds(root),
+          "train_seconds": _train_seconds(markers),
       },
       "protocol": results["ours"]["folds_setup"],
       "best_layer": layer, "gap_closure": gap,
@@ -400,7 +401,7 @@ def build_report(root):
       "models": report_models,
       "ablations": ablations,
       "ablations_missing": ablations_missing,
-      "provenance": provenance(root),
+      "provenance": provenance(root, markers, results),
   }
   return report
 
@@ -501,42 +502,36 @@ def _game_at_end(workdir):
   return out
 
 
-def _train_seconds(root):
+def done_markers(root):
+  """Every training run's train_done.json under ``root``: its folder relative
+  to ``root`` -> the marker (wall seconds, the command that trained it)."""
   out = {}
   for path in sorted(glob.glob(os.path.join(root, "**", "train_done.json"), recursive=True)):
     with open(path) as f:
-      out[os.path.relpath(os.path.dirname(path), root)] = round(json.load(f)["seconds_last_run"])
+      out[os.path.relpath(os.path.dirname(path), root)] = json.load(f)
   return out
 
 
-def _made_in(path, key):
-  """The folder a marker or eval result says it was made in, or None."""
-  with open(path) as f:
-    record = json.load(f)
-  if key == "output":
-    return record.get("output")
-  return next((a.split("=", 1)[1] for a in record.get("command", [])
-               if a.startswith("--workdir=")), None)
+def _train_seconds(markers):
+  return {name: round(m["seconds_last_run"]) for name, m in markers.items()}
 
 
-def provenance(root):
+def provenance(root, markers, results):
   """What another root made (copied in here to share it): folder relative to
-  ``root`` -> where it was made; and the evaluations that do not record where
-  (written before eval_results.json carried ``output``)."""
-  copied, unrecorded = {}, []
-  found = [(p, "command") for p in glob.glob(
-      os.path.join(root, "**", "train_done.json"), recursive=True)]
-  found += [(eval_path(root, n), "output") for n in models(root)
-            if os.path.exists(eval_path(root, n))]
-  for path, key in sorted(found):
-    here = os.path.dirname(path)
-    name = os.path.relpath(here, root)
-    made = _made_in(path, key)
-    if made is None:
-      if key == "output":
-        unrecorded.append(name)
-    elif os.path.abspath(made) != os.path.abspath(here):
-      copied[name] = made
+  ``root`` -> where it was made (a marker's --workdir, an eval result's
+  ``output``); and the evaluations that do not record where (written before
+  eval_results.json carried ``output``)."""
+  made = {name: next((a.split("=", 1)[1] for a in m.get("command", [])
+                      if a.startswith("--workdir=")), None)
+          for name, m in markers.items()}
+  unrecorded = []
+  for model, result in results.items():
+    name = os.path.relpath(os.path.dirname(eval_path(root, model)), root)
+    made[name] = result.get("output")
+    if made[name] is None:
+      unrecorded.append(name)
+  copied = {name: where for name, where in sorted(made.items()) if where is not None
+            and os.path.abspath(where) != os.path.abspath(os.path.join(root, name))}
   return {"copied": copied, "unrecorded": sorted(unrecorded)}
 
 

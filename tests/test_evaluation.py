@@ -388,7 +388,7 @@ def test_quality_report_names_what_another_root_made(tmp_path):
     res = json.load(open(path))
     res["output"] = os.path.dirname(made)
     json.dump(res, open(path, "w"))
-  got = quality.provenance(root)
+  got = quality.provenance(root, quality.done_markers(root), quality.load_results(root))
   assert got["copied"] == {
       "pretrain/autoencoder": "/other/pretrain/autoencoder",
       "pretrain/k": "/other/pretrain/k",
