@@ -1,5 +1,5 @@
 """Evaluation: pooled features, folds, ridge and kNN against numpy, VOC07 AP
-against a brute-force computation, the linear_eval binary, VOC and STL-10
+against a brute-force computation and hand-worked devkit values, the linear_eval binary, VOC and STL-10
 fine-tuning paths under tfds mock_data, and the quality report's arithmetic."""
 
 import json
@@ -126,28 +126,87 @@ def test_knn_matches_brute_force():
   np.testing.assert_array_equal(got, want)
 
 
+def _devkit_recall_reaches(tp, positives, k):
+  """Whether recall tp/positives reaches the devkit's k-th threshold, in exact
+  arithmetic. The devkit's t for k = 3 is the double 3*0.1 =
+  0.30000000000000004, just above 3/10: a recall of exactly 3/10 misses it,
+  and no other fraction with a denominator below ~10**15 lies between 3/10
+  and that double. Every other t is the double nearest k/10, which a fraction
+  equal to k/10 rounds to as well.
+  """
+  from fractions import Fraction  # pylint: disable=g-import-not-at-top
+  recall, t = Fraction(int(tp), int(positives)), Fraction(k, 10)
+  return recall > t if k == 3 else recall >= t
+
+
 def _brute_force_voc07_ap(scores, labels):
-  """Independent: for each threshold t, try every cut-off k of the ranking."""
+  """Independent: for each threshold, try every cut-off of the ranking
+  (stable for ties), with exact fractions for recall and precision."""
+  from fractions import Fraction  # pylint: disable=g-import-not-at-top
   order = sorted(range(len(scores)), key=lambda i: -scores[i])
   pos = sum(labels)
-  total = 0.0
-  for t in [i / 10 for i in range(11)]:
-    best = 0.0
-    for k in range(1, len(order) + 1):
-      tp = sum(labels[i] for i in order[:k])
-      if tp / pos >= t - 1e-12:
-        best = max(best, tp / k)
+  total = Fraction(0)
+  for k in range(11):
+    best = Fraction(0)
+    for cut in range(1, len(order) + 1):
+      tp = sum(labels[i] for i in order[:cut])
+      if _devkit_recall_reaches(tp, pos, k):
+        best = max(best, Fraction(int(tp), cut))
     total += best
-  return total / 11
+  return float(total / 11)
+
+
+def _matlab_colon(a, d, b):
+  """MATLAB's a:d:b for d > 0 and non-integer d (its documented colonop.m):
+  n = round((b - a)/d) steps (one fewer if a + n*d overshoots b by more than
+  2*eps*max(|a|, |b|)); the end point is b when a + n*d is within that
+  tolerance of it; the first half of the elements is a + k*d, the second half
+  last - k*d counted from the end, and an even n puts (a + last)/2 in the
+  middle."""
+  tol = 2.0 * np.finfo(float).eps * max(abs(a), abs(b))
+  n = int(round((b - a) / d))
+  if a + n * d - b > tol:
+    n -= 1
+  last = a + n * d
+  if last - b > -tol:
+    last = b
+  out = [0.0] * (n + 1)
+  for k in range(n // 2 + 1):
+    out[k] = a + k * d
+    out[n - k] = last - k * d
+  if n % 2 == 0:
+    out[n // 2] = (a + last) / 2
+  return out
+
+
+def test_voc07_thresholds_are_matlabs_colon_0_to_1_by_tenths():
+  thresholds = evaluation.VOC07_RECALL_THRESHOLDS
+  assert list(thresholds) == _matlab_colon(0.0, 0.1, 1.0)  # bit for bit
+  # The fourth lies above 0.3, so a recall of exactly 3/10 misses it; the
+  # others are the doubles nearest k/10 (np.arange's 0.6 and 0.7 are not).
+  assert thresholds[3] > 0.3 and 3 / 10 < thresholds[3] and 6 / 20 < thresholds[3]
+  assert [t == k / 10 for k, t in enumerate(thresholds)] == [k != 3 for k in range(11)]
+  assert 6 / 10 >= thresholds[6] and 7 / 10 >= thresholds[7]
+  assert np.arange(0.0, 1.1, 0.1)[6] > 6 / 10  # the Python port differs here
 
 
 def test_voc07_ap_matches_brute_force_on_random_data():
   rng = np.random.default_rng(2)
-  for _ in range(20):
-    n = int(rng.integers(5, 40))
+  for trial in range(30):
+    n = int(rng.integers(5, 60))
     scores = rng.normal(size=n)
-    labels = rng.integers(0, 2, n)
-    labels[0] = 1
+    if trial % 2:
+      # 10 or 20 positives, so that some cut-off has a recall of exactly 3/10.
+      positives = int(rng.choice([10, 20]))
+      n = max(n, positives + 5)
+      scores = rng.normal(size=n)
+      labels = np.zeros(n, int)
+      labels[rng.choice(n, positives, replace=False)] = 1
+    else:
+      labels = rng.integers(0, 2, n)
+      labels[0] = 1
+    if trial % 3 == 0:
+      scores = np.round(scores)  # ties: the ranking keeps the input order
     assert evaluation.voc07_average_precision(scores, labels) == pytest.approx(
         _brute_force_voc07_ap(list(scores), list(labels)), abs=1e-12)
 
@@ -164,6 +223,56 @@ def test_voc07_known_values_and_difficult_images_are_ignored():
   assert out["ap"] == pytest.approx([1.0, 1.0]) and out["map"] == pytest.approx(1.0)
   with pytest.raises(ValueError, match="without positives"):
     evaluation.voc07_average_precision([1, 2], [0, 0])
+
+
+def test_voc07_recall_of_exactly_three_tenths_misses_the_devkit_threshold():
+  # 10 positives ranked P P P N P P P P P P P (scores descending).
+  # Cut-offs 1-3: recall 0.1, 0.2, 0.3 at precision 1; cut-off 4 (the
+  # negative): recall 0.3, precision 3/4; cut-off c >= 5: recall (c-1)/10,
+  # precision (c-1)/c, largest at c = 11: 10/11.
+  # Devkit: t = 0, 0.1, 0.2 take precision 1. Recall 0.3 misses t =
+  # 0.30000000000000004, so t = 0.3 ... 1.0 (8 thresholds) take the best
+  # precision at recall >= 0.4: 10/11.
+  # AP = (3 * 1 + 8 * 10/11) / 11 = 113/121 = 0.93388...
+  # (Counting recall 0.3 at t = 0.3 would give (4 + 7 * 10/11) / 11 = 114/121.)
+  labels = [1, 1, 1, 0] + [1] * 7
+  scores = list(range(len(labels), 0, -1))
+  assert evaluation.voc07_average_precision(scores, labels) == pytest.approx(
+      113 / 121, abs=1e-12)
+  # 10 positives ranked P P P, then 7 negatives, then 7 P. Recall 0.3 at
+  # precision 1 (cut-offs 1-3); recall reaches 0.4 only at cut-off 11 (4/11),
+  # then (c-7)/c for c = 11..17, largest at c = 17: 10/17.
+  # AP = (3 * 1 + 8 * 10/17) / 11 = 131/187 = 0.70053...
+  # (Counting recall 0.3 at t = 0.3: (4 + 7 * 10/17) / 11 = 138/187.)
+  labels = [1] * 3 + [0] * 7 + [1] * 7
+  scores = list(range(len(labels), 0, -1))
+  assert evaluation.voc07_average_precision(scores, labels) == pytest.approx(
+      131 / 187, abs=1e-12)
+  # 20 positives: 6 P, then 6 N, then 14 P. Recall 6/20 = 0.3 (precision 1)
+  # misses t = 0.3; recall 7/20 first at cut-off 13 (7/13); the best precision
+  # at recall >= 0.35 is at the last cut-off, 26: 20/26 = 10/13.
+  # AP = (3 * 1 + 8 * 10/13) / 11 = 119/143 = 0.83216...
+  labels = [1] * 6 + [0] * 6 + [1] * 14
+  scores = list(range(len(labels), 0, -1))
+  assert evaluation.voc07_average_precision(scores, labels) == pytest.approx(
+      119 / 143, abs=1e-12)
+
+
+def test_voc07_difficult_images_anywhere_in_the_ranking_change_nothing():
+  # The first case above with difficult images put first (where the devkit's
+  # precision is 0/0), between the positives and last: still 113/121.
+  # Difficult images may carry either label; they are left out either way.
+  labels = [1, 1, 1, 1, 0, 0] + [1] * 7 + [1]
+  difficult = [1, 0, 0, 0, 1, 0] + [0] * 7 + [1]
+  # Without the difficult rows: P P P N P P P P P P P, as above.
+  scores = list(range(len(labels), 0, -1))
+  assert evaluation.voc07_average_precision(
+      scores, labels, difficult=difficult) == pytest.approx(113 / 121, abs=1e-12)
+  # voc07_map takes the difficult flags per class.
+  out = evaluation.voc07_map(np.array([scores, scores]).T,
+                             np.array([labels, [1] * len(labels)]).T,
+                             np.array([difficult, [0] * len(labels)]).T)
+  assert out["ap"] == pytest.approx([113 / 121, 1.0], abs=1e-12)
 
 
 # ------------------------------------------------------------ the binary
