@@ -169,6 +169,23 @@ def _called_graph(graph, op):
     return None
 
 
+def _unregistered_flops(op):
+  """FLOPs of op types TensorFlow's registry leaves out but the layers use
+  (models/blocks.py's max pool without oneDNN), counted like their registered
+  twins so that a step's count does not depend on the formulation chosen:
+  MaxPoolWithArgmax searches each window once, as MaxPool does (window area
+  per output element); MaxPoolGradWithArgmax scatters one value per output
+  element, where MaxPoolGrad searches every window again first."""
+  if op.type == "MaxPoolWithArgmax":
+    area = 1
+    for k in op.get_attr("ksize"):
+      area *= k
+    return area * op.outputs[0].shape.num_elements()
+  if op.type == "MaxPoolGradWithArgmax":
+    return op.inputs[1].shape.num_elements()
+  return None
+
+
 def graph_flops(graph):
   """(FLOPs of the kept ops, {op type: FLOPs}, nested-graph op types kept
   whose FLOPs are not counted)."""
@@ -190,8 +207,10 @@ def graph_flops(graph):
       continue
     try:
       value = tf_ops.get_stats_for_node_def(graph, op.node_def, "flops").value
-    except ValueError:  # no statistics registered for this op type
+    except ValueError:  # statistics registered but the shapes are unknown
       value = None
+    if value is None:  # no statistics registered for this op type
+      value = _unregistered_flops(op)
     if value:
       total += float(value)
       by_type[op.type] = by_type.get(op.type, 0.0) + float(value)

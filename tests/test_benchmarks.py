@@ -64,12 +64,15 @@ def test_traced_flops_leave_out_what_the_runtime_prunes():
   assert throughput.step_flops(loop, a)[2] in (["While"], ["StatelessWhile"])
 
 
-@pytest.mark.parametrize("phase", ["spotter", "autoencoder"])
-def test_traced_step_flops_match_the_hand_count(phase):
-  """Two independent counts of a training step: the traced graph (what the
-  runtime runs) and forward FLOPs composed by hand (what the step needs).
-  They agree only if the hand count knows that C's batch norm couples the
-  views (R's gradient runs back through every row, not the fakes alone)."""
+def _traced_and_hand(phase, onednn, monkeypatch):
+  """The traced and hand FLOP counts of one tiny step, with the layers'
+  kernel formulations chosen as on a CPU with (``onednn=True``) or without
+  TensorFlow's oneDNN kernels (models/blocks.py picks by
+  ``hardware.onednn_enabled()``, which differs between AVX-512 and AVX2-only
+  machines). The traced graph is the same on every machine for a given
+  choice, so the counts do not depend on where the test runs."""
+  from artifact_spotting.models import blocks
+  monkeypatch.setattr(blocks, "onednn_enabled", lambda: onednn)
   c = tiny_config()
   players = train_lib.Players(c, tf.distribute.get_strategy(), probe=False)
   m = players.model
@@ -80,6 +83,20 @@ def test_traced_step_flops_match_the_hand_count(phase):
   traced, by_type, nested = throughput.step_flops(fn, batch)
   hand = throughput.model_flops(m, 16, 1, c.spotter.history_fraction, True)
   assert nested == []
+  return traced, by_type, hand
+
+
+@pytest.mark.parametrize("phase", ["spotter", "autoencoder"])
+def test_traced_step_flops_match_the_hand_count(phase, monkeypatch):
+  """Two independent counts of a training step: the traced graph (what the
+  runtime runs) and forward FLOPs composed by hand (what the step needs).
+  They agree only if the hand count knows that C's batch norm couples the
+  views (R's gradient runs back through every row, not the fakes alone).
+  The hand count prices a backward pass as forward passes, which is the
+  formulation taken with oneDNN (plain max pool, whose gradient searches
+  each window again); it is pinned here so that the answer is the same on
+  every instruction set (the other formulation: the next test)."""
+  traced, by_type, hand = _traced_and_hand(phase, True, monkeypatch)
   assert by_type["Conv2D"] > 0.5 * traced
   rel = {"spotter": 0.02, "autoencoder": 0.05}[phase]
   assert traced == pytest.approx(hand["step_per_image"][phase], rel=rel)
@@ -87,6 +104,28 @@ def test_traced_step_flops_match_the_hand_count(phase):
     f = hand["forward_per_image"]
     coupling = 1.5 * (f["discriminator"] - f["discriminator_conv1"])
     assert coupling > 2 * rel * traced
+
+
+def test_traced_step_flops_of_the_formulation_without_onednn(monkeypatch):
+  """Without oneDNN the layers take TF's own input gradient for conv1 (one
+  input channel) instead of a matmul plus shifted sums, and find each max
+  pool's argmax once instead of searching its windows again in the
+  backward pass. The traced count sees exactly that: conv1's input gradient
+  costs the same either way, the argmax pool ops replace the plain ones, and
+  the shifted sums and the second window search are gone."""
+  with_dnn, dnn_types, hand = _traced_and_hand("spotter", True, monkeypatch)
+  plain, plain_types, _ = _traced_and_hand("spotter", False, monkeypatch)
+  assert plain_types["Conv2DBackpropInput"] == pytest.approx(
+      dnn_types["MatMul"] - plain_types["MatMul"])
+  assert "Conv2DBackpropInput" not in dnn_types
+  assert {"MaxPool", "MaxPoolGrad"} <= set(dnn_types)
+  assert not {"MaxPool", "MaxPoolGrad"} & set(plain_types)
+  # Each pool searches its windows once either way; the plain gradient
+  # searches them again (MaxPoolGrad), the argmax one scatters one value
+  # per pooled element.
+  assert plain_types["MaxPoolWithArgmax"] == dnn_types["MaxPool"]
+  assert 0 < plain_types["MaxPoolGradWithArgmax"] < dnn_types["MaxPoolGrad"]
+  assert plain < with_dnn < hand["step_per_image"]["spotter"]
 
 
 def test_cpu_info_names_the_isa(tmp_path):
