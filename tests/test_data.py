@@ -1,6 +1,13 @@
 """Sources (IDX, tfds under mock_data, image folders) and preprocessing ops."""
 
+import glob
 import gzip
+import importlib
+import logging
+import os
+import struct
+import threading
+import time
 
 import ml_collections
 import numpy as np
@@ -152,17 +159,144 @@ def test_missing_image_folder_is_a_clear_error(tmp_path):
 DETERMINISTIC = ["resize(12)", "central_crop(0.85, size=10)", "to_rgb",
                  "to_gray", "value_range(-1, 1)",
                  "to_rgb|to_gray|resize(8, method='bicubic')|value_range(0, 2)"]
+# Random ops pinned by their arguments: the whole 20x16 image (area 1, its
+# aspect ratio), no brightness change, saturation times 1 (to within 1e-6).
+PINNED_RANDOM = ["random_resized_crop(8, area=(1.0, 1.0), ratio=(16/20, 16/20))",
+                 "color_jitter(brightness=0.0, saturation=(1.0, 1.0 + 1e-6))"
+                 "|value_range(-1, 1)"]
 
 
-@pytest.mark.parametrize("spec", DETERMINISTIC)
-def test_pp_ops_eager_equals_tf_data(spec):
+def _unknown_size_dataset(images):
+  """{"image": uint8 [None, None, C]}: heights and widths unknown until run
+  time (as for decoded files), channels known."""
+  channels = images[0].shape[-1]
+  return tf.data.Dataset.from_generator(
+      lambda: ({"image": im} for im in images),
+      output_signature={"image": tf.TensorSpec([None, None, channels], tf.uint8)})
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("spec", DETERMINISTIC + PINNED_RANDOM)
+def test_pp_ops_eager_equals_tf_data(spec, channels):
   rng = np.random.default_rng(0)
-  img = rng.integers(0, 256, (20, 16, 3 if "to_gray" in spec and "to_rgb" not in spec else 1),
-                     dtype=np.uint8)
+  img = rng.integers(0, 256, (20, 16, channels), dtype=np.uint8)
   fn = pp.parse(spec)
   eager = fn({"image": tf.constant(img)})["image"].numpy()
-  graph = next(iter(tf.data.Dataset.from_tensors({"image": img}).map(fn)))["image"].numpy()
-  np.testing.assert_allclose(eager, graph, atol=1e-6)
+  for ds in (tf.data.Dataset.from_tensors({"image": img}),
+             _unknown_size_dataset([img])):
+    ds = ds.map(fn)
+    graph = next(iter(ds))["image"].numpy()
+    np.testing.assert_allclose(eager, graph, atol=1e-5)
+    assert ds.element_spec["image"].shape.is_compatible_with(eager.shape)
+    assert ds.element_spec["image"].shape[-1] == eager.shape[-1]
+
+
+# Every registered op, with the side of its square output (None: unchanged).
+OP_SHAPES = [
+    ("resize(12)", 12), ("resize((12, 12), method='area')", 12),
+    ("random_resized_crop(16)", 16),
+    ("random_resized_crop(96, area=(1/3, 1.0), ratio=(3/4, 4/3))", 96),
+    ("central_crop(0.85, size=10)", 10), ("central_crop(0.5)", None),
+    ("flip_lr", None), ("color_jitter", None),
+    ("color_jitter(brightness=32/255, saturation=(0.5, 1.5))", None),
+    ("to_rgb", None), ("to_gray", None), ("value_range(-1, 1)", None)]
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("spec,size", OP_SHAPES)
+def test_pp_ops_keep_static_shapes(spec, size, channels):
+  """In tf.data, on images of unknown height and width: an op with a size
+  gives [size, size, C], every op keeps C (to_rgb/to_gray set it)."""
+  assert {n for s, _ in OP_SHAPES for n, _, _ in pp._calls(s)} == set(pp.known_ops())
+  img = np.random.default_rng(2).integers(0, 256, (30, 22, channels), dtype=np.uint8)
+  want_c = {"to_rgb": 3, "to_gray": 1}.get(spec, channels)
+  ds = _unknown_size_dataset([img]).map(pp.parse(spec))
+  shape = ds.element_spec["image"].shape
+  assert shape.as_list() == [size, size, want_c]
+  out = next(iter(ds))["image"]
+  assert out.shape[-1] == want_c and shape.is_compatible_with(out.shape)
+
+
+def test_pp_arguments_allow_numbers_and_arithmetic_only():
+  spec = ("random_resized_crop(96, area=(1/3, 1.0), ratio=[3/4, 4/3])|"
+          "value_range(-1, +2 - 1)|resize(2*4, method='area')|central_crop(-(-0.5))")
+  assert pp._calls(spec) == [
+      ("random_resized_crop", [96], {"area": (1 / 3, 1.0), "ratio": [3 / 4, 4 / 3]}),
+      ("value_range", [-1, 1], {}), ("resize", [8], {"method": "area"}),
+      ("central_crop", [0.5], {})]
+  pp.parse(spec)
+  for bad in ["resize(__import__('os').getpid())", "resize(2 ** 4)",
+              "resize(size)", "resize('8' * 2)", "value_range(0, 1 / 0)",
+              "resize(-True)", "resize(8j)", "resize(*[8])",
+              "resize(**{'size': 8})", "resize(8, nope=1)", "resize(8"]:
+    name = bad.split("(")[0]
+    with pytest.raises(ValueError, match=f"preprocessing op '{name}"):
+      pp.parse(f"flip_lr|{bad}")
+
+
+def _config_pp_cases():
+  """(module, field) for every shipped config with a get_config and each of
+  its pp, pp_train and pp_eval strings (with the ``smoke`` argument)."""
+  root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "configs")
+  cases = []
+  for sub in ("", "eval", "finetune"):
+    for path in sorted(glob.glob(os.path.join(root, sub, "*.py"))):
+      name = ".".join(filter(None, ["configs", sub,
+                                    os.path.splitext(os.path.basename(path))[0]]))
+      module = importlib.import_module(name)
+      if hasattr(module, "get_config"):
+        c = module.get_config("smoke")
+        cases += [(name, f) for f in ("pp", "pp_train", "pp_eval") if f in c]
+  return cases
+
+
+CONFIG_PP = _config_pp_cases()
+
+
+def _pretraining_resolution(c):
+  """The config's resolution; for evaluation and fine-tuning configs (which
+  run at the pretraining resolution) that of the pretraining config of the
+  same dataset, else configs/imagenet.py's (VOC 2007 fine-tunes from it)."""
+  if "resolution" in c:
+    return c.resolution
+  pretraining = [importlib.import_module(m).get_config("smoke")
+                 for m, f in CONFIG_PP if f == "pp"]
+  same = [p.resolution for p in pretraining if p.dataset.name == c.dataset.name]
+  return same[0] if same else importlib.import_module(
+      "configs.imagenet").get_config("smoke").resolution
+
+
+def test_config_pp_cases_cover_the_shipped_configs():
+  modules = {m for m, _ in CONFIG_PP}
+  assert {"configs.stl10", "configs.imagenet", "configs.image_folder",
+          "configs.fashion_mnist", "configs.eval.stl10_folds",
+          "configs.finetune.voc07"} <= modules
+  assert len(CONFIG_PP) >= 13
+
+
+@pytest.mark.parametrize("module,field", CONFIG_PP)
+def test_shipped_config_pp_gives_static_float_batches(module, field):
+  """Each shipped pp string parses and, on images of several sizes, gives
+  float32 batches of fully static shape [B, res, res, channels]."""
+  c = importlib.import_module(module).get_config("smoke")
+  res, channels = _pretraining_resolution(c), c.channels
+  rng = np.random.default_rng(3)
+  images = [rng.integers(0, 256, hw + (channels,), dtype=np.uint8)
+            for hw in [(120, 90), (50, 70), (96, 96), (33, 41), (200, 150)]]
+  ds = tf.data.Dataset.from_generator(
+      lambda: ({"image": im, "label": np.int64(i)} for i, im in enumerate(images)),
+      output_signature={"image": tf.TensorSpec([None, None, channels], tf.uint8),
+                        "label": tf.TensorSpec([], tf.int64)})
+  src = pipeline.Source(ds, True)
+  batches = pipeline.make_dataset(src, c[field], 4, training=field != "pp_eval",
+                                  shuffle_buffer=8)
+  spec = batches.element_spec["image"]
+  assert spec.dtype == tf.float32
+  assert spec.shape.as_list() == [4, res, res, channels]
+  batch = next(iter(batches))["image"]
+  assert batch.shape == (4, res, res, channels) and batch.dtype == tf.float32
+  assert -1.0 <= float(tf.reduce_min(batch)) <= float(tf.reduce_max(batch)) <= 1.0
 
 
 @pytest.mark.parametrize("spec", ["random_resized_crop(16)", "flip_lr",

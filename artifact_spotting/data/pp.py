@@ -4,12 +4,19 @@
 returns one function mapping a feature dict to a feature dict; each op reads
 and writes ``features["image"]``. Images enter as uint8 [H, W, C] and leave as
 float32 in the range set by ``value_range``. Ops work eagerly and in tf.data
-(both are tested).
+(both are tested) and keep shapes static: an op with a ``size`` returns
+[size, size, C], every op keeps the input's channel count C known when it is
+(``to_rgb``/``to_gray`` set it to 3/1), so batches have a fully defined shape.
+
+Arguments are Python literals (numbers, strings, tuples, lists, True/False/
+None) and arithmetic on numbers (unary minus, + - * /), e.g.
+``random_resized_crop(96, area=(1/3, 1.0))``; nothing is evaluated as code.
 """
 
 from __future__ import annotations
 
 import ast
+import operator
 from typing import Callable, Dict
 
 import tensorflow as tf
@@ -44,6 +51,15 @@ def _as_float01(image):
   return tf.cast(image, tf.float32)
 
 
+def _channels(image):
+  """The static channel count of ``image`` (None when unknown)."""
+  return image.shape[-1] if image.shape.rank is not None else None
+
+
+def _size(size):
+  return (size, size) if isinstance(size, int) else tuple(size)
+
+
 def _image_op(fn):
   """Lifts an image->image function to a feature-dict op."""
   def op(features):
@@ -55,7 +71,7 @@ def _image_op(fn):
 
 @register("resize")
 def resize(size, method="bilinear"):
-  size = (size, size) if isinstance(size, int) else tuple(size)
+  size = _size(size)
   return _image_op(lambda im: tf.image.resize(_as_float01(im), size, method=method,
                                               antialias=True))
 
@@ -64,15 +80,19 @@ def resize(size, method="bilinear"):
 def random_resized_crop(size, area=(1 / 3, 1.0), ratio=(3 / 4, 4 / 3),
                         method="bilinear"):
   """Inception-style crop (released code: area 1/3..1, aspect 3/4..4/3)."""
-  size = (size, size) if isinstance(size, int) else tuple(size)
+  size = _size(size)
 
   def fn(image):
     image = _as_float01(image)
+    channels = _channels(image)
     begin, crop, _ = tf.image.sample_distorted_bounding_box(
         tf.shape(image), tf.zeros([0, 0, 4], tf.float32),
         area_range=area, aspect_ratio_range=ratio, max_attempts=10,
         use_image_if_no_bounding_boxes=True)
+    # The crop's size is a tensor, so tf.slice forgets every dimension; the
+    # channels are those of the input (the box spans all of them).
     image = tf.slice(image, begin, crop)
+    image.set_shape([None, None, channels])
     return tf.image.resize(image, size, method=method, antialias=True)
   return _image_op(fn)
 
@@ -83,8 +103,7 @@ def central_crop(fraction=0.85, size=None, method="bilinear"):
   def fn(image):
     image = tf.image.central_crop(_as_float01(image), fraction)
     if size is not None:
-      s = (size, size) if isinstance(size, int) else tuple(size)
-      image = tf.image.resize(image, s, method=method, antialias=True)
+      image = tf.image.resize(image, _size(size), method=method, antialias=True)
     return image
   return _image_op(fn)
 
@@ -135,15 +154,60 @@ def value_range(low=-1.0, high=1.0):
   return _image_op(lambda im: low + _as_float01(im) * (high - low))
 
 
+_ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub,
+               ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def _number(node):
+  value = _literal(node)
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise ValueError(f"{ast.unparse(node)!r} is not a number")
+  return value
+
+
+def _literal(node):
+  """The value of an argument's syntax tree: literals, tuples and lists of
+  them, and unary +/- and + - * / on numbers. Anything else (names, calls,
+  attributes, strings in arithmetic, ...) raises ValueError."""
+  if isinstance(node, ast.Constant) and (
+      node.value is None or isinstance(node.value, (bool, int, float, str))):
+    return node.value
+  if isinstance(node, (ast.Tuple, ast.List)):
+    values = [_literal(e) for e in node.elts]
+    return tuple(values) if isinstance(node, ast.Tuple) else values
+  if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
+    value = _number(node.operand)
+    return -value if isinstance(node.op, ast.USub) else value
+  if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+    left, right = _number(node.left), _number(node.right)
+    try:
+      return _ARITHMETIC[type(node.op)](left, right)
+    except ZeroDivisionError:
+      raise ValueError(f"{ast.unparse(node)!r} divides by zero") from None
+  raise ValueError(f"{ast.unparse(node)!r} is not a number, string, tuple or "
+                   "list (allowed: literals, unary -, + - * / on numbers)")
+
+
 def _parse_call(text: str):
-  node = ast.parse(text.strip(), mode="eval").body
+  """``"name"`` or ``"name(args)"`` -> (name, args, kwargs)."""
+  try:
+    node = ast.parse(text.strip(), mode="eval").body
+  except SyntaxError as e:
+    raise ValueError(f"Cannot parse preprocessing op {text!r}: {e.msg}") from None
   if isinstance(node, ast.Name):
     return node.id, [], {}
   if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
     raise ValueError(f"Cannot parse preprocessing op {text!r}")
-  args = [ast.literal_eval(a) for a in node.args]
-  kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
-  return node.func.id, args, kwargs
+  name = node.func.id
+  try:
+    if any(k.arg is None for k in node.keywords):
+      raise ValueError("**kwargs are not allowed")
+    args = [_literal(a) for a in node.args]
+    kwargs = {k.arg: _literal(k.value) for k in node.keywords}
+  except ValueError as e:
+    raise ValueError(f"Bad argument of preprocessing op {name!r} in "
+                     f"{text.strip()!r}: {e}") from None
+  return name, args, kwargs
 
 
 def _calls(spec: str):
@@ -158,7 +222,11 @@ def parse(spec: str):
     if name not in _REGISTRY:
       raise ValueError(f"Unknown preprocessing op {name!r} in {spec!r}; "
                        f"known ops: {known_ops()}")
-    ops.append(_REGISTRY[name](*args, **kwargs))
+    try:
+      ops.append(_REGISTRY[name](*args, **kwargs))
+    except TypeError as e:  # wrong number or names of arguments
+      raise ValueError(f"Bad arguments for preprocessing op {name!r} in "
+                       f"{spec!r}: {e}") from None
 
   def apply(features):
     for op in ops:
