@@ -138,13 +138,15 @@ def test_image_folder_decode_errors_do_not_end_the_epoch(tmp_path):
   root.mkdir()
   _write_png(str(root / "a.png"))
   _write_png(str(root / "b.png"))
-  # Valid header and trailer, corrupt body: passes the scan, fails to decode.
+  # Valid header and trailer, corrupt body: fails to decode, so the scan
+  # drops it and the decode step in the pipeline never sees it.
   data = bytearray((root / "b.png").read_bytes())
   data[40:80] = b"\x00" * 40
   (root / "b.png").write_bytes(bytes(data))
   cfg = ml_collections.ConfigDict(dict(source="image_folder", path=str(root),
                                        name="mine", split="train"))
   src = pipeline.open_source(cfg, 3)
+  assert src.info["skipped"] == {sources.CORRUPT: 1}
   ds = pipeline.make_dataset(src, "resize(8)", 1, training=False,
                              drop_remainder=False)
   assert len(list(ds)) == 1
@@ -153,6 +155,263 @@ def test_image_folder_decode_errors_do_not_end_the_epoch(tmp_path):
 def test_missing_image_folder_is_a_clear_error(tmp_path):
   with pytest.raises(sources.DataUnavailableError, match="not a directory"):
     sources.scan_image_folder(str(tmp_path / "nope"))
+
+
+def _finishes_within(seconds, fn):
+  """fn()'s result; fails the test when fn runs longer than ``seconds`` (fn
+  runs in a daemon thread, so a hang fails the test instead of blocking it)."""
+  out = {}
+
+  def run():
+    try:
+      out["value"] = fn()
+    except BaseException as e:  # pylint: disable=broad-except
+      out["error"] = e
+  thread = threading.Thread(target=run, daemon=True)
+  thread.start()
+  thread.join(seconds)
+  assert not thread.is_alive(), f"still running after {seconds} s"
+  if "error" in out:
+    raise out["error"]
+  return out["value"]
+
+
+def _folder_cfg(root):
+  return ml_collections.ConfigDict(dict(source="image_folder", path=str(root),
+                                        name="mine", split="train"))
+
+
+def _epoch(src, size=8):
+  """The images of one pass over ``src`` through make_dataset."""
+  ds = pipeline.make_dataset(src, f"resize({size})|value_range(0, 1)", 4,
+                             training=False, drop_remainder=False)
+  return np.concatenate([b["image"].numpy() for b in ds])
+
+
+def test_image_folder_reads_each_file_once(tmp_path):
+  """Symlinked folders are followed, but a loop, a second link to a folder,
+  a symlink to a file and a hard link do not add images."""
+  root = tmp_path / "imgs"
+  (root / "cats").mkdir(parents=True)
+  (root / "dogs").mkdir()
+  outside = tmp_path / "elsewhere" / "birds"
+  outside.mkdir(parents=True)
+  _write_png(str(root / "cats" / "a.png"))
+  _write_png(str(root / "dogs" / "b.png"), size=(9, 11))
+  _write_png(str(outside / "c.png"), size=(13, 7))
+  os.symlink(".", root / "loop")
+  os.symlink("..", root / "cats" / "up")
+  os.symlink(outside, root / "birds")
+  os.symlink(outside, root / "birds_again")
+  os.symlink("a.png", root / "cats" / "a_alias.png")
+  os.link(root / "dogs" / "b.png", root / "dogs" / "b_hard.png")
+  paths, labels, classes, skipped = _finishes_within(
+      30, lambda: sources.scan_image_folder(str(root)))
+  assert len(paths) == len({os.path.realpath(p) for p in paths}) == 3
+  assert classes == ["birds", "cats", "dogs"]
+  assert labels.tolist() == [0, 1, 2]
+  assert skipped == {sources.DUPLICATE: 2}
+  assert len(_epoch(pipeline.open_source(_folder_cfg(root), 3))) == 3
+
+
+def test_image_folder_skips_special_files_without_opening_them(tmp_path):
+  root = tmp_path / "imgs"
+  root.mkdir()
+  _write_png(str(root / "a.png"))
+  not_utf8 = os.fsdecode(b"b\xff.png")   # a name that is not valid UTF-8
+  (root / not_utf8).write_bytes((root / "a.png").read_bytes())
+  os.mkfifo(root / "pipe.jpg")        # opening it would wait for a writer
+  os.symlink("missing.png", root / "dangling.png")
+  paths, _, _, skipped = _finishes_within(
+      30, lambda: sources.scan_image_folder(str(root)))
+  assert [os.path.basename(p) for p in paths] == ["a.png", not_utf8]
+  assert skipped == {sources.NOT_A_FILE: 1, sources.UNREADABLE: 1}
+  assert len(_epoch(pipeline.open_source(_folder_cfg(root), 1))) == 2
+
+
+def _corrupt_jpeg(path, seed):
+  """A JPEG's first 20 bytes (SOI, APP0) and end marker around a random body."""
+  img = np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+  good = tf.io.encode_jpeg(img).numpy()
+  body = np.random.default_rng(seed).integers(0, 256, len(good) - 22, np.uint8)
+  path.write_bytes(good[:20] + body.tobytes() + b"\xff\xd9")
+
+
+def test_image_folder_names_and_counts_files_that_fail_to_decode(tmp_path, caplog):
+  root = tmp_path / "imgs"
+  root.mkdir()
+  _write_png(str(root / "a.png"))
+  _write_jpeg(str(root / "b.jpg"))
+  _corrupt_jpeg(root / "bad.jpg", 0)
+  _write_png(str(root / "bad.png"))
+  data = bytearray((root / "bad.png").read_bytes())
+  data[40:80] = b"\x00" * 40
+  (root / "bad.png").write_bytes(bytes(data))
+  assert sources.check_image_file(str(root / "bad.jpg")) is None  # header, trailer ok
+  with caplog.at_level(logging.INFO):
+    src = pipeline.open_source(_folder_cfg(root), 3)
+  assert src.info == {"images": 2, "skipped": {sources.CORRUPT: 2}}
+  for name in ("bad.jpg", "bad.png"):
+    assert f"Skipping {root / name}: {sources.CORRUPT}" in caplog.text
+  assert len(_epoch(src)) == 2
+
+
+def test_all_corrupt_folder_stops_fast_with_one_error(tmp_path, caplog):
+  """No decodable file: one DataUnavailableError naming the folder and the
+  counts by reason, the first MAX_LOGGED files named, no per-image flood."""
+  root = tmp_path / "imgs"
+  root.mkdir()
+  n = sources.MAX_LOGGED + 5
+  for i in range(n):
+    _corrupt_jpeg(root / f"bad{i:02d}.jpg", i)
+  (root / "cut.png").write_bytes(tf.io.encode_png(np.zeros((8, 8, 1), np.uint8)).numpy()[:30])
+
+  def first_batch():
+    src = pipeline.open_source(_folder_cfg(root), 3)
+    return next(iter(pipeline.make_dataset(src, "resize(8)", 2, training=True,
+                                           shuffle_buffer=4)))
+  start = time.monotonic()
+  with caplog.at_level(logging.INFO):
+    with pytest.raises(sources.DataUnavailableError) as error:
+      _finishes_within(30, first_batch)
+  assert time.monotonic() - start < 30
+  message = str(error.value)
+  assert str(root) in message
+  assert f"'{sources.CORRUPT}': {n}" in message and f"'{sources.TRUNCATED}': 1" in message
+  named = [r for r in caplog.records if r.getMessage().startswith("Skipping ")]
+  assert len(named) == sources.MAX_LOGGED
+  assert f"and {n + 1 - sources.MAX_LOGGED} more skipped files" in caplog.text
+  assert len(caplog.records) < sources.MAX_LOGGED + 10
+
+
+# Image files written byte by byte (TensorFlow encodes only PNG and JPEG).
+
+def _cmyk_jpeg(blocks):
+  """A baseline JPEG of 8x8 blocks side by side, 4 components stored as
+  Adobe (inverted) CMYK, each block one flat colour: blocks = [(c, m, y, k)]."""
+  def segment(marker, payload):
+    return b"\xff" + bytes([marker]) + struct.pack(">H", len(payload) + 2) + payload
+  width = 8 * len(blocks)
+  out = b"\xff\xd8"
+  out += segment(0xEE, b"Adobe" + struct.pack(">HHHB", 100, 0, 0, 0))  # transform 0
+  out += segment(0xDB, b"\x00" + b"\x01" * 64)  # all quantizers 1
+  out += segment(0xC0, struct.pack(">BHHB", 8, 8, width, 4) + b"".join(
+      bytes([i + 1, 0x11, 0]) for i in range(4)))
+  # DC table: categories 0..11, 4-bit codes; AC table: EOB only, code "0".
+  out += segment(0xC4, b"\x00" + bytes([0, 0, 0, 12] + [0] * 12) + bytes(range(12)))
+  out += segment(0xC4, b"\x10" + bytes([1] + [0] * 15) + b"\x00")
+  out += segment(0xDA, bytes([4]) + b"".join(bytes([i + 1, 0]) for i in range(4))
+                 + bytes([0, 63, 0]))
+  bits = []
+  pred = [0] * 4
+  for block in blocks:
+    for comp, value in enumerate(block):
+      dc = 8 * (value - 128)      # DC of a flat block after the level shift
+      diff, pred[comp] = dc - pred[comp], dc
+      size = abs(diff).bit_length()
+      bits += [int(b) for b in format(size, "04b")]
+      if size:
+        v = diff if diff > 0 else diff + (1 << size) - 1
+        bits += [int(b) for b in format(v, f"0{size}b")]
+      bits.append(0)              # EOB
+  bits += [1] * (-len(bits) % 8)
+  data = bytes(int("".join(map(str, bits[i:i + 8])), 2) for i in range(0, len(bits), 8))
+  return out + data.replace(b"\xff", b"\xff\x00") + b"\xff\xd9"
+
+
+def _bmp(rgb):
+  """24-bit BMP of an [H, W, 3] uint8 array (bottom-up rows, BGR, 4-byte aligned)."""
+  h, w, _ = rgb.shape
+  row = w * 3 + (-w * 3) % 4
+  pixels = b"".join(rgb[y, :, ::-1].tobytes() + b"\0" * (row - w * 3)
+                    for y in range(h - 1, -1, -1))
+  header = struct.pack("<IiiHHIIiiII", 40, w, h, 1, 24, 0, len(pixels), 2835, 2835, 0, 0)
+  return b"BM" + struct.pack("<IHHI", 14 + 40 + len(pixels), 0, 0, 54) + header + pixels
+
+
+def _gif(indices, palette):
+  """GIF89a of [H, W] palette indices (< 256) and a [256, 3] palette. LZW with
+  a clear code every 100 codes, so every code stays 9 bits wide."""
+  h, w = indices.shape
+  codes = []
+  for i, px in enumerate(indices.ravel().tolist()):
+    if i % 100 == 0:
+      codes.append(256)
+    codes.append(px)
+  codes.append(257)
+  acc, nbits, stream = 0, 0, bytearray()
+  for code in codes:
+    acc |= code << nbits
+    nbits += 9
+    while nbits >= 8:
+      stream.append(acc & 0xFF)
+      acc >>= 8
+      nbits -= 8
+  if nbits:
+    stream.append(acc)
+  blocks = b"".join(bytes([len(stream[i:i + 255])]) + bytes(stream[i:i + 255])
+                    for i in range(0, len(stream), 255))
+  return (b"GIF89a" + struct.pack("<HHBBB", w, h, 0xF7, 0, 0) + palette.tobytes()
+          + b"\x2c" + struct.pack("<HHHHB", 0, 0, w, h, 0) + b"\x08" + blocks
+          + b"\x00\x3b")
+
+
+def _luma(rgb):
+  return np.round(rgb.astype(float) @ [0.2989, 0.587, 0.114])[..., None]
+
+
+def _format_files(root):
+  """Writes one file of every supported kind; -> {name: (expected uint8
+  [H, W, 1 or 3] as stored, largest error allowed)}."""
+  rng = np.random.default_rng(4)
+  rgb = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+  grey16 = rng.integers(0, 65536, (9, 7, 1), dtype=np.uint16)
+  rgb16 = rng.integers(0, 65536, (6, 8, 3), dtype=np.uint16)
+  rgba = rng.integers(0, 256, (7, 9, 4), dtype=np.uint8)
+  yy, xx = np.mgrid[0:24, 0:32]
+  smooth = np.stack([yy * 8, xx * 6, 255 - yy * 4 - xx * 3], -1).astype(np.uint8)
+  palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+  indices = rng.integers(0, 256, (11, 13), dtype=np.uint8)
+  files = {
+      "rgb.PNG": (tf.io.encode_png(rgb), rgb, 0),
+      "grey16.png": (tf.io.encode_png(grey16), (grey16 >> 8).astype(np.uint8), 0),
+      "rgb16.png": (tf.io.encode_png(rgb16), (rgb16 >> 8).astype(np.uint8), 0),
+      "rgba.png": (tf.io.encode_png(rgba), rgba[..., :3], 0),
+      "grey.png": (tf.io.encode_png(rgb[..., :1]), rgb[..., :1], 0),
+      "progressive.JPG": (tf.io.encode_jpeg(smooth, quality=95, progressive=True),
+                          smooth, 12),
+      "grey.jpeg": (tf.io.encode_jpeg(smooth[..., 1:2], quality=95),
+                    smooth[..., 1:2], 12),
+      # Adobe CMYK is stored inverted: RGB = K * (C, M, Y) / 255.
+      "cmyk.jpg": (_cmyk_jpeg([(255, 128, 0, 255), (64, 200, 255, 128)]),
+                   np.repeat(np.repeat(np.array([[[255, 128, 0], [32, 100, 128]]],
+                                                np.uint8), 8, 1), 8, 0), 1),
+      "palette.gif": (_gif(indices, palette), palette[indices], 0),
+      "rgb.BMP": (_bmp(rgb[:, :9]), rgb[:, :9], 0),
+  }
+  out = {}
+  for name, (data, want, tol) in files.items():
+    (root / name).write_bytes(data.numpy() if hasattr(data, "numpy") else data)
+    out[name] = (want, tol)
+  return out
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_image_folder_decodes_every_format(tmp_path, channels):
+  root = tmp_path / "imgs"
+  root.mkdir()
+  files = _format_files(root)
+  paths, _, _, skipped = sources.scan_image_folder(str(root), channels)
+  assert skipped == {}
+  assert sorted(os.path.basename(p) for p in paths) == sorted(files)
+  for name, (want, tol) in files.items():
+    got = sources.decode_file(str(root / name), channels).numpy()
+    if want.shape[-1] != channels:
+      want, tol = (np.repeat(want, 3, -1), tol) if channels == 3 else (_luma(want), tol + 1)
+    assert got.dtype == np.uint8 and got.shape == want.shape, name
+    assert np.abs(got.astype(int) - want).max() <= tol, name
+  images = _epoch(pipeline.open_source(_folder_cfg(root), channels))
+  assert images.shape == (len(files), 8, 8, channels) and images.dtype == np.float32
 
 
 # ------------------------------------------------------------------- pp ops

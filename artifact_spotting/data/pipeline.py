@@ -12,7 +12,8 @@ from artifact_spotting.data import sources
 
 
 class Source:
-  """A resolved data source: the undecoded dataset and how to decode it."""
+  """A resolved data source: the undecoded dataset and how to decode it
+  (``decode`` must not fail on an element of ``dataset``)."""
 
   def __init__(self, dataset, has_label: bool, decode=None, info=None,
                in_memory: bool = False):
@@ -91,8 +92,10 @@ def make_dataset(source: Source, pp: str, batch_size: int, *, training: bool,
   if training if repeat is None else repeat:
     ds = ds.repeat()
   if source.decode is not None:
+    # No ignore_errors: the image folder scan decoded every file once and kept
+    # only those that decode. Skipping failures here would spin forever, with
+    # a warning per image, on a repeated dataset where every element fails.
     ds = ds.map(source.decode, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.ignore_errors(log_warning=True)
   process = pp_lib.parse(pp)
 
   def prepare(features):

@@ -10,8 +10,10 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import stat
 import struct
 import subprocess
+import time
 from typing import Optional, Tuple
 
 import numpy as np
@@ -176,92 +178,251 @@ def tfds_source(dataset_cfg, split: str, shuffle_files: bool):
 
 # -------------------------------------------------------------- image folder
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
-_MAGIC = {
-    ".jpg": (b"\xff\xd8\xff",), ".jpeg": (b"\xff\xd8\xff",),
-    ".png": (b"\x89PNG\r\n\x1a\n",), ".gif": (b"GIF87a", b"GIF89a"),
-    ".bmp": (b"BM",),
-}
-_TRAILER = {".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9", ".png": b"IEND\xaeB`\x82"}
+# (format, magic numbers, end-of-image marker or None). The format is read from
+# the content, not the extension, as tf.io.decode_image does.
+_FORMATS = (
+    ("jpeg", (b"\xff\xd8\xff",), b"\xff\xd9"),
+    ("png", (b"\x89PNG\r\n\x1a\n",), b"IEND\xaeB`\x82"),
+    ("gif", (b"GIF87a", b"GIF89a"), None),
+    ("bmp", (b"BM",), None),
+)
+# Why a file is skipped; DataUnavailableError and the log count by these.
+NOT_AN_IMAGE = "not an image"
+TRUNCATED = "truncated"
+CORRUPT = "corrupt (decode failed)"
+NOT_A_FILE = "not a regular file"
+DUPLICATE = "duplicate (same file as another path)"
+UNREADABLE = "unreadable"            # followed by the OS error, e.g. "(Permission denied)"
+UNREADABLE_FOLDER = "unreadable folder"
+MAX_LOGGED = 20                      # skipped files named one by one in the log
+_PROGRESS_SECONDS = 30               # progress line while decoding large folders
 
 
 def check_image_file(path: str) -> Optional[str]:
   """None when the file looks like a whole image, else why it does not.
 
-  Reads only the first and last bytes: the magic number of the format its
-  extension names, and the end-of-image marker for JPEG and PNG (a truncated
-  download lacks it).
+  Reads only the first and last bytes: a magic number of a supported format,
+  and the end-of-image marker for JPEG and PNG (a truncated download lacks
+  it). Whether the body decodes is checked by ``scan_image_folder``.
   """
-  ext = os.path.splitext(path)[1].lower()
   try:
     with open(path, "rb") as f:
       head = f.read(8)
       f.seek(0, os.SEEK_END)
       size = f.tell()
-      trailer = _TRAILER.get(ext)
-      tail = b""
-      if trailer:
-        f.seek(max(0, size - 64))
-        tail = f.read()
+      f.seek(max(0, size - 64))
+      tail = f.read()
   except OSError as e:
-    return f"unreadable ({e.strerror})"
-  if not any(head.startswith(m) for m in _MAGIC[ext]):
-    return "not an image"
-  if trailer and trailer not in tail:
-    return "truncated"
-  return None
+    return f"{UNREADABLE} ({e.strerror})"
+  for _, magics, trailer in _FORMATS:
+    if any(head.startswith(m) for m in magics):
+      return TRUNCATED if trailer and trailer not in tail else None
+  return NOT_AN_IMAGE
 
 
-def scan_image_folder(root: str):
+def decode_file(path, channels: int):
+  """uint8 [H, W, channels] of an image file, ``channels`` 1 or 3.
+
+  Reads JPEG (grey, YCbCr or CMYK; baseline or progressive), PNG (grey, grey +
+  alpha, palette, RGB, RGBA; 8 or 16 bits: 16-bit samples keep their high
+  byte, as tf.image.convert_image_dtype does), GIF (the first frame) and BMP.
+  Alpha is dropped. Grey images are repeated into RGB; colour ones become grey
+  by tf.image.rgb_to_grayscale (TensorFlow's GIF, BMP and CMYK JPEG decoders
+  cannot produce one channel themselves).
+  """
+  if channels not in (1, 3):
+    raise ValueError(f"channels must be 1 or 3, not {channels!r}")
+  data = tf.io.read_file(path)
+  if channels == 3:
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+  else:
+    image = tf.io.decode_image(data, channels=0, expand_animations=False)
+    # As stored: 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA.
+    image = tf.cond(tf.shape(image)[-1] >= 3,
+                    lambda: tf.image.rgb_to_grayscale(image[..., :3]),
+                    lambda: image[..., :1])
+  image.set_shape([None, None, channels])
+  return image
+
+
+def _path_tensor_values(paths):
+  """Paths as bytes for tf.string: file names need not be valid UTF-8."""
+  return np.array([os.fsencode(p) for p in paths], dtype=object)
+
+
+def _shown(path: str) -> str:
+  """``path`` printable whatever bytes its name holds."""
+  return path.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class _Skips:
+  """Files skipped, by reason: counted all, named up to MAX_LOGGED."""
+
+  def __init__(self):
+    self.counts = {}
+    self.named = []
+    self.total = 0
+
+  def add(self, path: str, reason: str, detail: str = ""):
+    self.counts[reason] = self.counts.get(reason, 0) + 1
+    self.total += 1
+    if len(self.named) < MAX_LOGGED:
+      self.named.append((_shown(path), reason + detail))
+
+  def log(self):
+    for path, why in self.named:
+      logging.warning("Skipping %s: %s", path, why)
+    if self.total > len(self.named):
+      logging.warning("... and %d more skipped files (not named; totals by "
+                      "reason: %s)", self.total - len(self.named), self.counts)
+
+
+def _list_image_files(root: str, skips: _Skips):
+  """Paths of the files with an image extension under ``root`` (sorted walk),
+  and the number of other files.
+
+  Symlinked folders are followed, but no folder is listed twice: a link back
+  to an ancestor (a loop) or a second path to a folder already listed is not
+  entered, by (st_dev, st_ino). A file reached by several paths (hard links,
+  symlinks to files) is kept once, at the first path found.
+  """
+  st = os.stat(root)
+  seen_dirs = {(st.st_dev, st.st_ino)}
+  seen_files = {}
+  paths, others, repeated_dirs = [], 0, []
+
+  def onerror(e):
+    skips.add(e.filename, UNREADABLE_FOLDER, f" ({e.strerror})")
+
+  for dirpath, dirnames, filenames in os.walk(root, onerror=onerror,
+                                              followlinks=True):
+    keep = []
+    for name in sorted(dirnames):
+      full = os.path.join(dirpath, name)
+      try:
+        st = os.stat(full)
+      except OSError as e:
+        skips.add(full, UNREADABLE_FOLDER, f" ({e.strerror})")
+        continue
+      key = (st.st_dev, st.st_ino)
+      if key in seen_dirs:
+        repeated_dirs.append(full)
+      else:
+        seen_dirs.add(key)
+        keep.append(name)
+    dirnames[:] = keep
+    for name in sorted(filenames):
+      full = os.path.join(dirpath, name)
+      if not name.lower().endswith(IMAGE_EXTENSIONS):
+        others += 1
+        continue
+      try:
+        st = os.stat(full)
+      except OSError as e:  # e.g. a dangling symlink
+        skips.add(full, UNREADABLE, f" ({e.strerror})")
+        continue
+      if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read
+        skips.add(full, NOT_A_FILE)
+        continue
+      key = (st.st_dev, st.st_ino)
+      if key in seen_files:
+        skips.add(full, DUPLICATE, f": {_shown(seen_files[key])}")
+        continue
+      seen_files[key] = full
+      paths.append(full)
+  if repeated_dirs:
+    logging.info("Image folder %s: not entering %d paths to folders already "
+                 "listed (symlink loops or second links), e.g. %s", root,
+                 len(repeated_dirs), repeated_dirs[:3])
+  return paths, others
+
+
+def _undecodable(paths, channels: int):
+  """Indices of ``paths`` that decode_file cannot decode.
+
+  Decodes every file once, in parallel inside tf.data; a failing element is
+  dropped without a log line and found by its missing index.
+  """
+  if not paths:
+    return np.zeros([0], np.int64)
+  ds = tf.data.Dataset.from_tensor_slices(_path_tensor_values(paths)).enumerate()
+  ds = ds.map(lambda i, p: (i, tf.shape(decode_file(p, channels))),
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+  ds = ds.ignore_errors(log_warning=False).batch(1024)
+  ok = np.zeros(len(paths), bool)
+  start = last = time.monotonic()
+  done = 0
+  for index, _ in ds:
+    ok[index.numpy()] = True
+    done += len(index)
+    if time.monotonic() - last > _PROGRESS_SECONDS:
+      last = time.monotonic()
+      logging.info("Decoded %d of %d images (%.0f s)", done, len(paths),
+                   last - start)
+  return np.flatnonzero(~ok)
+
+
+def scan_image_folder(root: str, channels: int = 3):
   """(paths, labels, class_names, skipped) for an image tree.
 
+  Every file with an image extension (any case) is read once (see
+  _list_image_files). A file is skipped when it is unreadable, not an image
+  (no known magic number), truncated (no end-of-image marker) or corrupt
+  (decode_file fails on it with ``channels``): every file is decoded once
+  here, in parallel, so training only sees files that decode.
+  ``skipped`` maps each reason to its count; the log names the first
+  MAX_LOGGED skipped files and gives the totals.
+
   Labels come from the first-level sub-folder names when every image is in
-  one; otherwise there are none (labels is None). ``skipped`` maps a reason to
-  the number of files skipped for it.
+  one; otherwise there are none (labels is None). Raises DataUnavailableError
+  when ``root`` is not a folder or holds no decodable image.
   """
   if not os.path.isdir(root):
     raise DataUnavailableError(
         f"config.dataset.path={root!r} is not a directory of images")
-  paths, skipped, bad = [], {}, []
-  for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-    dirnames.sort()
-    for name in sorted(filenames):
-      if not name.lower().endswith(IMAGE_EXTENSIONS):
-        continue
-      full = os.path.join(dirpath, name)
-      reason = check_image_file(full)
-      if reason is None:
-        paths.append(full)
-      else:
-        skipped[reason] = skipped.get(reason, 0) + 1
-        bad.append((full, reason))
-  for full, reason in bad[:20]:
-    logging.warning("Skipping %s: %s", full, reason)
+  skips = _Skips()
+  found, others = _list_image_files(root, skips)
+  paths = []
+  for full in found:
+    reason = check_image_file(full)
+    if reason is None:
+      paths.append(full)
+    elif reason.startswith(UNREADABLE):
+      skips.add(full, UNREADABLE, reason[len(UNREADABLE):])
+    else:
+      skips.add(full, reason)
+  bad = set(_undecodable(paths, channels).tolist())
+  for i in sorted(bad):
+    skips.add(paths[i], CORRUPT)
+  paths = [p for i, p in enumerate(paths) if i not in bad]
+  skips.log()
+  skipped = dict(skips.counts)
   if not paths:
-    raise DataUnavailableError(f"No readable images under {root!r} "
-                               f"(skipped: {skipped or 'none found'})")
+    raise DataUnavailableError(
+        f"No decodable images under {root!r}: {len(found)} files with an image "
+        f"extension ({', '.join(IMAGE_EXTENSIONS)}), {others} other files; "
+        f"skipped {skips.total}: {skipped or 'none'}")
   rel = [os.path.relpath(p, root) for p in paths]
   class_names, labels = None, None
   if all(os.sep in r for r in rel):
     class_names = sorted({r.split(os.sep)[0] for r in rel})
     index = {c: i for i, c in enumerate(class_names)}
     labels = np.array([index[r.split(os.sep)[0]] for r in rel], np.int64)
+  logging.info("Image folder %s: %d images, %d classes; skipped %d files %s; "
+               "%d other files (no image extension) ignored", root, len(paths),
+               len(class_names or []), skips.total, skipped, others)
   return paths, labels, class_names, skipped
 
 
-def decode_file(path, channels):
-  data = tf.io.read_file(path)
-  image = tf.io.decode_image(data, channels=channels, expand_animations=False)
-  image.set_shape([None, None, channels])
-  return image
-
-
 def image_folder_source(dataset_cfg, channels: int):
-  paths, labels, class_names, skipped = scan_image_folder(dataset_cfg.path)
-  total_skipped = sum(skipped.values())
-  logging.info("Image folder %s: %d images, %d classes, skipped %d files %s",
-               dataset_cfg.path, len(paths), len(class_names or []),
-               total_skipped, skipped)
-  feats = {"path": np.array(paths)}
+  """Dataset of {"path", "label"?} plus a decode map to {"image", "label"?}.
+
+  The scan has decoded every file once, so decoding does not fail in training
+  unless a file is changed or removed afterwards; TensorFlow's error then
+  stops the input pipeline.
+  """
+  paths, labels, _, skipped = scan_image_folder(dataset_cfg.path, channels)
+  feats = {"path": _path_tensor_values(paths)}
   if labels is not None:
     feats["label"] = labels
   ds = tf.data.Dataset.from_tensor_slices(feats)
