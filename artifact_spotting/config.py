@@ -16,6 +16,23 @@ JIT_MODES = ("auto", "off", "on", "spotter")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 
+# What a rerun on an existing workdir may change (workdir.resume_changes):
+# fields that decide how a run is logged, checkpointed, executed or where its
+# data is fetched from, not what is trained. distribute.batch_norm is not
+# among them: per-replica statistics train another model.
+RESUME_SAFE_FIELDS = (
+    "train.log_every", "train.summary_every", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.montage_size", "train.jit_compile",
+    "dataset.auto_install", "dataset.tfds_fallback", "dataset.cache",
+    "dataset.manual_dir", "distribute.strategy", "distribute.devices",
+    "distribute.tpu", "distribute.logical_cpus",
+)
+# Step counts a rerun may raise (extending the run), never lower.
+EXTENDABLE_FIELDS = ("autoencoder.steps", "spotter.steps")
+# Fields holding a folder: two spellings of one folder are the same value.
+PATH_FIELDS = ("dataset.path", "dataset.data_dir", "dataset.manual_dir",
+               "autoencoder.init_from")
+
 # Paper ablation rows (Jenni & Favaro 2018, Table 1) as config overrides.
 # Keys are the row letters; "full" is the method itself.
 ABLATIONS: Dict[str, Dict[str, Any]] = {
@@ -183,8 +200,89 @@ def _to_py(obj):
   return obj
 
 
+def _is_int(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def check_ranges(config):
+  """Every numeric field in its range and every choice field one of its
+  choices; ValueError naming the field, its value and the range."""
+  def get(dotted):
+    node = config
+    for part in dotted.split("."):
+      node = node[part]
+    return node
+
+  def need(dotted, ok, what):
+    value = get(dotted)
+    if not ok(value):
+      raise ValueError(f"config.{dotted}={value!r} must be {what}")
+
+  whole = lambda lo: (lambda v: _is_int(v) and v >= lo)
+  real = lambda test: (lambda v: _is_real(v) and test(v))
+  need("seed", whole(0), "an integer >= 0")
+  need("resolution", whole(1), "a positive integer")
+  need("dataset.shuffle_buffer", whole(1), "an integer >= 1")
+  for key in ("autoencoder", "spotter"):
+    need(f"{key}.steps", whole(0), "an integer >= 0 (0: skip the phase)")
+    need(f"{key}.batch_size", whole(1), "an integer >= 1")
+    need(f"{key}.lr", real(lambda v: v > 0), "> 0")
+    need(f"{key}.recon_weight", real(lambda v: v >= 0), ">= 0")
+  ae = "autoencoder."
+  need(ae + "stem_filters", whole(1), "a positive integer")
+  need(ae + "kernel_size", whole(1), "a positive integer")
+  for key in ("widths", "decoder_widths"):
+    need(ae + key, lambda v: (isinstance(v, (list, tuple)) and len(v) > 0
+                              and all(_is_int(w) and w > 0 for w in v)),
+         "a non-empty list of positive integers")
+  need(ae + "l2_weight", real(lambda v: v >= 0), ">= 0")
+  sp = "spotter."
+  need(sp + "drop_rate", real(lambda v: 0 <= v < 1), "in [0, 1)")
+  need(sp + "fill", lambda v: v in ("zeros", "average"), "'zeros' or 'average'")
+  need(sp + "repair_placement", lambda v: v in ("distributed", "local"),
+       "'distributed' or 'local'")
+  need(sp + "repair_hidden", whole(0), "an integer >= 0 (0: the block's width)")
+  need(sp + "fakes", lambda v: v in ("repair", "gan"), "'repair' or 'gan'")
+  need(sp + "real_input", lambda v: v in ("autoencoded", "raw"),
+       "'autoencoded' or 'raw'")
+  need(sp + "noise_dim", whole(1), "a positive integer")
+  need(sp + "history_size", whole(0), "an integer >= 0 (0: no history)")
+  need(sp + "history_fraction", real(lambda v: 0 <= v <= 1), "in [0, 1]")
+  for key in ("mask_weight", "mask_real_weight"):
+    need(sp + key, real(lambda v: v >= 0), ">= 0")
+  need(sp + "repair_lr", real(lambda v: v > 0), "> 0")
+  for i, conv in enumerate(config.discriminator.convs):
+    for key in ("filters", "kernel", "stride"):
+      if not (_is_int(conv.get(key)) and conv.get(key) > 0):
+        raise ValueError(f"config.discriminator.convs[{i}].{key}="
+                         f"{conv.get(key)!r} must be a positive integer")
+  need("discriminator.fc_units", whole(1), "a positive integer")
+  need("discriminator.dropout", real(lambda v: 0 <= v < 1), "in [0, 1)")
+  o = "optimizer."
+  for key in ("beta1", "beta2"):
+    need(o + key, real(lambda v: 0 <= v < 1), "in [0, 1)")
+  need(o + "epsilon", real(lambda v: v > 0), "> 0")
+  need(o + "end_lr_ratio", real(lambda v: 0 <= v <= 1), "in [0, 1]")
+  need(o + "decay_fraction", real(lambda v: 0 <= v <= 1), "in [0, 1]")
+  if config.probe.enabled:
+    need("probe.num_classes", whole(1), "a positive integer")
+    need("probe.lr", real(lambda v: v > 0), "> 0")
+  t = "train."
+  need(t + "log_every", whole(1), "an integer >= 1 (steps per console line)")
+  need(t + "summary_every", whole(0), "an integer >= 0 (0: no image summaries)")
+  need(t + "checkpoint_every", whole(0),
+       "an integer >= 0 (0: a checkpoint at each phase's end only)")
+  need(t + "keep_checkpoints", whole(1), "an integer >= 1")
+  need(t + "montage_size", whole(1), "an integer >= 1")
+
+
 def validate(config):
   """Fails before any training with a message naming the offending field."""
+  check_ranges(config)
   ds = config.dataset
   if ds.source not in DATASET_SOURCES:
     raise ValueError(f"config.dataset.source={ds.source!r} is unknown; "
@@ -204,13 +302,6 @@ def validate(config):
         f"config.resolution={config.resolution} is not divisible by "
         f"2**len(config.autoencoder.widths)={factor}: the encoder cannot "
         f"divide it into a grid of cells")
-  if not 0.0 <= config.spotter.drop_rate < 1.0:
-    raise ValueError(f"config.spotter.drop_rate={config.spotter.drop_rate} must "
-                     f"be in [0, 1)")
-  for key in ("autoencoder", "spotter"):
-    sub = config[key]
-    if sub.batch_size <= 0 or sub.steps < 0:
-      raise ValueError(f"config.{key}.batch_size and .steps must be positive")
   if config.train.jit_compile not in JIT_MODES:
     raise ValueError(f"config.train.jit_compile={config.train.jit_compile!r} must "
                      f"be one of {JIT_MODES}")
