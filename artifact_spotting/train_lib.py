@@ -1,7 +1,8 @@
 """Pretraining: phase 1 (autoencoder), then phase 2 (damage, repair, spot).
 
-Order of business in ``train``: setup -> strategy -> input -> model and
-optimizers -> restore -> phase loops. Restore order: the workdir's latest
+Order of business in ``train``: setup -> strategy -> workdir (lock, resume
+check; see workdir.py) -> input -> model and optimizers -> restore -> config
+record -> phase loops. Restore order: the workdir's newest readable
 checkpoint (resume), else from scratch. Each phase's step count is its
 optimizer's ``iterations``, so a rerun continues whichever phase is unfinished.
 """
@@ -9,6 +10,7 @@ optimizer's ``iterations``, so a rerun continues whichever phase is unfinished.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -25,6 +27,7 @@ from absl import logging
 from artifact_spotting import config as config_lib
 from artifact_spotting import distribute
 from artifact_spotting import hardware
+from artifact_spotting import workdir as workdir_lib
 from artifact_spotting.data import pipeline
 from artifact_spotting.models.spotter import ArtifactSpotter
 from artifact_spotting.optimizers import FusedAdam
@@ -126,24 +129,95 @@ class Players:
     return int(self.c_opt.iterations.numpy())
 
 
-def restore_latest(checkpoint, directory) -> Optional[str]:
-  """Restores the newest checkpoint in ``directory``; None when there is none.
+def checkpoint_paths(directory) -> list:
+  """The checkpoints in ``directory``, newest first: those the
+  CheckpointManager's ``checkpoint`` file lists, or every ``*.index`` when
+  that file is missing or unreadable."""
+  state = tf.train.get_checkpoint_state(directory)
+  if state is not None:
+    paths = list(state.all_model_checkpoint_paths)
+    if state.model_checkpoint_path not in paths:
+      paths.append(state.model_checkpoint_path)
+    return paths[::-1]
+  found = [p[:-len(".index")] for p in tf.io.gfile.glob(
+      os.path.join(directory, "*.index"))]
+  return sorted(found, key=workdir_lib.checkpoint_number, reverse=True)
 
-  Raises ValueError when the checkpoint does not fit the model (e.g. the
-  architecture changed since it was written).
-  """
-  latest = tf.train.latest_checkpoint(directory)
-  if latest is None:
-    return None
+
+def checkpoint_problem(path: str, read_all: bool = False) -> Optional[str]:
+  """Why the checkpoint ``path`` cannot be read, or None: an unreadable index
+  or a missing data file; with ``read_all``, every tensor is read as well
+  (checksums catch a truncated or corrupt data file)."""
   try:
-    status = checkpoint.restore(latest)
-    status.assert_existing_objects_matched()
-    status.expect_partial()
-  except (AssertionError, ValueError, tf.errors.OpError) as e:
-    raise ValueError(
-        f"Checkpoint {latest} does not match this config's model (was the "
-        f"architecture changed since it was written?): {e}") from e
-  return latest
+    reader = tf.train.load_checkpoint(path)
+    shards = tf.io.gfile.glob(path + ".data-*-of-*")
+    if not shards:
+      return "its .data file is missing"
+    expected = int(shards[0].rsplit("-of-", 1)[1])
+    if len(shards) != expected:
+      return f"{expected - len(shards)} of its {expected} data files are missing"
+    if read_all:
+      for name in reader.get_variable_to_shape_map():
+        reader.get_tensor(name)
+  except Exception as e:  # pylint: disable=broad-except
+    text = str(getattr(e, "message", None) or e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+  return None
+
+
+def restore_newest(checkpoint, directory):
+  """Restores the newest readable checkpoint in ``directory``.
+
+  Returns (its path or None when the folder holds no checkpoint, the skipped
+  unreadable ones as "name (why)"). A checkpoint that cannot be read (a data
+  file missing or truncated, a corrupt index) is named in a warning and the
+  one before it is tried. Raises ValueError when a readable checkpoint does
+  not fit the model (e.g. the architecture changed since it was written), and
+  when there are checkpoints but none can be read.
+  """
+  paths = checkpoint_paths(directory)
+  skipped = []
+  for path in paths:
+    problem = checkpoint_problem(path)
+    if problem is None:
+      try:
+        status = checkpoint.restore(path)
+        status.assert_existing_objects_matched()
+        status.expect_partial()
+      except Exception as e:  # pylint: disable=broad-except
+        problem = checkpoint_problem(path, read_all=True)
+        if problem is None:
+          raise ValueError(
+              f"Checkpoint {path} does not match this config's model (was the "
+              f"architecture changed since it was written?): {e}") from e
+        # A later restore assigns every variable again; drop this attempt.
+        status = None
+        gc.collect()
+      else:
+        return path, skipped
+    logging.warning("Checkpoint %s cannot be read (%s); trying the one before "
+                    "it.", path, problem)
+    skipped.append(f"{os.path.basename(path)} ({problem})")
+  if skipped:
+    raise ValueError(f"no checkpoint in {directory} can be read: "
+                     f"{'; '.join(skipped)}. Move the folder away to start over")
+  return None, skipped
+
+
+def restore_latest(checkpoint, directory) -> Optional[str]:
+  """restore_newest's path: the newest readable checkpoint restored, or None."""
+  return restore_newest(checkpoint, directory)[0]
+
+
+def newest_readable(directory) -> Optional[str]:
+  """The newest checkpoint in ``directory`` whose files are all there."""
+  for path in checkpoint_paths(directory):
+    problem = checkpoint_problem(path)
+    if problem is None:
+      return path
+    logging.warning("Checkpoint %s cannot be read (%s); trying the one before "
+                    "it.", path, problem)
+  return None
 
 
 AUTOENCODER_FIELDS = ("stem_filters", "widths", "kernel_size", "decoder_widths")
@@ -158,7 +232,7 @@ def init_autoencoder(players: Players, config):
   checkpoint, a different autoencoder, or an unfinished phase 1.
   """
   source = config.autoencoder.init_from
-  latest = tf.train.latest_checkpoint(os.path.join(source, CHECKPOINT_DIR))
+  latest = newest_readable(os.path.join(source, CHECKPOINT_DIR))
   if latest is None:
     raise ValueError(f"config.autoencoder.init_from={source!r} holds no checkpoint "
                      f"(expected {os.path.join(source, CHECKPOINT_DIR)})")
@@ -218,12 +292,21 @@ class CheckpointKeeper:
                                               max_to_keep=max_to_keep)
     self.checkpoint = checkpoint
     self.main_dir = os.path.join(workdir, CHECKPOINT_DIR)
+    self.skipped = []
 
   def restore(self) -> Optional[str]:
-    return restore_latest(self.checkpoint, self.main_dir)
+    path, self.skipped = restore_newest(self.checkpoint, self.main_dir)
+    return path
 
   def save(self):
-    path = self.manager.save()
+    """A new checkpoint; a failed write (a full or read-only disk) raises
+    OSError and leaves the checkpoints already written as they were."""
+    try:
+      path = self.manager.save()
+    except tf.errors.OpError as e:
+      raise workdir_lib.write_error(
+          f"a checkpoint to {self.directory}", e,
+          "; the checkpoints already there are kept") from e
     if not self.chief:
       shutil.rmtree(self.directory, ignore_errors=True)
     return path
@@ -336,17 +419,56 @@ def montage(parts):
 
 # -------------------------------------------------------------------- train
 def write_config(config, workdir):
-  with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  """workdir/config.json, atomically (never half-written)."""
+  workdir_lib.atomic_write(os.path.join(workdir, workdir_lib.CONFIG_FILE),
+                           config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def open_workdir(config, workdir: str, chief: bool, held: contextlib.ExitStack):
+  """Claims ``workdir`` for this run before anything is written to it.
+
+  The chief creates the folder, takes its lock (released when ``held``
+  closes; see workdir.WorkdirLock) and removes half-written checkpoint
+  folders; every task checks the config against the recorded one
+  (workdir.check_resume). Returns (accepted config changes, the record of a
+  dead trainer whose lock was taken over, or None).
+  """
+  took_over = None
+  ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
+  if chief:
+    workdir_lib.make_dir(workdir)
+    if workdir_lib.is_local(workdir):
+      lock = workdir_lib.WorkdirLock(workdir)
+      took_over = lock.acquire()
+      held.callback(lock.release)
+    else:
+      logging.warning("workdir %s is not a local path: no lock keeps a second "
+                      "trainer out of it.", workdir)
+    workdir_lib.remove_orphan_checkpoints(ckpt_dir)
+  changes = workdir_lib.check_resume(
+      workdir, json.loads(config.to_json_best_effort()),
+      has_checkpoint=bool(checkpoint_paths(ckpt_dir)))
+  for field, (old, new) in sorted(changes.items()):
+    logging.info("Config change on resume: %s %r -> %r", field, old, new)
+  return changes, took_over
 
 
 def train(config, workdir: str, strategy=None) -> Dict[str, Dict]:
   """Runs (or resumes) both phases; returns per-phase summaries.
 
-  Problems found before the first step (a config field, the data, a
-  checkpoint that does not fit the model) raise SetupError naming the cause.
+  The chief holds the workdir's lock from before its first write to the
+  workdir until this returns. Problems found before the first step (a config
+  field, the workdir in use or holding another run, the data, a checkpoint
+  that does not fit the model) raise SetupError naming the cause, and the
+  workdir's config.json and checkpoints stay as they were. A failed write (a
+  full or read-only disk) raises OSError.
   """
-  # --- setup, strategy, input, model and optimizers, restore
+  with contextlib.ExitStack() as held:
+    return _train(config, workdir, strategy, held)
+
+
+def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
+  # --- setup, strategy, workdir, input, model and optimizers, restore
   try:
     config_lib.validate(config)
     strategy = strategy or distribute.make_strategy(config.distribute)
@@ -358,6 +480,8 @@ def train(config, workdir: str, strategy=None) -> Dict[str, Dict]:
           "cross-replica batch norm and history updates do not compile with XLA "
           f"under {type(strategy).__name__} ({strategy.num_replicas_in_sync} "
           "replicas); set it to \"off\"")
+    chief = distribute.is_chief(strategy)
+    changes, took_over = open_workdir(config, workdir, chief, held)
     source = pipeline.open_source(config.dataset, config.channels)
     use_probe = bool(config.probe.enabled and source.has_label)
     players = Players(config, strategy, probe=use_probe)
@@ -368,10 +492,12 @@ def train(config, workdir: str, strategy=None) -> Dict[str, Dict]:
       init_autoencoder(players, config)
   except ValueError as e:
     raise SetupError(str(e)) from e
-  tf.io.gfile.makedirs(workdir)
-  chief = distribute.is_chief(strategy)
   if chief:
     write_config(config, workdir)
+    entry = workdir_lib.start_entry(restored, changes, took_over)
+    if keeper.skipped:
+      entry["unreadable_checkpoints"] = keeper.skipped
+    workdir_lib.log_start(workdir, entry)
   logging.info("Strategy %s with %d replica(s); XLA: %s.", type(strategy).__name__,
                strategy.num_replicas_in_sync, jit)
   if restored:

@@ -101,10 +101,15 @@ def test_changed_architecture_does_not_silently_resume(idx_dir, tmp_path):
   c.discriminator.fc_units = 32
   c.spotter.steps = 8
   before = open(os.path.join(workdir, "config.json")).read()
-  with pytest.raises(train_lib.SetupError, match="does not match"):
+  with pytest.raises(train_lib.SetupError, match="discriminator.fc_units: 16 -> 32"):
     train_lib.train(c, workdir)
   # The workdir's resolved config is not overwritten by the rejected one.
   assert open(os.path.join(workdir, "config.json")).read() == before
+  # Without that record the checkpoint itself still refuses another model.
+  os.remove(os.path.join(workdir, "config.json"))
+  with pytest.raises(train_lib.SetupError, match="does not match"):
+    train_lib.train(c, workdir)
+  assert not os.path.exists(os.path.join(workdir, "config.json"))
 
 
 def test_unknown_dataset_fails_before_training(tmp_path):
