@@ -13,8 +13,12 @@ graph so clients send raw uint8 pixels:
 
 and ``discriminator.keras`` beside it: the backbone as a functional Keras
 model (registered classes only; loads with ``safe_mode=True``). Everything is
-written to a temporary directory first and renamed into place, so a failure
-never leaves a half-written export.
+written to a temporary directory ``output/.tmp-<version>-*`` first and renamed
+into place, so a failure never leaves a half-written export; the writer holds
+a lock on that directory until the rename, and the next export into
+``output`` removes temporary directories whose writer died. Folders are made
+0755 and files 0644 whatever the umask, so a server running as another user
+can read them.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import ml_collections
 import tensorflow as tf
 
 from artifact_spotting import train_lib
+from artifact_spotting import workdir as workdir_lib
 from artifact_spotting.models.discriminator import Discriminator
 
 
@@ -52,10 +57,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def restore_players(workdir: str, require_spotter: bool = True):
-  """Players (model and optimizers) restored from the workdir's checkpoint."""
+  """Players (model and optimizers) restored from the workdir's newest
+  readable checkpoint (an unreadable newer one is named in a warning)."""
   config = load_config(workdir)
   ckpt_dir = os.path.join(workdir, train_lib.CHECKPOINT_DIR)
-  if tf.train.latest_checkpoint(ckpt_dir) is None:
+  if not train_lib.checkpoint_paths(ckpt_dir):
     raise ExportError(f"no checkpoint in {ckpt_dir}: pretraining has not "
                       f"saved one yet")
   players = train_lib.Players(config, tf.distribute.get_strategy(),
@@ -144,8 +150,14 @@ def export(workdir: str, output: str, version: int | None = None) -> str:
   if tf.io.gfile.exists(final):
     raise ExportError(f"{final} exists already; pass another --version or "
                       f"remove it")
-  os.makedirs(output, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=output)
+  created = not os.path.isdir(output)
+  workdir_lib.make_dir(output, "the export folder")
+  if created:
+    os.chmod(output, 0o755)
+  workdir_lib.remove_dead_temps(output, workdir_lib.EXPORT_TMP_PREFIX)
+  tmp = tempfile.mkdtemp(prefix=f"{workdir_lib.EXPORT_TMP_PREFIX}{version}-",
+                         dir=output)
+  held = workdir_lib.HeldDir(tmp)
   try:
     module = ServingModule(model, config.resolution, config.channels)
     tf.saved_model.save(module, tmp, signatures={
@@ -160,8 +172,13 @@ def export(workdir: str, output: str, version: int | None = None) -> str:
                  "autoencoder_step": players.ae_step,
                  "resolution": config.resolution, "channels": config.channels,
                  "grid": list(model.grid)}, f, indent=2)
+    workdir_lib.make_readable(tmp)
     os.rename(tmp, final)
-  except BaseException:
+  except BaseException as e:
     shutil.rmtree(tmp, ignore_errors=True)
+    if isinstance(e, tf.errors.OpError) and workdir_lib.disk_errno(e):
+      raise workdir_lib.write_error(f"the export {final}", e) from e
     raise
+  finally:
+    held.release()
   return final
