@@ -4,17 +4,17 @@ r"""Export a pretraining workdir for TF Serving and Keras.
 
 writes /tmp/as_export/<version>/ (version = adversarial step unless
 --version is given): a SavedModel with signatures serving_default, features
-and repair, plus discriminator.keras. See BUILD.md for TF Serving.
+and repair, plus discriminator.keras, readable by other users (folders 0755,
+files 0644). See BUILD.md for TF Serving.
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
-from artifact_spotting import export as export_lib  # noqa: E402
+from trainers import _cli  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Pretraining workdir.")
 _OUTPUT = flags.DEFINE_string("output", None, "Export base directory.")
@@ -22,15 +22,17 @@ _VERSION = flags.DEFINE_integer("version", None, "Version number (default: step)
 flags.mark_flags_as_required(["workdir", "output"])
 
 
+def setup_errors():
+  from artifact_spotting import export as export_lib  # pylint: disable=g-import-not-at-top
+  return (export_lib.ExportError,)
+
+
 def main(argv):
   del argv
-  try:
-    path = export_lib.export(_WORKDIR.value, _OUTPUT.value, _VERSION.value)
-  except export_lib.ExportError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  from artifact_spotting import export as export_lib  # pylint: disable=g-import-not-at-top
+  path = export_lib.export(_WORKDIR.value, _OUTPUT.value, _VERSION.value)
   print(f"exported {path}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main, setup_errors)

@@ -7,16 +7,13 @@ r"""Fine-tune a pretrained artifact spotter with Keras fit.
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from artifact_spotting import finetune as finetune_lib  # noqa: E402
-from artifact_spotting.data.sources import DataUnavailableError  # noqa: E402
-from artifact_spotting.export import ExportError  # noqa: E402
+from trainers import _cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config.",
                                           lock_config=True)
@@ -25,13 +22,16 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
 flags.mark_flags_as_required(["config", "init", "workdir"])
 
 
+def setup_errors():
+  from artifact_spotting.data.sources import DataUnavailableError  # pylint: disable=g-import-not-at-top
+  from artifact_spotting.export import ExportError  # pylint: disable=g-import-not-at-top
+  return (DataUnavailableError, ExportError, ValueError)
+
+
 def main(argv):
   del argv
-  try:
-    _, result = finetune_lib.finetune(_CONFIG.value, _INIT.value, _WORKDIR.value)
-  except (DataUnavailableError, ExportError, FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  from artifact_spotting import finetune as finetune_lib  # pylint: disable=g-import-not-at-top
+  _, result = finetune_lib.finetune(_CONFIG.value, _INIT.value, _WORKDIR.value)
   metric = "eval_map" if "eval_map" in result else "eval_accuracy"
   spread = (f" +- {result[metric + '_std']:.4f} over {len(result['folds'])} folds"
             if metric + "_std" in result else "")
@@ -40,4 +40,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main, setup_errors)

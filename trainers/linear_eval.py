@@ -22,13 +22,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from artifact_spotting import evaluation  # noqa: E402
-from artifact_spotting.data.sources import DataUnavailableError  # noqa: E402
-from artifact_spotting.export import ExportError  # noqa: E402
+from trainers import _cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config.",
                                           lock_config=True)
@@ -78,20 +75,24 @@ def _output():
   return os.path.join(_WORKDIR.value, "eval", name + suffix)
 
 
+def setup_errors():
+  from artifact_spotting.data.sources import DataUnavailableError  # pylint: disable=g-import-not-at-top
+  from artifact_spotting.export import ExportError  # pylint: disable=g-import-not-at-top
+  return (DataUnavailableError, ExportError, ValueError)
+
+
 def main(argv):
   del argv
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from artifact_spotting import evaluation  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
-  try:
-    output = _output()
-    extractor = evaluation.make_extractor(_FEATURES.value, _source(),
-                                          config.pooled_dims, _SEED.value)
-    os.makedirs(output, exist_ok=True)
-    writer = tf.summary.create_file_writer(os.path.join(output, "tensorboard"))
-    t0 = time.time()
-    result = evaluation.evaluate(config, extractor, writer=writer)
-  except (DataUnavailableError, ExportError, FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  output = _output()
+  extractor = evaluation.make_extractor(_FEATURES.value, _source(),
+                                        config.pooled_dims, _SEED.value)
+  os.makedirs(output, exist_ok=True)
+  writer = tf.summary.create_file_writer(os.path.join(output, "tensorboard"))
+  t0 = time.time()
+  result = evaluation.evaluate(config, extractor, writer=writer)
   result["seconds"] = time.time() - t0
   result["config"] = config.to_dict()
   # Where and how it was made: a report that finds this file in another
@@ -107,4 +108,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main, setup_errors)

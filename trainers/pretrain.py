@@ -2,20 +2,22 @@ r"""Pretraining binary: phase 1 (autoencoder), then phase 2 (spot artifacts).
 
   python -m trainers.pretrain --config=configs/fashion_mnist.py --workdir=/tmp/as
 
-Rerunning the same command resumes whichever phase is unfinished.
-Dotted flags override config fields: --config.spotter.drop_rate=0.5
+Rerunning the same command resumes whichever phase is unfinished; a rerun
+may raise step counts and change logistics fields (config.RESUME_SAFE_FIELDS),
+anything else is refused (see artifact_spotting/workdir.py). One trainer at a
+time per workdir (workdir/trainer.lock). Dotted flags override config fields:
+--config.spotter.drop_rate=0.5
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from artifact_spotting import train_lib  # noqa: E402
-from artifact_spotting.data.sources import DataUnavailableError  # noqa: E402
+from artifact_spotting import config as config_lib  # noqa: E402
+from trainers import _cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a configs/*.py file, optionally ':arg'.",
@@ -25,18 +27,26 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, "
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def setup_errors():
+  from artifact_spotting import train_lib  # pylint: disable=g-import-not-at-top
+  from artifact_spotting.data.sources import DataUnavailableError  # pylint: disable=g-import-not-at-top
+  return (DataUnavailableError, train_lib.SetupError)
+
+
 def main(argv):
   del argv
+  # The config's ranges are checked before TensorFlow loads (train checks
+  # them again): a mistake is reported at once.
   try:
-    results = train_lib.train(_CONFIG.value, _WORKDIR.value)
-  except (DataUnavailableError, train_lib.SetupError) as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    config_lib.validate(_CONFIG.value)
+  except ValueError as e:
+    _cli.fail(_cli.one_line(str(e)))
+  from artifact_spotting import train_lib  # pylint: disable=g-import-not-at-top
+  results = train_lib.train(_CONFIG.value, _WORKDIR.value)
   for phase, r in results.items():
     if r:
       print(f"{phase}: {r['steps']} steps, {r['images_per_second']:.1f} img/s")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main, setup_errors)
