@@ -114,7 +114,7 @@ def test_second_trainer_is_refused_and_a_killed_ones_lock_is_taken_over(trained,
   """Two trainers on one workdir: the second exits at once naming the
   first (pid, host); after kill -9 of the first a rerun takes the workdir
   over and resumes from its last checkpoint."""
-  workdir = str(tmp_path / "run")
+  workdir = str(tmp_path / "missing_parent" / "run")  # created like mkdir -p
   _, idx, _ = trained
   # Far more steps than the test waits for: the first trainer is still
   # training when the second starts.
