@@ -5,8 +5,11 @@ r"""Your own unlabeled images: every .jpg/.jpeg/.png/.gif/.bmp under a folder.
 
 Sub-folders one level down are taken as class labels for the online probe
 when every image sits in one (set --config.probe.num_classes to their
-number); otherwise the probe is off. Unreadable, truncated and non-image files
-are skipped and counted in the log. ``:res=64`` picks another resolution
+number); otherwise the probe is off. JPEG (also CMYK and progressive), PNG
+(8/16-bit, grey, palette, RGBA), GIF and BMP files are read, any case of
+extension; each file once, however many links lead to it. Files that cannot
+be used (unreadable, not an image, truncated, corrupt) are skipped; the log
+names the first 20 and counts all by reason. ``:res=64`` picks another resolution
 (must be divisible by 16 with the default 4 encoder stages).
 """
 
