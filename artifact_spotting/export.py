@@ -154,7 +154,7 @@ def export(workdir: str, output: str, version: int | None = None) -> str:
   workdir_lib.make_dir(output, "the export folder")
   if created:
     os.chmod(output, 0o755)
-  workdir_lib.remove_dead_temps(output, workdir_lib.EXPORT_TMP_PREFIX)
+  workdir_lib.remove_dead_temps(output, workdir_lib.EXPORT_TMP_NAME)
   tmp = tempfile.mkdtemp(prefix=f"{workdir_lib.EXPORT_TMP_PREFIX}{version}-",
                          dir=output)
   held = workdir_lib.HeldDir(tmp)

@@ -370,6 +370,10 @@ def remove_orphan_checkpoints(directory: str) -> List[str]:
 
 
 EXPORT_TMP_PREFIX = ".tmp-"
+# The whole name export's temporary folders get: tempfile.mkdtemp with prefix
+# ".tmp-<version>-" adds 8 characters from [a-z0-9_]. Anything else in the
+# export folder (a user's ".tmp-notes") is not ours and is never removed.
+EXPORT_TMP_NAME = re.compile(r"\.tmp-\d+-[a-z0-9_]{8}")
 STALE_UNLOCKED_SECONDS = 24 * 3600
 
 
@@ -391,9 +395,10 @@ class HeldDir:
       self.fd = None
 
 
-def remove_dead_temps(output: str, prefix: str = EXPORT_TMP_PREFIX,
+def remove_dead_temps(output: str, pattern: "re.Pattern" = EXPORT_TMP_NAME,
                       min_age: float = 60.0) -> List[str]:
-  """Removes ``prefix*`` folders in ``output`` whose writer is gone: the
+  """Removes folders in ``output`` whose whole name matches ``pattern`` (the
+  names export's own temporary folders get) and whose writer is gone: the
   folder's flock is free (its writer held it until the rename), and it was
   last modified ``min_age`` s ago or more (the instant between a writer's
   mkdir and its flock). A folder whose lock cannot be tested is removed only
@@ -404,7 +409,8 @@ def remove_dead_temps(output: str, prefix: str = EXPORT_TMP_PREFIX,
   now = time.time()
   for name in sorted(os.listdir(output)):
     path = os.path.join(output, name)
-    if not name.startswith(prefix) or os.path.islink(path) or not os.path.isdir(path):
+    if (not pattern.fullmatch(name) or os.path.islink(path)
+        or not os.path.isdir(path)):
       continue
     try:
       fd = os.open(path, os.O_RDONLY)

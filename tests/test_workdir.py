@@ -493,16 +493,20 @@ def test_orphaned_temp_folders_are_removed_at_the_next_start(trained, tmp_path):
   out = tmp_path / "serving"
   out.mkdir()
   old = time.time() - 3600
-  dead, live, young = (str(out / f".tmp-{n}-x") for n in (7, 8, 9))
-  for d in (dead, live, young):
+  dead, live, young = (str(out / f".tmp-{n}-abc_123x") for n in (7, 8, 9))
+  # Folders whose names export never gives: a user's, however old, stay.
+  users = [str(out / n) for n in (".tmp-myeditor-session", ".tmp-7-notes",
+                                  ".tmp-7-abc_123x.bak")]
+  for d in (dead, live, young, *users):
     os.makedirs(d)
     open(os.path.join(d, "saved_model.pb"), "w").close()
-  for d in (dead, live):
+  for d in (dead, live, *users):
     os.utime(d, (old, old))
   held = workdir_lib.HeldDir(live)
   try:
     export_lib.export(workdir, str(out))
-    assert sorted(os.listdir(out)) == [".tmp-8-x", ".tmp-9-x", "4"]
+    assert sorted(os.listdir(out)) == sorted(
+        [".tmp-8-abc_123x", ".tmp-9-abc_123x", "4"] + [os.path.basename(u) for u in users])
   finally:
     held.release()
 
