@@ -7,6 +7,7 @@ Configs are ``ml_collections.ConfigDict``s built by ``configs/<name>.py:get_conf
 from __future__ import annotations
 
 import ast
+import math
 from typing import Any, Dict
 
 import ml_collections
@@ -204,8 +205,15 @@ def _is_int(x) -> bool:
   return isinstance(x, int) and not isinstance(x, bool)
 
 
+def _non_finite(x) -> bool:
+  return isinstance(x, float) and not math.isfinite(x)
+
+
 def _is_real(x) -> bool:
-  return isinstance(x, (int, float)) and not isinstance(x, bool)
+  """A finite int or float: inf and nan pass no range check (an infinite
+  learning rate or weight trains straight into non-finite losses)."""
+  return (isinstance(x, (int, float)) and not isinstance(x, bool)
+          and math.isfinite(x))
 
 
 def check_ranges(config):
@@ -220,7 +228,8 @@ def check_ranges(config):
   def need(dotted, ok, what):
     value = get(dotted)
     if not ok(value):
-      raise ValueError(f"config.{dotted}={value!r} must be {what}")
+      raise ValueError(f"config.{dotted}={value!r} must be "
+                       f"{'a finite number ' if _non_finite(value) else ''}{what}")
 
   whole = lambda lo: (lambda v: _is_int(v) and v >= lo)
   real = lambda test: (lambda v: _is_real(v) and test(v))

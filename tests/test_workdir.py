@@ -299,6 +299,14 @@ def test_half_written_config_json_is_refused_not_overwritten(trained, tmp_path):
     ("probe.num_classes", 0, "config.probe.num_classes=0"),
     ("dataset.shuffle_buffer", 0, "config.dataset.shuffle_buffer=0"),
     ("seed", -1, "config.seed=-1"),
+    # Every real-valued field must be finite.
+    *[(f, v, rf"config.{f}={v!r} must be a finite number")
+      for f in ("autoencoder.lr", "spotter.lr", "autoencoder.recon_weight",
+                "spotter.recon_weight", "autoencoder.l2_weight",
+                "spotter.mask_weight", "spotter.mask_real_weight",
+                "spotter.repair_lr", "optimizer.epsilon", "probe.lr")
+      for v in (float("inf"), float("nan"))],
+    ("optimizer.beta1", float("-inf"), "config.optimizer.beta1=-inf must be a finite"),
 ])
 def test_validate_checks_every_range(field, value, needle):
   with pytest.raises(ValueError, match=needle):
