@@ -325,6 +325,8 @@ def validate(config):
         f"upsampling's gradient); use jit_compile='off'")
   if config.channels not in (1, 3):
     raise ValueError(f"config.channels={config.channels} must be 1 or 3")
+  from artifact_spotting.data import pp as pp_lib  # pylint: disable=g-import-not-at-top
+  pp_lib.check(config.pp, config.channels, config.resolution)
   return config
 
 

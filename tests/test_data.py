@@ -621,3 +621,64 @@ def test_pipeline_batches_before_pp_only_where_it_may(idx_dir):
 def test_pp_parse_errors_name_the_op():
   with pytest.raises(ValueError, match="Unknown preprocessing op 'blur'"):
     pp.parse("resize(8)|blur(3)")
+
+
+@pytest.mark.parametrize("bad,needle", [
+    ("__import__('os')", "Unknown preprocessing op '__import__'"),
+    ("resize(2**30)", "'resize'"),
+    ("resize(-1)", "size=-1"),
+    ("resize(0)", "size=0"),
+    ("resize(99999*99999)", "size=9999800001"),
+    ("resize(16.5)", "size=16.5"),
+    ("random_resized_crop(16, area=(0.0, 0))", "area=(0.0, 0)"),
+    ("random_resized_crop(16, area=(0.9, 0.5))", "area=(0.9, 0.5)"),
+    ("random_resized_crop(16, ratio=(-1, 2))", "ratio=(-1, 2)"),
+    ("central_crop(0)", "fraction=0"),
+    ("color_jitter(saturation=(1, 0))", "saturation=(1, 0)"),
+    ("value_range(1, -1)", "low=1"),
+    ("resize(16, method='nope')", "method='nope'"),
+    ("resize(16, **{})", "**kwargs"),
+    ("resize(16)|to_rgb", "gives float32 images of shape [16, 16, 3], the config "
+                          "needs float32 [16, 16, 1]"),
+    ("resize(32)|value_range(-1, 1)", "shape [32, 32, 1]"),
+    ("", "gives uint8 images"),
+])
+def test_config_validate_checks_pp(tiny, bad, needle):
+  """config.validate (which runs before a workdir is written) rejects a pp
+  string that does not parse, has out-of-range arguments, or does not give
+  float32 [resolution, resolution, channels] images; fast, reading no data."""
+  from artifact_spotting import config as config_lib  # pylint: disable=g-import-not-at-top
+  c = tiny()
+  c.pp = bad
+  t0 = time.time()
+  with pytest.raises(ValueError) as e:
+    config_lib.validate(c)
+  assert str(e.value).startswith(f"config.pp={bad!r}"), str(e.value)
+  assert needle in str(e.value), str(e.value)
+  assert time.time() - t0 < 2
+
+
+@pytest.mark.parametrize("good", ["resize(16)|flip_lr|value_range(-1, 1)",
+                                  "value_range(-1, 1)",
+                                  "random_resized_crop((16, 16))|color_jitter|value_range()",
+                                  "central_crop(0.5, 16, method='area')|value_range()",
+                                  "to_rgb|to_gray|resize(16)"])
+def test_config_validate_accepts_good_pp(tiny, good):
+  from artifact_spotting import config as config_lib  # pylint: disable=g-import-not-at-top
+  c = tiny()
+  c.pp = good
+  config_lib.validate(c)
+
+
+def test_bad_pp_fails_before_the_workdir_is_written(idx_dir, tmp_path):
+  """pretrain with a bad pp: exit 2, one `error:` line, no config.json (so
+  the corrected rerun is not refused as another run)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import test_workdir  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  cmd = test_workdir._pretrain(idx_dir, workdir, "--config.pp=resize(-1)")  # pylint: disable=protected-access
+  proc = subprocess.run(cmd, cwd=test_workdir.ROOT, capture_output=True, text=True,
+                        timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  test_workdir._one_line_error(proc.returncode, proc.stderr, "config.pp='resize(-1)'",  # pylint: disable=protected-access
+                               "size=-1")
+  assert not os.path.exists(os.path.join(workdir, "config.json"))

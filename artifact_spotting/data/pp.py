@@ -16,6 +16,7 @@ None) and arithmetic on numbers (unary minus, + - * /), e.g.
 from __future__ import annotations
 
 import ast
+import math
 import operator
 from typing import Callable, Dict
 
@@ -56,8 +57,47 @@ def _channels(image):
   return image.shape[-1] if image.shape.rank is not None else None
 
 
+# Largest side an op may resize or crop to: far above any training
+# resolution, small enough that one float32 image stays below a few GiB.
+MAX_SIZE = 16384
+
+RESIZE_METHODS = tuple(sorted(
+    v for k, v in vars(tf.image.ResizeMethod).items()
+    if k.isupper() and isinstance(v, str)))
+
+
+def _is_number(x):
+  return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def _size(size):
-  return (size, size) if isinstance(size, int) else tuple(size)
+  """``size`` or ``(height, width)`` -> (height, width), each an integer in
+  [1, MAX_SIZE]; ValueError otherwise."""
+  sides = (size, size) if not isinstance(size, (tuple, list)) else tuple(size)
+  if len(sides) != 2 or not all(
+      isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= MAX_SIZE
+      for s in sides):
+    raise ValueError(f"size={size!r} must be an integer or an (height, width) "
+                     f"pair of integers in [1, {MAX_SIZE}]")
+  return sides
+
+
+def _method(method):
+  if method not in RESIZE_METHODS:
+    raise ValueError(f"method={method!r} must be one of {RESIZE_METHODS}")
+  return method
+
+
+def _range(name, value, low, high=None):
+  """``value`` as an ordered pair (lo, hi) with low < lo <= hi (<= high)."""
+  ok = (isinstance(value, (tuple, list)) and len(value) == 2
+        and all(_is_number(v) for v in value)
+        and low < value[0] <= value[1] and (high is None or value[1] <= high))
+  if not ok:
+    bound = f" <= {high}" if high is not None else ""
+    raise ValueError(f"{name}={value!r} must be a pair (lo, hi) with "
+                     f"{low} < lo <= hi{bound}")
+  return tuple(value)
 
 
 def _image_op(fn):
@@ -71,7 +111,7 @@ def _image_op(fn):
 
 @register("resize")
 def resize(size, method="bilinear"):
-  size = _size(size)
+  size, method = _size(size), _method(method)
   return _image_op(lambda im: tf.image.resize(_as_float01(im), size, method=method,
                                               antialias=True))
 
@@ -80,7 +120,9 @@ def resize(size, method="bilinear"):
 def random_resized_crop(size, area=(1 / 3, 1.0), ratio=(3 / 4, 4 / 3),
                         method="bilinear"):
   """Inception-style crop (released code: area 1/3..1, aspect 3/4..4/3)."""
-  size = _size(size)
+  size, method = _size(size), _method(method)
+  area = _range("area", area, 0, 1)
+  ratio = _range("ratio", ratio, 0)
 
   def fn(image):
     image = _as_float01(image)
@@ -100,10 +142,16 @@ def random_resized_crop(size, area=(1 / 3, 1.0), ratio=(3 / 4, 4 / 3),
 @register("central_crop")
 def central_crop(fraction=0.85, size=None, method="bilinear"):
   """Test-time crop of the central ``fraction``, optionally resized."""
+  if not (_is_number(fraction) and 0 < fraction <= 1):
+    raise ValueError(f"fraction={fraction!r} must be in (0, 1]")
+  if size is not None:
+    size = _size(size)
+  method = _method(method)
+
   def fn(image):
     image = tf.image.central_crop(_as_float01(image), fraction)
     if size is not None:
-      image = tf.image.resize(image, _size(size), method=method, antialias=True)
+      image = tf.image.resize(image, size, method=method, antialias=True)
     return image
   return _image_op(fn)
 
@@ -117,6 +165,14 @@ def flip_lr():
 def color_jitter(brightness=32 / 255, saturation=(0.5, 1.5)):
   """Brightness +-delta and saturation scaling, in random order (released code).
   Saturation is skipped on grayscale images."""
+  if not (_is_number(brightness) and 0 <= brightness <= 1):
+    raise ValueError(f"brightness={brightness!r} must be in [0, 1]")
+  if not (isinstance(saturation, (tuple, list)) and len(saturation) == 2
+          and all(_is_number(v) for v in saturation)
+          and 0 <= saturation[0] < saturation[1]):
+    raise ValueError(f"saturation={saturation!r} must be a pair (lo, hi) with "
+                     f"0 <= lo < hi")
+
   def fn(image):
     image = _as_float01(image)
     rgb = image.shape[-1] == 3
@@ -151,6 +207,10 @@ def to_gray():
 @register("value_range")
 def value_range(low=-1.0, high=1.0):
   """Maps [0, 1] (or uint8 [0, 255]) to [low, high]."""
+  if not (_is_number(low) and _is_number(high) and math.isfinite(low)
+          and math.isfinite(high) and low < high):
+    raise ValueError(f"low={low!r}, high={high!r} must be finite numbers with "
+                     f"low < high")
   return _image_op(lambda im: low + _as_float01(im) * (high - low))
 
 
@@ -224,7 +284,7 @@ def parse(spec: str):
                        f"known ops: {known_ops()}")
     try:
       ops.append(_REGISTRY[name](*args, **kwargs))
-    except TypeError as e:  # wrong number or names of arguments
+    except (TypeError, ValueError) as e:  # wrong number, names or values
       raise ValueError(f"Bad arguments for preprocessing op {name!r} in "
                        f"{spec!r}: {e}") from None
 
@@ -233,3 +293,34 @@ def parse(spec: str):
       features = op(features)
     return features
   return apply
+
+
+def check(spec: str, channels: int, resolution=None, field: str = "pp"):
+  """Checks a pp string for a config without reading data: parses it (errors
+  name the op) and traces the chain in a tf.data map on uint8 images of any
+  height and width with ``channels`` channels. The output must be float32
+  with ``channels`` channels and, where its height and width are static,
+  ``resolution`` x ``resolution``. Raises ValueError naming config.<field>."""
+  try:
+    process = parse(spec)
+  except ValueError as e:
+    raise ValueError(f"config.{field}={spec!r}: {e}") from None
+  ds = tf.data.Dataset.from_generator(
+      lambda: iter(()), output_signature={
+          "image": tf.TensorSpec([None, None, channels], tf.uint8)})
+  try:
+    out = ds.map(lambda f: process(f)["image"]).element_spec
+  except (TypeError, ValueError, tf.errors.OpError) as e:
+    raise ValueError(f"config.{field}={spec!r} fails on {channels}-channel "
+                     f"images: {e}") from None
+  shape = out.shape.as_list() if out.shape.rank is not None else None
+  want = [resolution, resolution, channels]
+  fits = (out.dtype == tf.float32 and shape is not None and len(shape) == 3
+          and shape[2] == channels
+          and all(s is None or resolution is None or s == resolution
+                  for s in shape[:2]))
+  if not fits:
+    shown = [("R" if resolution is None else resolution)] * 2 + [channels]
+    raise ValueError(
+        f"config.{field}={spec!r}: gives {out.dtype.name} images of shape "
+        f"{shape}, the config needs float32 [{', '.join(map(str, shown))}]")
