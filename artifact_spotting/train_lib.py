@@ -298,15 +298,58 @@ class CheckpointKeeper:
     path, self.skipped = restore_newest(self.checkpoint, self.main_dir)
     return path
 
+  def _listing(self):
+    """(the ``ckpt-*`` names in the checkpoint folder, the bytes of its
+    ``checkpoint`` state file or None)."""
+    names = set()
+    if tf.io.gfile.isdir(self.directory):
+      names = {n.rstrip("/") for n in tf.io.gfile.listdir(self.directory)
+               if n.startswith("ckpt-")}
+    state_path = os.path.join(self.directory, "checkpoint")
+    state = None
+    if tf.io.gfile.exists(state_path):
+      with tf.io.gfile.GFile(state_path, "rb") as f:
+        state = f.read()
+    return names, state
+
+  def _undo(self, before):
+    """Removes what a failed save wrote (its ``ckpt-N.*`` files and
+    ``ckpt-N_temp`` folder) and puts the state file back as it was, so the
+    next start resumes from the newest intact checkpoint (or from scratch)
+    instead of meeting a half-written one. Best effort: the disk may still
+    refuse writes, and a leftover is then skipped or refused at the next
+    start as before."""
+    names, state = before
+    now, now_state = self._listing()
+    for name in sorted(now - names):
+      path = os.path.join(self.directory, name)
+      with contextlib.suppress(Exception):
+        if tf.io.gfile.isdir(path):
+          tf.io.gfile.rmtree(path)
+        else:
+          tf.io.gfile.remove(path)
+    if now_state != state:
+      state_path = os.path.join(self.directory, "checkpoint")
+      with contextlib.suppress(Exception):
+        if state is None:
+          tf.io.gfile.remove(state_path)
+        else:
+          workdir_lib.atomic_write(state_path, state.decode("utf-8"))
+
   def save(self):
     """A new checkpoint; a failed write (a full or read-only disk) raises
-    OSError and leaves the checkpoints already written as they were."""
+    OSError, removes what it wrote and leaves the checkpoints already
+    written as they were."""
+    before = self._listing()
     try:
       path = self.manager.save()
-    except tf.errors.OpError as e:
-      raise workdir_lib.write_error(
-          f"a checkpoint to {self.directory}", e,
-          "; the checkpoints already there are kept") from e
+    except BaseException as e:
+      self._undo(before)
+      if isinstance(e, tf.errors.OpError):
+        raise workdir_lib.write_error(
+            f"a checkpoint to {self.directory}", e,
+            "; the checkpoints already there are kept") from e
+      raise
     if not self.chief:
       shutil.rmtree(self.directory, ignore_errors=True)
     return path

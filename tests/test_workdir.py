@@ -427,6 +427,52 @@ def test_full_disk_while_checkpointing_keeps_the_written_ones(trained, tmp_path,
   assert "No space left on device" in err[-1]
 
 
+@pytest.mark.parametrize("first", [True, False])
+def test_full_disk_midway_through_a_save_leaves_nothing_half_written(trained, tmp_path,
+                                                                     monkeypatch, first):
+  """A save that dies of ENOSPC after writing part of ckpt-N (its data file,
+  an empty index, its _temp folder, even the state file naming it) removes
+  what it wrote: the next start resumes from the previous checkpoint, or
+  from scratch when it was the first save."""
+  _, _, config = trained
+  if first:
+    workdir = str(tmp_path / "fresh")
+    os.makedirs(_ckpt_dir(workdir))
+  else:
+    workdir = _copy(trained, tmp_path / "run")
+
+  def listing():
+    d = _ckpt_dir(workdir)
+    return {f: open(os.path.join(d, f), "rb").read() if os.path.isfile(os.path.join(d, f))
+            else None for f in os.listdir(d)}
+  before = listing()
+
+  def partial(self, *args, **kwargs):
+    n = 1 if first else 5
+    prefix = os.path.join(self.directory, f"ckpt-{n}")
+    with open(prefix + ".data-00000-of-00001", "wb") as f:
+      f.write(b"\0" * 100)
+    open(prefix + ".index", "wb").close()
+    os.makedirs(prefix + "_temp")
+    with open(os.path.join(self.directory, "checkpoint"), "w") as f:
+      f.write(f'model_checkpoint_path: "ckpt-{n}"\n')
+    raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+  monkeypatch.setattr(tf.train.CheckpointManager, "save", partial)
+  strategy = tf.distribute.get_strategy()
+  players = train_lib.Players(config, strategy)
+  keeper = train_lib.CheckpointKeeper(players.checkpoint, workdir, strategy)
+  with pytest.raises(OSError) as info:
+    keeper.save()
+  assert info.value.errno == errno.ENOSPC
+  assert listing() == before
+  restored, skipped = train_lib.restore_newest(players.checkpoint, _ckpt_dir(workdir))
+  assert skipped == []
+  if first:
+    assert restored is None
+  else:
+    assert restored.endswith("ckpt-4")
+
+
 # --------------------------------------------------- 7. checkpoints heal
 def _break(workdir, ckpt, how):
   prefix = os.path.join(_ckpt_dir(workdir), ckpt)
