@@ -42,6 +42,29 @@ def test_missing_idx_names_the_command(tmp_path):
     sources.resolve_idx(cfg)
 
 
+
+def test_user_idx_path_without_files_fails_at_once(tmp_path, monkeypatch):
+  """A config.dataset.path the user gave that lacks the IDX files is an
+  immediate error naming the path and the files, even with auto_install and
+  tfds_fallback on (tfds would retry a download for minutes offline)."""
+  def no_fallback(*args, **kwargs):
+    raise AssertionError("must not install or download for a user path")
+  monkeypatch.setattr(sources, "_tfds_available", no_fallback)
+  monkeypatch.setattr(sources, "install_fashion_mnist", no_fallback)
+  for path, state in ((str(tmp_path / "typo"), "does not exist"),
+                      (str(tmp_path), "lacks them")):
+    cfg = ml_collections.ConfigDict(dict(
+        path=path, split="train", auto_install=True, tfds_fallback=True,
+        name="fashion_mnist", data_dir=""))
+    t0 = time.time()
+    with pytest.raises(sources.DataUnavailableError) as e:
+      sources.resolve_idx(cfg)
+    assert time.time() - t0 < 5
+    message = str(e.value)
+    assert f"config.dataset.path={path!r}" in message and state in message
+    assert "train-images-idx3-ubyte[.gz]" in message
+    assert "train-labels-idx1-ubyte[.gz]" in message
+
 def test_idx_pipeline_batches(idx_dir):
   cfg = ml_collections.ConfigDict(dict(
       source="idx", path=idx_dir, split="train", auto_install=False,

@@ -104,12 +104,24 @@ def resolve_idx(dataset_cfg) -> Tuple[str, Optional[str]]:
   """Finds the IDX folder, installing Debian's package when allowed.
 
   Returns (path, None), or ("", "tfds") when the caller should use tfds.
+  Installing and the tfds fallback apply to the default Debian folder only:
+  a folder named in config.dataset.path must hold the files.
   Raises DataUnavailableError with the exact command to run otherwise.
   """
   path = dataset_cfg.path or DEBIAN_FASHION_MNIST
   split = dataset_cfg.split
   if idx_present(path, split):
     return path, None
+  if os.path.normpath(path) != DEBIAN_FASHION_MNIST:
+    # A folder the user named: no install or download (tfds retries for
+    # minutes offline) would put the files there, so say what is missing.
+    images, labels = IDX_FILES[split]
+    state = "does not exist" if not os.path.isdir(path) else "lacks them"
+    raise DataUnavailableError(
+        f"config.dataset.path={path!r} must hold {images}[.gz] and "
+        f"{labels}[.gz] (the {split} split's IDX files); it {state}. Point it "
+        f"at such a folder, or leave it at {DEBIAN_FASHION_MNIST} (Debian's: "
+        f"sudo apt-get install -y dataset-fashion-mnist).")
   if path == DEBIAN_FASHION_MNIST and dataset_cfg.auto_install:
     if install_fashion_mnist() and idx_present(path, split):
       return path, None
