@@ -388,6 +388,39 @@ def test_binaries_end_user_mistakes_in_one_line(trained, tmp_path):
   assert not tf.train.get_checkpoint_state(str(full / "checkpoints"))
 
 
+def test_config_file_that_is_not_valid_python_is_one_line(tmp_path):
+  """A config file with a SyntaxError, an ImportError or no get_config:
+  `error: --config=<file>: <cause>` naming the line, exit 2, no traceback."""
+  bad = tmp_path / "bad.py"
+  bad.write_text("def get_config(:\n")
+  imports = tmp_path / "imports.py"
+  imports.write_text("import os\nimport nosuchmod\ndef get_config(arg=None):\n  return None\n")
+  empty = tmp_path / "empty.py"
+  empty.write_text("")
+  work = f"--workdir={tmp_path / 'w'}"
+  cases = {
+      "syntax": ([sys.executable, "-m", "trainers.pretrain", f"--config={bad}:tiny", work],
+                 [f"--config={bad}:tiny: SyntaxError", "line 1"]),
+      "import": ([sys.executable, "-m", "trainers.pretrain", f"--config={imports}", work],
+                 [f"--config={imports}: ModuleNotFoundError", "nosuchmod", "line 2"]),
+      "empty": ([sys.executable, "-m", "trainers.pretrain", f"--config={empty}", work],
+                [f"--config={empty}", f"{empty} defines no get_config"]),
+      "eval_syntax": ([sys.executable, "-m", "trainers.linear_eval", f"--config={bad}", work],
+                      [f"--config={bad}: SyntaxError", "line 1"]),
+      "finetune_import": ([sys.executable, "-m", "trainers.finetune", f"--config={imports}",
+                           f"--init={tmp_path}", work], ["nosuchmod", "line 2"]),
+  }
+  procs = {name: subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+           for name, (cmd, _) in cases.items()}
+  for name, proc in procs.items():
+    _, err = proc.communicate(timeout=120)
+    try:
+      _one_line_error(proc.returncode, err, *cases[name][1])
+    except AssertionError as e:
+      raise AssertionError(f"{name}: {e}") from None
+
+
 def test_full_disk_while_checkpointing_keeps_the_written_ones(trained, tmp_path, monkeypatch,
                                                                  capsys):
   """A checkpoint write that fails with ENOSPC raises OSError (which the

@@ -130,15 +130,50 @@ def _override_error(error: BaseException, argv: Sequence[str]) -> str:
   return describe(error)
 
 
+def _code_problem(argv: Sequence[str]):
+  """Why a config file named by a config flag fails as Python code (a
+  SyntaxError, an ImportError, no ``get_config``), as
+  ``--config=<file>: <cause>, line N``; None when every one loads."""
+  import traceback  # pylint: disable=g-import-not-at-top
+  for name in _config_flags():
+    spec = _spec(name, argv)
+    if not spec:
+      continue
+    path = spec.split(":", 1)[0]
+    try:
+      config_flags_impl.ConfigFileFlagParser(
+          name=name, lock_config=False).parse(spec)
+    except SyntaxError as e:
+      where = f"line {e.lineno}" if e.lineno else ""
+      return (f"--{name}={spec}: {type(e).__name__}: {e.msg}"
+              f"{f' ({where})' if where else ''}")
+    except ImportError as e:
+      lines = [f.lineno for f in traceback.extract_tb(e.__traceback__)
+               if os.path.abspath(f.filename) == os.path.abspath(path)]
+      where = f" (line {lines[-1]})" if lines else ""
+      return f"--{name}={spec}: {type(e).__name__}: {e}{where}"
+    except AttributeError as e:
+      if "get_config" in str(e):
+        return f"--{name}={spec}: {path} defines no get_config() function"
+    except Exception:  # pylint: disable=broad-except
+      continue
+  return None
+
+
 def parse_flags(argv: Sequence[str]):
   """absl's flag parsing with every failure as one ``error:`` line."""
   try:
     rest = flags.FLAGS(list(argv))
   except flags.Error as e:
     fail(one_line(str(e)))
+  except (SyntaxError, ImportError) as e:
+    # A config file that is not valid Python, or imports a missing module.
+    fail(_code_problem(argv) or describe(e))
   except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
-    # config_flags raises these for a bad --config.<field> override.
-    fail(_override_error(e, argv))
+    # config_flags raises these for a bad --config.<field> override (and
+    # AttributeError for a config file without get_config).
+    fail(_code_problem(argv) if isinstance(e, AttributeError) and _code_problem(argv)
+         else _override_error(e, argv))
   for name in _config_flags():
     problem = _load_problem(name, _spec(name, argv), flags.FLAGS[name].value)
     if problem:
