@@ -156,6 +156,42 @@ def test_image_folder_skips_and_counts_bad_files(tmp_path):
   assert sum(b["image"].shape[0] for b in batches) == 3
 
 
+
+def _no_marker(data, marker=b"\xff\xd9"):
+  """``data`` with every ``marker`` (and a trailing 0xff) broken up."""
+  data = data.replace(marker, b"\xfe\xd9")
+  return data[:-1] + b"\x00" if data.endswith(b"\xff") else data
+
+
+def test_image_folder_keeps_jpegs_with_bytes_after_the_end_marker(tmp_path):
+  """A JPEG followed by other bytes (a motion photo's MP4, camera padding)
+  is kept and decodes; a JPEG header followed by garbage that holds an end
+  marker is corrupt (its decode fails), and one with no end marker at all is
+  truncated."""
+  root = tmp_path / "imgs"
+  root.mkdir()
+  _write_jpeg(str(root / "plain.jpg"))
+  jpeg = (root / "plain.jpg").read_bytes()
+  rng = np.random.default_rng(5)
+  video = _no_marker(b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00isommp42"
+                     + rng.bytes(300_000))
+  (root / "motion.jpg").write_bytes(jpeg + video)
+  (root / "padded.jpg").write_bytes(jpeg + b"\x00" * 4096)
+  garbage = _no_marker(rng.bytes(50_000))
+  (root / "garbage.jpg").write_bytes(
+      b"\xff\xd8\xff" + garbage[:20_000] + b"\xff\xd9" + garbage[20_000:])
+  (root / "no_end.jpg").write_bytes(b"\xff\xd8\xff" + garbage)
+  (root / "cut.jpg").write_bytes(_no_marker(jpeg[:-2]))
+  assert sources.check_image_file(str(root / "motion.jpg")) is None
+  paths, _, _, skipped = sources.scan_image_folder(str(root))
+  assert sorted(os.path.basename(p) for p in paths) == [
+      "motion.jpg", "padded.jpg", "plain.jpg"]
+  assert skipped == {sources.CORRUPT: 1, sources.TRUNCATED: 2}
+  plain = sources.decode_file(str(root / "plain.jpg"), 3).numpy()
+  for name in ("motion.jpg", "padded.jpg"):
+    np.testing.assert_array_equal(
+        sources.decode_file(str(root / name), 3).numpy(), plain)
+
 def test_image_folder_decode_errors_do_not_end_the_epoch(tmp_path):
   root = tmp_path / "imgs"
   root.mkdir()

@@ -210,25 +210,52 @@ MAX_LOGGED = 20                      # skipped files named one by one in the log
 _PROGRESS_SECONDS = 30               # progress line while decoding large folders
 
 
+# How far check_image_file searches a file for its end-of-image marker. Files
+# are decoded whole at scan time anyway; this bounds the search on huge ones.
+MAX_MARKER_SEARCH = 256 << 20
+_SEARCH_CHUNK = 1 << 20
+
+
+def _has_marker(f, marker: bytes, start: int, size: int) -> bool:
+  """Whether ``marker`` occurs in ``f`` at or after ``start``: first in the
+  last 64 bytes (where a plain file ends), then in chunks from ``start``
+  (bytes may follow the image: a motion photo's video, camera padding)."""
+  f.seek(max(start, size - 64))
+  if marker in f.read():
+    return True
+  f.seek(start)
+  carry, read = b"", 0
+  while read < MAX_MARKER_SEARCH:
+    chunk = f.read(_SEARCH_CHUNK)
+    if not chunk:
+      return False
+    if marker in carry + chunk:
+      return True
+    carry, read = chunk[-(len(marker) - 1):], read + len(chunk)
+  return False
+
+
 def check_image_file(path: str) -> Optional[str]:
   """None when the file looks like a whole image, else why it does not.
 
-  Reads only the first and last bytes: a magic number of a supported format,
-  and the end-of-image marker for JPEG and PNG (a truncated download lacks
-  it). Whether the body decodes is checked by ``scan_image_folder``.
+  Reads the first bytes (a magic number of a supported format) and, for JPEG
+  and PNG, looks for the end-of-image marker anywhere after the header (a
+  truncated download lacks it; data after it, as in motion photos, is
+  allowed). Whether the body decodes is checked by ``scan_image_folder``.
   """
   try:
     with open(path, "rb") as f:
       head = f.read(8)
       f.seek(0, os.SEEK_END)
       size = f.tell()
-      f.seek(max(0, size - 64))
-      tail = f.read()
+      for _, magics, trailer in _FORMATS:
+        magic = next((m for m in magics if head.startswith(m)), None)
+        if magic is not None:
+          if trailer and not _has_marker(f, trailer, len(magic), size):
+            return TRUNCATED
+          return None
   except OSError as e:
     return f"{UNREADABLE} ({e.strerror})"
-  for _, magics, trailer in _FORMATS:
-    if any(head.startswith(m) for m in magics):
-      return TRUNCATED if trailer and trailer not in tail else None
   return NOT_AN_IMAGE
 
 
