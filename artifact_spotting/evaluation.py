@@ -39,6 +39,85 @@ from artifact_spotting.data import pipeline
 from artifact_spotting.models.discriminator import FEATURE_NAMES, Discriminator
 
 
+# ------------------------------------------------------------ config checks
+def _is_int(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+  return (isinstance(x, (int, float)) and not isinstance(x, bool)
+          and math.isfinite(x))
+
+
+def whole(lo: int):
+  return lambda v: _is_int(v) and v >= lo
+
+
+def real(test):
+  return lambda v: _is_real(v) and test(v)
+
+
+def check_fields(config, rules):
+  """``rules``: (dotted field, test, what it must be). Fields the config
+  lacks are skipped (configs may leave optional ones out); ValueError
+  ``config.<field>=<value> must be <what>`` for the first failing one."""
+  for dotted, ok, what in rules:
+    node, present = config, True
+    for part in dotted.split("."):
+      if not hasattr(node, "get") or part not in node:
+        present = False
+        break
+      node = node[part]
+    if present and not ok(node):
+      raise ValueError(f"config.{dotted}={node!r} must be {what}")
+
+
+def check_pp(config, fields=("pp_train", "pp_eval")):
+  """Each pp string parses and gives float32 images with config.channels
+  channels (their size is the pretraining resolution, not known here)."""
+  from artifact_spotting.data import pp as pp_lib  # pylint: disable=g-import-not-at-top
+  for field in fields:
+    if field in config:
+      pp_lib.check(config[field], config.channels, None, field=field)
+
+
+def validate_eval_config(config):
+  """Checks every field of an evaluation config (configs/eval/*.py) before
+  any data is read or features computed; ValueError naming the field."""
+  positive = "an integer >= 1"
+  check_fields(config, [
+      ("seed", whole(0), "an integer >= 0"),
+      ("channels", lambda v: v in (1, 3), "1 or 3"),
+      ("num_classes", whole(2), "an integer >= 2"),
+      ("protocols", lambda v: (isinstance(v, (list, tuple)) and len(v) > 0
+                               and set(v) <= {"folds", "full"}),
+       "a non-empty list of 'folds' and/or 'full'"),
+      ("pooled_dims", whole(1), positive),
+      ("batch_size", whole(1), positive),
+      ("max_test_images", whole(0), "an integer >= 0 (0: the whole test split)"),
+      ("dataset.shuffle_buffer", whole(1), positive),
+      ("folds.kind", lambda v: v in ("seeded", "file"), "'seeded' or 'file'"),
+      ("folds.num_folds", whole(1), positive),
+      ("folds.per_class", whole(1), positive),
+      ("folds.seed", whole(0), "an integer >= 0"),
+      ("folds.validation_size", whole(1), positive),
+      ("ridge_penalties", lambda v: (isinstance(v, (list, tuple)) and len(v) > 0
+                                     and all(_is_real(p) and p > 0 for p in v)),
+       "a non-empty list of finite numbers > 0"),
+      ("knn.enabled", lambda v: isinstance(v, bool), "True or False"),
+      ("knn.k", whole(1), positive),
+      ("knn.temperature", real(lambda v: v > 0), "a finite number > 0"),
+      ("full.epochs", whole(1), positive),
+      ("full.batch_size", whole(1), positive),
+      ("full.lr", real(lambda v: v > 0), "a finite number > 0"),
+      ("full.weight_decay", real(lambda v: v >= 0), "a finite number >= 0"),
+      ("full.max_train_images", whole(0),
+       "an integer >= 0 (0: the whole training split)"),
+  ])
+  check_pp(config)
+  return config
+
+
 # ----------------------------------------------------------------- features
 def pooled_side(height: int, channels: int, pooled_dims: int) -> int:
   """Side s of the s x s pooled grid: s*s*channels ~ pooled_dims, s <= height."""
@@ -484,6 +563,7 @@ def split_labels(source: pipeline.Source) -> np.ndarray:
 def evaluate(config, extractor: Extractor, log: Callable = print,
              writer=None) -> Dict:
   """Runs ``config.protocols`` on ``extractor``; returns a JSON-able dict."""
+  validate_eval_config(config)
   train_src = pipeline.open_source(config.dataset, config.channels,
                                    split=config.dataset.train_split, training=False)
   test_src = pipeline.open_source(config.dataset, config.channels,

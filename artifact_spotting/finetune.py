@@ -99,9 +99,43 @@ def fold_filter(source, indices):
   return source
 
 
+def validate_finetune_config(config):
+  """Checks every field of a fine-tuning config (configs/finetune/*.py)
+  before a model is loaded or data read; ValueError naming the field."""
+  from artifact_spotting import evaluation  # pylint: disable=g-import-not-at-top
+  whole, real = evaluation.whole, evaluation.real
+  positive = "an integer >= 1"
+  fold = config.get("fold", "")
+  evaluation.check_fields(config, [
+      ("seed", whole(0), "an integer >= 0"),
+      ("channels", lambda v: v in (1, 3), "1 or 3"),
+      ("num_classes", whole(2), "an integer >= 2"),
+      ("multilabel", lambda v: isinstance(v, bool), "True or False"),
+      ("fold", lambda v: isinstance(v, str) and (
+          v in ("", "all") or (v.isdigit() and v.isascii())),
+       "'' (the whole split), 'all' or a fold index >= 0"),
+      ("freeze_up_to", lambda v: v in FEATURE_NAMES + ("none",),
+       f"one of {FEATURE_NAMES + ('none',)}"),
+      ("head_dropout", real(lambda v: 0 <= v < 1), "in [0, 1)"),
+      ("epochs", whole(1), positive),
+      ("steps_per_epoch", whole(0),
+       "an integer >= 0 (0: one pass over the training split)"),
+      ("batch_size", whole(1), positive),
+      ("lr", real(lambda v: v > 0), "a finite number > 0"),
+      ("early_stopping_patience", whole(0), "an integer >= 0 (0: off)"),
+      ("dataset.shuffle_buffer", whole(1), positive),
+  ])
+  if fold not in (None, "") and not config.get("fold_file", ""):
+    raise ValueError(f"config.fold={fold!r} needs config.fold_file (the "
+                     f"folds of the training split)")
+  evaluation.check_pp(config)
+  return config
+
+
 def finetune(config, init: str, workdir: str):
   """Fine-tunes once, or on every fold (``config.fold == "all"``: one run per
   fold in workdir/fold_<i>, mean and std in workdir/finetune_results.json)."""
+  validate_finetune_config(config)
   fold = config.get("fold", None)
   if fold is None or fold == "":
     return finetune_one(config, init, workdir, None)

@@ -705,3 +705,105 @@ def test_ablation_verdict_judges_an_unreplicated_row_on_its_fold_stds():
   for row in ("l", "full"):
     assert quality._ablation_verdict(
         {"k": k, "l": {"below_full_in_stds": 3.1}}, {row}) is None
+
+
+# ------------------------------------------------------------ config checks
+def _eval_config():
+  import importlib
+  return importlib.import_module("configs.eval.fashion_mnist_folds").get_config("smoke")
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("knn.k", 0, "config.knn.k=0 must be an integer >= 1"),
+    ("knn.temperature", 0.0, "config.knn.temperature=0.0 must be"),
+    ("knn.temperature", float("nan"), "config.knn.temperature=nan"),
+    ("pooled_dims", 0, "config.pooled_dims=0 must be an integer >= 1"),
+    ("batch_size", -3, "config.batch_size=-3 must be an integer >= 1"),
+    ("num_classes", 1, "config.num_classes=1 must be an integer >= 2"),
+    ("folds.num_folds", 0, "config.folds.num_folds=0"),
+    ("folds.per_class", 0, "config.folds.per_class=0"),
+    ("folds.validation_size", 0, "config.folds.validation_size=0"),
+    ("folds.kind", "nope", "config.folds.kind='nope'"),
+    ("ridge_penalties", (1.0, 0.0), "config.ridge_penalties=(1.0, 0.0)"),
+    ("ridge_penalties", (), "config.ridge_penalties=()"),
+    ("full.epochs", 0, "config.full.epochs=0"),
+    ("full.batch_size", 0, "config.full.batch_size=0"),
+    ("full.lr", float("inf"), "config.full.lr=inf"),
+    ("full.weight_decay", -1.0, "config.full.weight_decay=-1.0"),
+    ("full.max_train_images", -1, "config.full.max_train_images=-1"),
+    ("max_test_images", -1, "config.max_test_images=-1"),
+    ("protocols", ("folds", "nope"), "config.protocols="),
+    ("pp_eval", "resize(-1)", "config.pp_eval='resize(-1)'"),
+    ("pp_train", "resize(16)|to_rgb", "config.pp_train="),
+])
+def test_eval_config_fields_are_range_checked(field, value, needle):
+  c = _eval_config()
+  node, key = c, field
+  if "." in field:
+    parent, key = field.split(".")
+    node = c[parent]
+  node[key] = value
+  with pytest.raises(ValueError) as e:
+    evaluation.validate_eval_config(c)
+  assert needle in str(e.value), str(e.value)
+
+
+def test_shipped_eval_and_finetune_configs_pass_their_checks():
+  import importlib
+  from artifact_spotting import finetune
+  for name in ("fashion_mnist_folds", "stl10_folds"):
+    for arg in ("", "smoke"):
+      evaluation.validate_eval_config(
+          importlib.import_module(f"configs.eval.{name}").get_config(arg))
+  for name in ("fashion_mnist", "stl10_folds", "voc07"):
+    for arg in ("", "smoke"):
+      c = importlib.import_module(f"configs.finetune.{name}").get_config(arg)
+      if c.get("fold", ""):
+        c.fold_file = "folds.txt"
+      finetune.validate_finetune_config(c)
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("batch_size", 0, "config.batch_size=0 must be an integer >= 1"),
+    ("epochs", 0, "config.epochs=0"),
+    ("steps_per_epoch", -1, "config.steps_per_epoch=-1"),
+    ("lr", 0.0, "config.lr=0.0 must be a finite number > 0"),
+    ("lr", float("nan"), "config.lr=nan"),
+    ("early_stopping_patience", -1, "config.early_stopping_patience=-1"),
+    ("num_classes", 1, "config.num_classes=1"),
+    ("freeze_up_to", "conv9", "config.freeze_up_to='conv9'"),
+    ("head_dropout", 1.0, "config.head_dropout=1.0"),
+    ("fold", "x", "config.fold='x'"),
+    ("fold", "all", "config.fold='all' needs config.fold_file"),
+    ("pp_train", "resize(0)", "config.pp_train='resize(0)'"),
+])
+def test_finetune_config_fields_are_range_checked(field, value, needle):
+  import importlib
+  from artifact_spotting import finetune
+  c = importlib.import_module("configs.finetune.fashion_mnist").get_config("smoke")
+  c[field] = value
+  with pytest.raises(ValueError) as e:
+    finetune.validate_finetune_config(c)
+  assert needle in str(e.value), str(e.value)
+
+
+def _one_error_line(r, needle):
+  last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
+  assert r.returncode == 2, r.stderr[-3000:]
+  assert last.startswith("error: ") and needle in last, r.stderr[-3000:]
+  assert "Traceback" not in r.stderr, r.stderr[-3000:]
+
+
+def test_eval_and_finetune_binaries_reject_bad_fields_in_one_line(idx_dir, tmp_path):
+  out = tmp_path / "eval"
+  r = _run(["trainers.linear_eval"] + _eval_flags(idx_dir) + [
+      "--features=random", "--pretrain_config=configs/fashion_mnist.py:tiny",
+      f"--output={out}", "--config.knn.k=0"])
+  _one_error_line(r, "config.knn.k=0 must be an integer >= 1")
+  assert not out.exists()
+  ft = tmp_path / "ft"
+  r = _run(["trainers.finetune", "--config=configs/finetune/fashion_mnist.py:smoke",
+            "--init=random:configs/fashion_mnist.py:tiny", f"--workdir={ft}",
+            "--config.batch_size=0"])
+  _one_error_line(r, "config.batch_size=0 must be an integer >= 1")
+  assert not ft.exists()

@@ -31,6 +31,11 @@ def setup_errors():
 def main(argv):
   del argv
   from artifact_spotting import finetune as finetune_lib  # pylint: disable=g-import-not-at-top
+  # Before any model, data or output folder: a bad field is one error line.
+  try:
+    finetune_lib.validate_finetune_config(_CONFIG.value)
+  except ValueError as e:
+    _cli.fail(_cli.one_line(str(e)))
   _, result = finetune_lib.finetune(_CONFIG.value, _INIT.value, _WORKDIR.value)
   metric = "eval_map" if "eval_map" in result else "eval_accuracy"
   spread = (f" +- {result[metric + '_std']:.4f} over {len(result['folds'])} folds"

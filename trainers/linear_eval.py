@@ -86,6 +86,11 @@ def main(argv):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from artifact_spotting import evaluation  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
+  # Before any output folder, model or data: a bad field is one error line.
+  try:
+    evaluation.validate_eval_config(config)
+  except ValueError as e:
+    _cli.fail(_cli.one_line(str(e)))
   output = _output()
   extractor = evaluation.make_extractor(_FEATURES.value, _source(),
                                         config.pooled_dims, _SEED.value)
