@@ -468,32 +468,42 @@ def write_config(config, workdir):
 
 
 def open_workdir(config, workdir: str, chief: bool, held: contextlib.ExitStack):
-  """Claims ``workdir`` for this run before anything is written to it.
+  """Locks ``workdir`` for this run before anything is written to it.
 
-  The chief creates the folder, takes its lock (released when ``held``
-  closes; see workdir.WorkdirLock) and removes half-written checkpoint
-  folders; every task checks the config against the recorded one
-  (workdir.check_resume). Returns (accepted config changes, the record of a
-  dead trainer whose lock was taken over, or None).
+  The chief creates the folder and takes its lock (released when ``held``
+  closes; see workdir.WorkdirLock); every task checks the config against the
+  recorded one (workdir.check_resume). Returns (accepted config changes,
+  ``claim``). Until ``claim()`` runs the workdir is unchanged, so a start
+  refused before it leaves everything as it found it; ``claim()`` (call it
+  once every check passed) writes the lock record, removes half-written
+  checkpoint folders and returns the record of a dead trainer whose lock
+  was taken over, or None.
   """
-  took_over = None
   ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
+  lock = None
   if chief:
     workdir_lib.make_dir(workdir)
     if workdir_lib.is_local(workdir):
       lock = workdir_lib.WorkdirLock(workdir)
-      took_over = lock.acquire()
+      lock.acquire()
       held.callback(lock.release)
     else:
       logging.warning("workdir %s is not a local path: no lock keeps a second "
                       "trainer out of it.", workdir)
-    workdir_lib.remove_orphan_checkpoints(ckpt_dir)
   changes = workdir_lib.check_resume(
       workdir, json.loads(config.to_json_best_effort()),
       has_checkpoint=bool(checkpoint_paths(ckpt_dir)))
   for field, (old, new) in sorted(changes.items()):
     logging.info("Config change on resume: %s %r -> %r", field, old, new)
-  return changes, took_over
+
+  def claim():
+    if not chief:
+      return None
+    took_over = lock.claim() if lock is not None else None
+    workdir_lib.remove_orphan_checkpoints(ckpt_dir)
+    return took_over
+
+  return changes, claim
 
 
 def train(config, workdir: str, strategy=None) -> Dict[str, Dict]:
@@ -524,15 +534,25 @@ def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
           f"under {type(strategy).__name__} ({strategy.num_replicas_in_sync} "
           "replicas); set it to \"off\"")
     chief = distribute.is_chief(strategy)
-    changes, took_over = open_workdir(config, workdir, chief, held)
+    changes, claim = open_workdir(config, workdir, chief, held)
     source = pipeline.open_source(config.dataset, config.channels)
     use_probe = bool(config.probe.enabled and source.has_label)
     players = Players(config, strategy, probe=use_probe)
     keeper = CheckpointKeeper(players.checkpoint, workdir, strategy,
                               config.train.keep_checkpoints)
     restored = keeper.restore()
+    if "autoencoder.steps" in changes and players.adv_step > 0:
+      old_steps, new_steps = changes["autoencoder.steps"]
+      raise ValueError(
+          f"config.autoencoder.steps: {old_steps!r} -> {new_steps!r} refused: "
+          f"phase 2 has started (adversarial step {players.adv_step} in "
+          f"{restored}), and more autoencoder steps would retrain the "
+          f"autoencoder that phase 2 freezes under a spotter trained against "
+          f"the old one; use another workdir (autoencoder.init_from can "
+          f"start phase 2 from a longer-trained autoencoder)")
     if restored is None and config.autoencoder.init_from:
       init_autoencoder(players, config)
+    took_over = claim()
   except ValueError as e:
     raise SetupError(str(e)) from e
   if chief:

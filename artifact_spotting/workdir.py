@@ -96,6 +96,8 @@ def _holder() -> Dict[str, Any]:
 
 
 def describe_holder(info: Dict[str, Any]) -> str:
+  if "unreadable" in info:
+    return f"an unreadable lock record {info['unreadable']!r}"
   command = " ".join(info.get("command") or [])
   return (f"pid {info.get('pid', '?')} on host {info.get('host', '?')}, "
           f"started {info.get('started', '?')}" + (f" ({command})" if command else ""))
@@ -105,31 +107,55 @@ class WorkdirLock:
   """An exclusive ``flock`` on ``workdir/trainer.lock`` for one trainer.
 
   ``acquire`` refuses (WorkdirError naming the holder) while another process
-  holds it; a lock whose process died is free again (the kernel released it),
-  and the previous holder's record is returned so the start can say it took
-  the workdir over. ``release`` empties the record and unlocks.
+  holds it; a lock whose process died is free again (the kernel released it).
+  ``acquire`` only locks: the file is unchanged until ``claim`` (called once
+  the start passed its checks) writes this process's record, logs the
+  takeover and returns the previous holder's record, so a refused start
+  leaves a dead holder's record for the next one to report. ``release``
+  empties the record (only if this process wrote it) and unlocks.
   """
 
   def __init__(self, workdir: str):
     self.workdir = workdir
     self.path = os.path.join(workdir, LOCK_FILE)
     self.fd: Optional[int] = None
+    self.claimed = False
 
   def _read(self, fd) -> Dict[str, Any]:
     os.lseek(fd, 0, os.SEEK_SET)
     text = os.read(fd, 65536).decode("utf-8", "replace").strip()
     try:
-      return json.loads(text) if text else {}
+      record = json.loads(text) if text else {}
     except json.JSONDecodeError:
+      record = None
+    if text and not isinstance(record, dict):
       return {"unreadable": text[:200]}
+    return record
 
-  def acquire(self) -> Optional[Dict[str, Any]]:
-    """Takes the lock; returns the record a dead holder left, if any."""
+  def acquire(self):
+    """Takes the lock (the file's content is left as it is)."""
+    if os.path.islink(self.path):
+      raise WorkdirError(
+          f"{self.path} is a symbolic link, not the lock file; remove it "
+          f"(a trainer never follows it, so its target is not written)")
     try:
-      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      # O_NOFOLLOW: a link put there after the check is refused, not followed.
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as e:
+      if e.errno == errno.ELOOP:
+        raise WorkdirError(
+            f"{self.path} is a symbolic link, not the lock file; remove "
+            f"it") from None
+      if e.errno == errno.EISDIR:
+        raise WorkdirError(f"{self.path} is a folder, not the lock file; "
+                           f"remove it") from None
       raise OSError(e.errno, f"cannot write the workdir {self.workdir}: "
                     f"{e.strerror or e}") from e
+    import stat  # pylint: disable=g-import-not-at-top
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+      os.close(fd)
+      raise WorkdirError(f"{self.path} is not a regular file, so it cannot be "
+                         f"the lock file; remove it")
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -148,6 +174,12 @@ class WorkdirLock:
           f"({describe_holder(holder) if holder else 'holder not recorded yet'}); "
           f"two trainers would overwrite each other's checkpoints: wait for it "
           f"to finish or stop it") from None
+    self.fd = fd
+
+  def claim(self) -> Optional[Dict[str, Any]]:
+    """Writes this process's record into the held lock; returns the record a
+    dead holder left, if any."""
+    fd = self.fd
     try:
       previous = self._read(fd)
       record = (json.dumps(_holder()) + "\n").encode()
@@ -155,9 +187,8 @@ class WorkdirLock:
       os.pwrite(fd, record, 0)
       os.fsync(fd)
     except OSError as e:
-      os.close(fd)
       raise write_error(self.path, e) from e
-    self.fd = fd
+    self.claimed = True
     if previous:
       logging.warning("Took over %s from a trainer that is no longer running "
                       "(%s).", self.path, describe_holder(previous))
@@ -167,12 +198,15 @@ class WorkdirLock:
     if self.fd is None:
       return
     fd, self.fd = self.fd, None
-    with contextlib.suppress(OSError):
-      os.ftruncate(fd, 0)
+    if self.claimed:
+      with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+    self.claimed = False
     os.close(fd)  # closing the last descriptor drops the flock
 
   def __enter__(self):
     self.acquire()
+    self.claim()
     return self
 
   def __exit__(self, *exc):
@@ -278,9 +312,17 @@ def read_config(workdir: str) -> Optional[Dict[str, Any]]:
 def check_resume(workdir: str, new: Dict[str, Any], *,
                  has_checkpoint: bool) -> Dict[str, Tuple[Any, Any]]:
   """The accepted changes against the workdir's config.json (empty for a
-  fresh workdir); raises WorkdirError naming every refused field."""
+  fresh workdir); raises WorkdirError naming every refused field, and when
+  the workdir holds checkpoints but no config.json (nothing to check this
+  config against)."""
   old = read_config(workdir)
   if old is None:
+    if has_checkpoint:
+      raise WorkdirError(
+          f"workdir {workdir} holds checkpoints but no {CONFIG_FILE}, so "
+          f"this config cannot be checked against the run that wrote them: "
+          f"restore {os.path.join(workdir, CONFIG_FILE)}, or move "
+          f"{os.path.join(workdir, 'checkpoints')} away to start over")
     return {}
   accepted, refused = resume_changes(old, new, has_checkpoint=has_checkpoint)
   if refused:

@@ -105,11 +105,18 @@ def test_changed_architecture_does_not_silently_resume(idx_dir, tmp_path):
     train_lib.train(c, workdir)
   # The workdir's resolved config is not overwritten by the rejected one.
   assert open(os.path.join(workdir, "config.json")).read() == before
-  # Without that record the checkpoint itself still refuses another model.
+  # Checkpoints without that record: refused, nothing to check against.
   os.remove(os.path.join(workdir, "config.json"))
-  with pytest.raises(train_lib.SetupError, match="does not match"):
+  with pytest.raises(train_lib.SetupError, match="holds checkpoints but no config.json"):
     train_lib.train(c, workdir)
   assert not os.path.exists(os.path.join(workdir, "config.json"))
+  # A record that matches the new config: the checkpoint itself still
+  # refuses another model, and the record stays as it was.
+  train_lib.write_config(c, workdir)
+  before = open(os.path.join(workdir, "config.json")).read()
+  with pytest.raises(train_lib.SetupError, match="does not match"):
+    train_lib.train(c, workdir)
+  assert open(os.path.join(workdir, "config.json")).read() == before
 
 
 def test_unknown_dataset_fails_before_training(tmp_path):

@@ -145,6 +145,19 @@ def test_second_trainer_is_refused_and_a_killed_ones_lock_is_taken_over(trained,
     _kill(first)
   killed_at = step()
   assert killed_at >= 2
+  # A refused start (another seed) changes nothing: the dead holder's record,
+  # an orphaned _temp folder and the start log stay for the next start.
+  lock_path = os.path.join(workdir, workdir_lib.LOCK_FILE)
+  dead_record = open(lock_path).read()
+  assert f'"pid": {first.pid}' in dead_record
+  orphan = os.path.join(_ckpt_dir(workdir), "ckpt-99_temp")
+  os.makedirs(orphan, exist_ok=True)
+  starts_before = open(os.path.join(workdir, workdir_lib.START_LOG)).read()
+  with pytest.raises(train_lib.SetupError, match="seed"):
+    train_lib.train(tiny_idx_config(idx, **{"spotter.steps": 100000, "seed": 5}), workdir)
+  assert open(lock_path).read() == dead_record
+  assert os.path.isdir(orphan)
+  assert open(os.path.join(workdir, workdir_lib.START_LOG)).read() == starts_before
   rerun = _start(cmd, tmp_path / "rerun.log")
   try:
     resumed = lambda: "Resumed from" in open(tmp_path / "rerun.log").read()
@@ -155,11 +168,13 @@ def test_second_trainer_is_refused_and_a_killed_ones_lock_is_taken_over(trained,
     starts = _starts(workdir)
     assert [s["pid"] for s in starts[-2:]] == [first.pid, rerun.pid]
     assert starts[-1]["took_over_from"]["pid"] == first.pid
+    assert not os.path.exists(orphan)
   finally:
     _kill(rerun)
   # The killed rerun's lock is free again; its record names it.
   lock = workdir_lib.WorkdirLock(workdir)
-  assert lock.acquire()["pid"] == rerun.pid
+  lock.acquire()
+  assert lock.claim()["pid"] == rerun.pid
   lock.release()
   assert open(os.path.join(workdir, workdir_lib.LOCK_FILE)).read() == ""
 
@@ -168,7 +183,8 @@ def test_lock_is_exclusive_in_process_and_released(tmp_path):
   workdir = str(tmp_path / "w")
   os.makedirs(workdir)
   a = workdir_lib.WorkdirLock(workdir)
-  assert a.acquire() is None
+  a.acquire()
+  assert a.claim() is None
   record = json.load(open(os.path.join(workdir, workdir_lib.LOCK_FILE)))
   assert record["pid"] == os.getpid() and record["host"] == socket.gethostname()
   assert record["command"] == sys.argv
@@ -177,6 +193,32 @@ def test_lock_is_exclusive_in_process_and_released(tmp_path):
   a.release()
   with workdir_lib.WorkdirLock(workdir):
     pass
+
+
+def test_lock_file_that_is_a_link_or_garbage(tmp_path):
+  """A symlinked trainer.lock is refused, its target untouched; a lock file
+  holding garbage is described as an unreadable lock record."""
+  workdir = str(tmp_path / "w")
+  os.makedirs(workdir)
+  victim = tmp_path / "victim.txt"
+  victim.write_text("precious\n")
+  lock_path = os.path.join(workdir, workdir_lib.LOCK_FILE)
+  os.symlink(victim, lock_path)
+  with pytest.raises(workdir_lib.WorkdirError, match="is a symbolic link"):
+    workdir_lib.WorkdirLock(workdir).acquire()
+  assert victim.read_text() == "precious\n"
+  os.remove(lock_path)
+  os.makedirs(lock_path)
+  with pytest.raises(workdir_lib.WorkdirError, match="not the lock file"):
+    workdir_lib.WorkdirLock(workdir).acquire()
+  os.rmdir(lock_path)
+  with open(lock_path, "w") as f:
+    f.write("\x00garbage{")
+  lock = workdir_lib.WorkdirLock(workdir)
+  lock.acquire()
+  previous = lock.claim()
+  lock.release()
+  assert "an unreadable lock record" in workdir_lib.describe_holder(previous)
 
 
 # ------------------------------------------------ 5. a resume never mixes runs
@@ -225,6 +267,34 @@ def test_rerun_with_other_data_or_training_is_refused_logistics_may_change(train
       "train.montage_size": [2, 1], "train.summary_every": [2, 0]}
   # No leftover temporary file from the atomic write.
   assert not [f for f in os.listdir(workdir) if f.endswith(".tmp")]
+
+
+def test_autoencoder_steps_cannot_rise_once_phase_2_started(trained, tmp_path):
+  """Phase 2 freezes the autoencoder: more autoencoder steps after it began
+  are refused, naming why, and the workdir is unchanged. Before phase 2 they
+  may rise."""
+  workdir = _copy(trained, tmp_path / "run")
+  _, idx, _ = trained
+  before = _snapshot(workdir)
+  starts = open(os.path.join(workdir, workdir_lib.START_LOG)).read()
+  c = tiny_idx_config(idx)
+  c.autoencoder.steps += 2
+  with pytest.raises(train_lib.SetupError,
+                     match=r"config.autoencoder.steps: \d+ -> \d+ refused: phase 2 has started"):
+    train_lib.train(c, workdir)
+  assert _snapshot(workdir) == before
+  assert open(os.path.join(workdir, workdir_lib.START_LOG)).read() == starts
+
+
+def test_checkpoints_without_config_json_are_refused(trained, tmp_path):
+  workdir = _copy(trained, tmp_path / "run")
+  _, idx, config = trained
+  os.remove(os.path.join(workdir, workdir_lib.CONFIG_FILE))
+  before = _snapshot(workdir)
+  with pytest.raises(train_lib.SetupError,
+                     match="holds checkpoints but no config.json.*restore .*or move"):
+    train_lib.train(tiny_idx_config(idx, seed=3), workdir)
+  assert _snapshot(workdir) == before
 
 
 def test_resume_rules_field_by_field():
