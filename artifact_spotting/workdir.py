@@ -79,6 +79,9 @@ def make_dir(path: str, what: str = "the workdir"):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.io.gfile.makedirs(path)
     return
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise OSError(errno.ENOTDIR, f"{what.removeprefix('the ')} {path} is a "
+                  f"file, not a folder")
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:

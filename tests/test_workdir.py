@@ -491,6 +491,59 @@ def test_config_file_that_is_not_valid_python_is_one_line(tmp_path):
       raise AssertionError(f"{name}: {e}") from None
 
 
+def test_path_and_version_mistakes_are_one_line(trained, tmp_path):
+  workdir, idx, _ = trained
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x")
+  export = [sys.executable, "-m", "trainers.export"]
+  finetune = [sys.executable, "-m", "trainers.finetune",
+              "--config=configs/finetune/fashion_mnist.py"]
+  cases = {
+      "workdir_file": (_pretrain(idx, str(a_file)),
+                       [f"workdir {a_file} is a file, not a folder"]),
+      "workdir_empty": (_pretrain(idx, ""), ["--workdir is empty"]),
+      "export_version": (export + [f"--workdir={workdir}", f"--output={tmp_path / 'o'}",
+                                   "--version=-5"], ["--version=-5 must be >= 1"]),
+      "export_file": (export + [f"--workdir={a_file}", f"--output={tmp_path / 'o'}"],
+                      [f"--workdir={a_file} is a file"]),
+      "finetune_init_file": (finetune + [f"--init={a_file}", f"--workdir={tmp_path / 'f'}"],
+                             [f"--init={a_file} is a file"]),
+      "finetune_workdir_file": (finetune + [f"--init={workdir}", f"--workdir={a_file}"],
+                                [f"--workdir={a_file} is a file"]),
+  }
+  procs = {name: subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True,
+                                  env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+           for name, (cmd, _) in cases.items()}
+  for name, proc in procs.items():
+    _, err = proc.communicate(timeout=300)
+    try:
+      _one_line_error(proc.returncode, err, *cases[name][1])
+    except AssertionError as e:
+      raise AssertionError(f"{name}: {e}") from None
+  assert os.path.isfile(a_file) and a_file.read_text() == "x"
+
+
+def test_guard_ends_divergence_in_one_line_and_keeps_bugs_tracebacks(capsys):
+  from trainers import _cli
+  from trainers import pretrain
+
+  def diverged(argv):
+    raise FloatingPointError("Phase spotter: non-finite ['loss'] at step 7; the "
+                             "last good checkpoint in W/checkpoints is kept.")
+  with pytest.raises(SystemExit) as info:
+    _cli.guard(diverged, pretrain.setup_errors)(["pretrain"])
+  assert info.value.code == 2
+  assert capsys.readouterr().err.strip().splitlines()[-1] == (
+      "error: Phase spotter: non-finite ['loss'] at step 7; the last good "
+      "checkpoint in W/checkpoints is kept.")
+
+  def bug(argv):
+    raise OSError(errno.EBADF, "Bad file descriptor")
+  with pytest.raises(OSError):
+    _cli.guard(bug, pretrain.setup_errors)(["pretrain"])
+
+
 def test_full_disk_while_checkpointing_keeps_the_written_ones(trained, tmp_path, monkeypatch,
                                                                  capsys):
   """A checkpoint write that fails with ENOSPC raises OSError (which the

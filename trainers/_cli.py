@@ -15,6 +15,7 @@ in well under a second.
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 import sys
 from typing import Callable, NoReturn, Sequence, Tuple, Type, Union
@@ -24,6 +25,13 @@ from ml_collections import config_flags
 from ml_collections.config_flags import config_flags as config_flags_impl
 
 EXIT_CODE = 2
+
+
+def require_paths(**paths: str):
+  """Refuses an empty path flag (``--workdir=``) in one line."""
+  for name, value in paths.items():
+    if value is not None and not value.strip():
+      fail(f"--{name} is empty")
 
 
 def fail(message: str) -> NoReturn:
@@ -185,16 +193,26 @@ Errors = Union[Tuple[Type[BaseException], ...],
                Callable[[], Tuple[Type[BaseException], ...]]]
 
 
+# The OSErrors a user's paths or disk cause (missing, unwritable, full or
+# read-only, a file where a folder belongs); any other errno (EBADF, EINVAL,
+# ...) is a bug and keeps its traceback.
+USER_ERRNOS = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM,
+                         errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR,
+                         errno.EEXIST, errno.ELOOP, errno.ENAMETOOLONG,
+                         errno.EIO))
+
+
 def guard(main: Callable, errors: Errors = ()):
-  """``main`` with OSError and ``errors`` (classes, or a function returning
-  them) turned into one ``error:`` line."""
+  """``main`` with ``errors`` (classes, or a function returning them) and
+  OSErrors of USER_ERRNOS turned into one ``error:`` line."""
 
   def guarded(argv):
     try:
       return main(argv)
     except Exception as e:  # pylint: disable=broad-except
-      known = (OSError,) + tuple(errors() if callable(errors) else errors)
-      if isinstance(e, known):
+      known = tuple(errors() if callable(errors) else errors)
+      if isinstance(e, known) or (isinstance(e, OSError)
+                                  and e.errno in USER_ERRNOS):
         fail(describe(e))
       raise
 

@@ -29,6 +29,12 @@ def setup_errors():
 
 def main(argv):
   del argv
+  _cli.require_paths(workdir=_WORKDIR.value, output=_OUTPUT.value)
+  if _VERSION.value is not None and _VERSION.value < 1:
+    _cli.fail(f"--version={_VERSION.value} must be >= 1 (TF Serving versions "
+              f"are positive integers)")
+  if os.path.isfile(_WORKDIR.value):
+    _cli.fail(f"--workdir={_WORKDIR.value} is a file, not a pretraining workdir")
   from artifact_spotting import export as export_lib  # pylint: disable=g-import-not-at-top
   path = export_lib.export(_WORKDIR.value, _OUTPUT.value, _VERSION.value)
   print(f"exported {path}")

@@ -30,6 +30,12 @@ def setup_errors():
 
 def main(argv):
   del argv
+  _cli.require_paths(init=_INIT.value, workdir=_WORKDIR.value)
+  if os.path.isfile(_INIT.value) and not _INIT.value.endswith(".keras"):
+    _cli.fail(f"--init={_INIT.value} is a file, not a pretraining workdir, an "
+              f"export folder or a .keras file")
+  if os.path.isfile(_WORKDIR.value):
+    _cli.fail(f"--workdir={_WORKDIR.value} is a file, not a folder")
   from artifact_spotting import finetune as finetune_lib  # pylint: disable=g-import-not-at-top
   # Before any model, data or output folder: a bad field is one error line.
   try:

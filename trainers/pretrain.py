@@ -30,11 +30,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 def setup_errors():
   from artifact_spotting import train_lib  # pylint: disable=g-import-not-at-top
   from artifact_spotting.data.sources import DataUnavailableError  # pylint: disable=g-import-not-at-top
-  return (DataUnavailableError, train_lib.SetupError)
+  # FloatingPointError: training diverged; its message names the last good
+  # checkpoint, which is kept.
+  return (DataUnavailableError, train_lib.SetupError, FloatingPointError)
 
 
 def main(argv):
   del argv
+  _cli.require_paths(workdir=_WORKDIR.value)
   # The config's ranges are checked before TensorFlow loads (train checks
   # them again): a mistake is reported at once.
   try:
