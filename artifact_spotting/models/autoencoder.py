@@ -87,9 +87,15 @@ class Decoder(layers.Layer):
     self.widths = tuple(int(w) for w in widths)
     self.channels = int(channels)
     self.negative_slope = float(negative_slope)
+    # In float32 whatever the policy: for a bfloat16/float16 image, XLA's
+    # lowering of the resize's gradient (ResizeBilinearGrad) returns float32
+    # where the graph expects the image's dtype, and the next op of the
+    # backward pass then fails to compile ("Seen floating point types of
+    # different precisions ... but mixed precision is disallowed"). TF's
+    # bilinear resize computes in float32 anyway; the next stage's conv
+    # casts back to the compute dtype.
     self.upsample = layers.UpSampling2D(2, interpolation="bilinear",
-                                        name="upsample",
-                                        dtype=self.dtype_policy)
+                                        name="upsample", dtype="float32")
     self._num_stages = set_indexed(self, "stage", [
         ConvBlock(w, 3, 1, "batch", self.negative_slope, name=f"stage{i + 1}",
                   dtype=self.dtype_policy)
