@@ -16,6 +16,7 @@ DATASET_SOURCES = ("idx", "tfds", "image_folder")
 JIT_MODES = ("auto", "off", "on", "spotter")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+BATCH_NORM_MODES = ("auto", "sync", "per_replica")  # see distribute.batch_norm
 
 # What a rerun on an existing workdir may change (workdir.resume_changes):
 # fields that decide how a run is logged, checkpointed, executed or where its
@@ -166,7 +167,17 @@ def base_config() -> ml_collections.ConfigDict:
       # "float32" | "mixed_bfloat16" (CPUs with bf16 units, TPUs) |
       # "mixed_float16" (GPUs; adds dynamic loss scaling).
       precision="float32"))
-  c.distribute = ml_collections.ConfigDict(dict(strategy="default", devices=(), tpu=""))
+  c.distribute = ml_collections.ConfigDict(dict(
+      strategy="default", devices=(), tpu="",
+      # mirrored: split the host CPU into this many logical devices, one
+      # replica each (0: off). Applied before TensorFlow sets up its devices.
+      logical_cpus=0,
+      # "sync": batch norm normalises with the global batch's statistics (a
+      # cross-replica reduction in every layer); "per_replica": with each
+      # replica's own, moving statistics averaged over replicas (the same as
+      # "sync" on one replica). XLA on several replicas needs "per_replica"
+      # (train_lib.train says why); "auto" picks it there and "sync" elsewhere.
+      batch_norm="auto"))
   return c
 
 
@@ -317,12 +328,17 @@ def validate(config):
   if config.train.precision not in PRECISIONS:
     raise ValueError(f"config.train.precision={config.train.precision!r} must "
                      f"be one of {PRECISIONS}")
-  if config.train.precision != "float32" and config.train.jit_compile in ("on", "spotter"):
-    raise ValueError(
-        f"config.train.precision={config.train.precision!r} with "
-        f"config.train.jit_compile={config.train.jit_compile!r}: XLA fails to "
-        f"compile the mixed-precision step (a float32/bfloat16 mix in the mask "
-        f"upsampling's gradient); use jit_compile='off'")
+  dist = config.distribute
+  if dist.get("batch_norm", "auto") not in BATCH_NORM_MODES:
+    raise ValueError(f"config.distribute.batch_norm={dist.batch_norm!r} must be "
+                     f"one of {BATCH_NORM_MODES}")
+  cpus = dist.get("logical_cpus", 0)
+  if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 0:
+    raise ValueError(f"config.distribute.logical_cpus={cpus!r} must be an "
+                     f"integer >= 0 (0: off)")
+  if cpus and dist.strategy != "mirrored":
+    raise ValueError(f"config.distribute.logical_cpus={cpus} applies to "
+                     f"strategy='mirrored' only, not {dist.strategy!r}")
   if config.channels not in (1, 3):
     raise ValueError(f"config.channels={config.channels} must be 1 or 3")
   from artifact_spotting.data import pp as pp_lib  # pylint: disable=g-import-not-at-top

@@ -8,8 +8,35 @@ import os
 import tensorflow as tf
 
 
+def split_cpu(n: int):
+  """Splits the host CPU into ``n`` logical devices (/cpu:0../cpu:n-1).
+
+  TensorFlow fixes its logical devices when its runtime initialises (the
+  first op, tf.data or device query that needs them), so this must run
+  before that. Raises ValueError when the runtime already has a different
+  number of logical CPUs.
+  """
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  try:
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+  except RuntimeError as e:
+    have = len(tf.config.list_logical_devices("CPU"))
+    if have != n:
+      raise ValueError(
+          f"config.distribute.logical_cpus={n}: TensorFlow's runtime is "
+          f"already initialised with {have} logical CPU device(s) in this "
+          f"process, and they cannot be changed afterwards; set logical_cpus "
+          f"before anything runs a TensorFlow op, or start a new process") from e
+
+
 def make_strategy(cfg):
-  """default | one_device | mirrored | multi_worker | tpu."""
+  """default | one_device | mirrored | multi_worker | tpu.
+
+  mirrored with ``logical_cpus=N`` (> 0) splits the host CPU into N logical
+  devices first and mirrors over them (or over ``devices`` when given): N
+  replicas on one CPU, e.g. to run multi-replica code paths without GPUs.
+  """
   name = cfg.strategy
   devices = list(cfg.get("devices", ()) or ())
   if name == "default":
@@ -17,6 +44,10 @@ def make_strategy(cfg):
   if name == "one_device":
     return tf.distribute.OneDeviceStrategy(devices[0] if devices else "/cpu:0")
   if name == "mirrored":
+    cpus = int(cfg.get("logical_cpus", 0) or 0)
+    if cpus:
+      split_cpu(cpus)
+      devices = devices or [d.name for d in tf.config.list_logical_devices("CPU")]
     return tf.distribute.MirroredStrategy(devices or None)
   if name == "multi_worker":
     return tf.distribute.MultiWorkerMirroredStrategy()
@@ -28,6 +59,23 @@ def make_strategy(cfg):
     return tf.distribute.TPUStrategy(resolver)
   raise ValueError(f"config.distribute.strategy={name!r} is unknown; use one of "
                    "default | one_device | mirrored | multi_worker | tpu")
+
+
+def device_kind(strategy) -> str:
+  """"CPU", "GPU" or "TPU": the kind of device the strategy's replicas run
+  on (the most capable one if they are mixed). The default strategy runs on
+  the first GPU when there is one."""
+  try:
+    devices = strategy.extended.worker_devices
+  except (RuntimeError, NotImplementedError):  # the default strategy
+    devices = ()
+  kinds = {tf.DeviceSpec.from_string(d).device_type for d in devices}
+  if not kinds:
+    kinds = {"GPU"} if tf.config.list_logical_devices("GPU") else {"CPU"}
+  for kind in ("TPU", "GPU", "CPU"):
+    if kind in kinds:
+      return kind
+  return "CPU"
 
 
 def is_chief(strategy) -> bool:

@@ -29,6 +29,7 @@ from artifact_spotting import distribute
 from artifact_spotting import hardware
 from artifact_spotting import workdir as workdir_lib
 from artifact_spotting.data import pipeline
+from artifact_spotting.models import replica
 from artifact_spotting.models.spotter import ArtifactSpotter
 from artifact_spotting.optimizers import FusedAdam
 from artifact_spotting.schedules import LinearDecay
@@ -266,16 +267,31 @@ def init_autoencoder(players: Players, config):
   return latest
 
 
-def resolve_jit(mode: str, strategy) -> str:
-  """``"auto"`` -> the faster measured choice for this device.
+# jit_compile="auto" per kind of device the replicas run on.
+AUTO_JIT = {
+    # 2-core AVX-512 machine: XLA slows the adversarial step (59 vs 110 img/s
+    # on one device, results/throughput_cpu2_avx512_bf16.md; with 2 replicas
+    # on 2 logical CPUs see BUILD.md).
+    "CPU": "off",
+    # Not measured yet.
+    "GPU": "off",
+    # TPUStrategy compiles every replica step with XLA by itself; the
+    # trainer's own XLA compile of the compute part would add nothing.
+    "TPU": "off",
+}
 
-  Measured on a 2-core CPU machine (results/throughput_cpu2_avx512_bf16.md):
-  XLA slows the adversarial step (59 vs 110 img/s), so "off".
-  With several replicas XLA does not compile the step (synchronized batch
-  norm, history all-gather): "off". GPUs are not measured yet: "off".
+
+def resolve_jit(mode: str, strategy) -> str:
+  """``"auto"`` -> AUTO_JIT's choice for the strategy's device kind
+  (distribute.device_kind); other modes are returned as they are.
+
+  CPU: "off", measured (XLA is the slower choice there). GPU: "off" because
+  no GPU run has been measured yet, not because XLA is known to be slower.
+  TPU: "off", the TPU step is XLA-compiled anyway.
   """
-  del strategy  # every measured device so far prefers XLA off
-  return "off" if mode == "auto" else mode
+  if mode != "auto":
+    return mode
+  return AUTO_JIT[distribute.device_kind(strategy)]
 
 
 class CheckpointKeeper:
@@ -378,14 +394,25 @@ class Progress:
 
 
 # --------------------------------------------------------------------- loop
-def make_loop(strategy, step_fn: Callable, jit_compile: bool):
+def make_loop(strategy, step_fn: Callable, jit_compile: bool,
+              batch_norm: str = "sync"):
   """A tf.function running ``n`` steps on a distributed iterator and
   returning the metrics averaged over replicas and steps (one host sync per
-  call, not per step)."""
-  replica_fn = tf.function(step_fn, jit_compile=True) if jit_compile else step_fn
+  call, not per step).
+
+  ``step_fn`` is an ArtifactSpotter step for one replica. With
+  ``jit_compile`` XLA compiles each replica's compute (forward passes,
+  losses, gradients) and the collectives (gradient all-reduce, moving
+  statistics, the history all-gather) run outside it, with any strategy
+  (models/replica.py). ``batch_norm``: "sync" or "per_replica" statistics
+  (replica.StepMode); XLA with several replicas needs "per_replica".
+  """
+  compiled = {}  # one XLA compilation per replica for both traces below
 
   def one(iterator):
-    per_replica = strategy.run(replica_fn, args=(next(iterator),))
+    with replica.step_mode(xla=jit_compile, batch_norm=batch_norm,
+                           compiled=compiled):
+      per_replica = strategy.run(step_fn, args=(next(iterator),))
     return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
             for k, v in per_replica.items()}
 
@@ -526,13 +553,27 @@ def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
     config_lib.validate(config)
     strategy = strategy or distribute.make_strategy(config.distribute)
     jit = resolve_jit(config.train.jit_compile, strategy)
-    if jit != "off" and strategy.num_replicas_in_sync > 1:
+    batch_norm = config.distribute.get("batch_norm", "auto")
+    replicas = strategy.num_replicas_in_sync
+    if batch_norm == "auto":
+      batch_norm = "per_replica" if jit != "off" and replicas > 1 else "sync"
+      if batch_norm == "per_replica":
+        logging.warning(
+            "XLA on %d replicas: batch norm per replica (each replica "
+            "normalises with its own part of the batch). Synchronized batch "
+            "norm on several replicas needs jit_compile='off'.", replicas)
+    if jit != "off" and replicas > 1 and batch_norm == "sync":
       raise ValueError(
-          f"config.train.jit_compile={config.train.jit_compile!r} works with one "
-          "replica only: the step's "
-          "cross-replica batch norm and history updates do not compile with XLA "
-          f"under {type(strategy).__name__} ({strategy.num_replicas_in_sync} "
-          "replicas); set it to \"off\"")
+          f"config.train.jit_compile={config.train.jit_compile!r} on "
+          f"{replicas} replicas needs "
+          "config.distribute.batch_norm='per_replica': synchronized batch norm "
+          "reduces each layer's statistics across replicas inside the forward "
+          f"pass, and {type(strategy).__name__} does that with merge_call, "
+          "which an XLA-compiled function cannot contain (TensorFlow: "
+          "'merge_call called while defining a new graph or a tf.function'; "
+          "measured on CPUs, GPUs not tried). Set "
+          "config.distribute.batch_norm='per_replica' (each replica normalises "
+          "with its own statistics) or jit_compile='off'")
     chief = distribute.is_chief(strategy)
     changes, claim = open_workdir(config, workdir, chief, held)
     source = pipeline.open_source(config.dataset, config.channels)
@@ -583,7 +624,7 @@ def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
   ae_batch = config.autoencoder.batch_size
   if players.ae_step < config.autoencoder.steps:
     ae_loop = make_loop(strategy, lambda b: model.autoencoder_step(b, players.ae_opt),
-                        jit == "on")
+                        jit == "on", batch_norm)
     it = iter(dataset(ae_batch, config.seed))
     results["autoencoder"] = run_phase(
         name="autoencoder", loop=ae_loop, iterator=it,
@@ -612,7 +653,7 @@ def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
     adv_loop = make_loop(
         strategy,
         lambda b: model.adversarial_step(b, players.c_opt, players.r_opt, probe_opt),
-        jit != "off")
+        jit != "off", batch_norm)
     it = iter(dataset(adv_batch, config.seed + 1))
     if players.adv_step == 0:
       on_summary(0)

@@ -7,6 +7,7 @@ import tensorflow as tf
 from keras import layers
 
 from artifact_spotting.hardware import onednn_enabled
+from artifact_spotting.models import replica
 
 PACKAGE = "artifact_spotting"
 
@@ -146,29 +147,31 @@ def _in_xla() -> bool:
   return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
-def _single_replica() -> bool:
-  ctx = tf.distribute.get_replica_context()
-  return ctx is None or ctx.num_replicas_in_sync == 1
-
-
 @keras.saving.register_keras_serializable(PACKAGE)
 class BatchNorm(layers.BatchNormalization):
   """keras BatchNormalization that trains through TF's fused kernel.
 
   Same variables, config and results (up to float rounding, tested) as the
-  parent. In training, on one replica, for NHWC feature maps it calls
+  parent. In training, with local statistics (one replica, or per-replica
+  batch norm: ``replica.local_batch_norm``), for NHWC feature maps it calls
   FusedBatchNormV3 (one kernel forward, one backward) instead of keras'
   moments + batch_normalization graph, whose backward (Mul/Tile/Sum chains)
   was a large share of the adversarial step's CPU time in an ad-hoc profile.
-  With several replicas (the synchronized statistics need a cross-replica
-  reduction), masks, renorm or other shapes it is the parent's code.
+  With synchronized statistics on several replicas (a cross-replica
+  reduction), masks, renorm or other shapes it is the parent's code, whose
+  moments are the replica's own in per-replica mode.
   """
 
   def _fused(self, inputs, training, mask):
     return (training and self.trainable and mask is None and not self.renorm
             and keras.backend.backend() == "tensorflow"
             and len(inputs.shape) == 4 and self.axis in (-1, 3)
-            and self.center and self.scale and _single_replica())
+            and self.center and self.scale and replica.local_batch_norm())
+
+  def _moments(self, inputs, mask):
+    if mask is None and self.synchronized and replica.local_batch_norm():
+      return keras.ops.moments(inputs, axes=self._reduction_axes)
+    return super()._moments(inputs, mask)
 
   def call(self, inputs, training=None, mask=None):
     if not self._fused(inputs, training, mask):
@@ -241,7 +244,8 @@ class MaxPool(layers.MaxPooling2D):
 class ConvBlock(layers.Layer):
   """Conv -> norm -> leaky ReLU, sublayers held as attributes.
 
-  norm: "batch" (synchronized across replicas; conv without bias), "lrn"
+  norm: "batch" (statistics synchronized across replicas unless the step
+  mode makes them per replica, see models/replica.py; conv without bias), "lrn"
   (Caffe AlexNet's LRN, after the activation) or "none".
   """
 

@@ -7,7 +7,7 @@ from typing import Dict, Sequence
 import keras
 from keras import layers, ops
 
-from artifact_spotting.models.blocks import PACKAGE, Conv2D, ConvBlock, MaxPool
+from artifact_spotting.models.blocks import PACKAGE, BatchNorm, Conv2D, ConvBlock, MaxPool
 
 FEATURE_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 NORMS = ("batch", "lrn", "none")
@@ -68,9 +68,9 @@ class Discriminator(layers.Layer):
     self.flatten = layers.Flatten(name="flatten", dtype=dt)
     self.fc = layers.Dense(self.fc_units, use_bias=not self.fc_norm,
                            name="fc1", dtype=dt)
-    self.fc_bn = (layers.BatchNormalization(momentum=0.9, epsilon=1e-5,
-                                            synchronized=True, name="fc1_bn",
-                                            dtype=dt)
+    # blocks.BatchNorm for its per-replica mode (replica.StepMode).
+    self.fc_bn = (BatchNorm(momentum=0.9, epsilon=1e-5, synchronized=True,
+                            name="fc1_bn", dtype=dt)
                   if self.fc_norm else None)
     self.fc_drop = layers.Dropout(self.dropout, name="fc1_dropout", dtype=dt)
     self.class_head = layers.Dense(1, name="class_head", dtype=dt)

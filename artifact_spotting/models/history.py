@@ -51,18 +51,31 @@ class HistoryBuffer(layers.Layer):
 
   def sample(self, seed, num, offset, total, fallback_images, fallback_masks):
     """Rows ``offset:offset+num`` of ``total`` stateless draws from the pool."""
+    return self.gather(self.draw(seed, num, offset, total), fallback_images,
+                       fallback_masks)
+
+  def draw(self, seed, num, offset, total):
+    """The pool slots ``sample`` reads: rows ``offset:offset+num`` of
+    ``total`` stateless draws. Separate from ``gather`` so that a train step
+    can draw outside its XLA computation (XLA's stateless random numbers
+    differ from TensorFlow's kernels')."""
     filled = tf.minimum(self.count.value, self.size)
     u = tf.random.stateless_uniform([total], seed=seed)[offset:offset + num]
     idx = tf.cast(tf.floor(u * tf.cast(tf.maximum(filled, 1), tf.float32)),
                   tf.int32)
-    idx = tf.minimum(idx, self.size - 1)
+    return tf.minimum(idx, self.size - 1)
+
+  def gather(self, idx, fallback_images, fallback_masks):
+    """(images, masks) at pool slots ``idx``; evenly strided rows of the
+    fallbacks (the current fakes) while the pool is empty."""
+    num = idx.shape[0]
     images = tf.gather(self.images.value, idx)
     masks = tf.gather(self.masks.value, idx)
     # Empty pool: evenly strided rows of the current fakes, which selects the
     # same global rows whether the batch is split over replicas or not.
     b = fallback_images.shape[0]
     rows = (tf.range(num) * b) // num
-    empty = tf.equal(filled, 0)
+    empty = tf.equal(tf.minimum(self.count.value, self.size), 0)
     images = tf.where(empty, tf.cast(tf.gather(fallback_images, rows), images.dtype),
                       images)
     masks = tf.where(empty, tf.cast(tf.gather(fallback_masks, rows), masks.dtype),

@@ -15,6 +15,7 @@ import tensorflow as tf
 from keras import layers
 
 from artifact_spotting import losses
+from artifact_spotting.models import replica
 from artifact_spotting.models.autoencoder import Decoder, Encoder, NoiseGenerator
 from artifact_spotting.models.blocks import PACKAGE, get_indexed, set_indexed
 from artifact_spotting.models.damage_repair import Damage, RepairBlock, sample_keep_mask, upsample_mask
@@ -61,10 +62,20 @@ def _listify(obj):
 
 
 def _grad_norm(grads, optimizer):
-  """Global norm of the true (unscaled) gradients."""
+  """Global norm of the true (unscaled) gradients, read before the optimizer
+  applies them (a loss-scale optimizer changes its scale when it applies).
+
+  With loss scaling (mixed_float16) a step whose scaled gradients overflow
+  is skipped by the optimizer (nothing applied, the scale halves): its norm
+  is reported as 0, not inf, so that the trainer's check for non-finite
+  metrics stops diverging runs only.
+  """
   norm = tf.linalg.global_norm([tf.cast(g, tf.float32) for g in grads])
   scale = getattr(optimizer, "dynamic_scale", None)
-  return norm / tf.cast(scale, tf.float32) if scale is not None else norm
+  if scale is None:
+    return norm
+  norm = norm / tf.cast(scale, tf.float32)
+  return tf.where(tf.math.is_finite(norm), norm, tf.zeros_like(norm))
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
@@ -227,128 +238,166 @@ class ArtifactSpotter(keras.Model):
                      tf.cast(step, tf.int64)])
 
   def autoencoder_step(self, batch, optimizer):
-    """One replica's phase-1 step: MSE reconstruction + L2 on kernels."""
+    """One replica's phase-1 step: MSE reconstruction + L2 on kernels.
+
+    Compute (forward, loss, gradients) and apply (optimizer update, deferred
+    batch-norm writes) are separate so that XLA can compile the compute alone
+    (models/replica.py)."""
     x = batch["image"]
-    ctx, n, _ = self._replica()
+    _, n, _ = self._replica()
     global_b = x.shape[0] * n
     w = self.spec["loss"]
     variables = self.autoencoder_variables
-    with tf.GradientTape() as tape:
-      x_ae = self.autoencode(x, training=True)
-      recon = losses.mse(x, x_ae, global_b)
-      l2 = losses.l2_penalty(variables)
-      loss = w["ae_recon_weight"] * recon + w["l2_weight"] * l2 / n
-      scaled = optimizer.scale_loss(loss)
-    grads = tape.gradient(scaled, variables)
-    optimizer.apply_gradients(zip(grads, variables))
-    return {"ae/loss": loss * n, "ae/mse": recon * n,
-            "ae/grad_norm": _grad_norm(grads, optimizer)}
+
+    def compute(x):
+      with tf.GradientTape() as tape:
+        x_ae = self.autoencode(x, training=True)
+        recon = losses.mse(x, x_ae, global_b)
+        l2 = losses.l2_penalty(variables)
+        loss = w["ae_recon_weight"] * recon + w["l2_weight"] * l2 / n
+        scaled = optimizer.scale_loss(loss)
+      return tape.gradient(scaled, variables), loss, recon
+
+    (grads, loss, recon), writes = replica.run_compute("autoencoder", compute, x)
+    metrics = {"ae/loss": loss * n, "ae/mse": recon * n,
+               "ae/grad_norm": _grad_norm(grads, optimizer)}
+    replica.apply_writes(writes)
+    optimizer.apply_gradients(zip(replica.agree_on_overflow(grads, optimizer),
+                                  variables))
+    return metrics
 
   def adversarial_step(self, batch, c_optimizer, r_optimizer,
                        probe_optimizer=None):
     """One replica's phase-2 step: C and R (or G) updated simultaneously
-    from a single forward pass of C over [reals, fakes, history]."""
+    from a single forward pass of C over [reals, fakes, history].
+
+    Compute (forward passes, losses, gradients, metrics) and apply (optimizer
+    updates, deferred batch-norm writes, the history buffer's all-gather and
+    update) are separate so that XLA can compile the compute alone
+    (models/replica.py)."""
     x = batch["image"]
     _, n, rid = self._replica()
     b = x.shape[0]
     gb = b * n
     s, w = self.spec, self.spec["loss"]
+    hist_k = 0
+    if self.history is not None:
+      hist_k = int(round(s["history"]["fraction"] * b))
+    c_vars = self.discriminator_variables
+    r_vars = self.generator_variables
+    probe = (self.probe is not None and probe_optimizer is not None
+             and "label" in batch)
+
+    # The step's random draws (damage masks, noise, history slots) are made
+    # here, outside the compute that XLA may compile: XLA's stateless random
+    # numbers differ from TensorFlow's kernels', and drawn here they are the
+    # same with XLA on or off.
     step = c_optimizer.iterations
     keep = sample_keep_mask(self._seed(_MASK, step), b, self.grid,
                             s["damage"]["drop_rate"], offset=rid * b,
                             total_batch=gb)
-    hist_k = 0
-    if self.history is not None:
-      hist_k = int(round(s["history"]["fraction"] * b))
-    phi = self.encoder(x, training=False)
-    x_ae = self.decoder(phi, training=False)
-    real = x if s["real_input"] == "raw" else x_ae
     noise = None
     if self.generator is not None:
-      noise = tf.random.stateless_normal([gb, s["noise_dim"]],
-                                         seed=self._seed(_NOISE, step))[rid * b:(rid + 1) * b]
+      noise = tf.random.stateless_normal(
+          [gb, s["noise_dim"]], seed=self._seed(_NOISE, step))[rid * b:(rid + 1) * b]
       # Every cell of a generated image is fake.
       keep = tf.zeros_like(keep)
-    c_vars = self.discriminator_variables
-    r_vars = self.generator_variables
-    with tf.GradientTape(persistent=True) as tape:
-      fake = self.make_fakes(x, keep, training=True, phi=phi, noise=noise)
-      fake_masks = keep
-      inputs = [real, fake]
-      if hist_k:
-        h_img, h_mask = self.history.sample(
-            self._seed(_HISTORY_SAMPLE, step), hist_k, rid * hist_k,
-            hist_k * n, tf.stop_gradient(fake), keep)
-        inputs.append(h_img)
-        fake_masks = tf.concat([keep, h_mask], axis=0)
-      out = self.discriminator(inputs, training=True)  # views: see Discriminator
-      logits, mask_logits = out["logits"], out["mask_logits"]
-      real_logits, all_fake_logits = logits[:b], logits[b:]
-      fake_logits = logits[b:2 * b]
-      g_fake = (b + hist_k) * n
-      class_loss = losses.real_fake_loss(real_logits, all_fake_logits, gb, g_fake)
-      mask_fake = losses.mask_loss(mask_logits[b:], fake_masks, g_fake)
-      c_loss = class_loss
-      if w["mask_weight"]:
-        c_loss += w["mask_weight"] * mask_fake
-      if w["mask_real_weight"]:
-        c_loss += w["mask_real_weight"] * losses.mask_loss(
-            mask_logits[:b], tf.ones_like(keep), gb)
-      adv = losses.non_saturating_loss(fake_logits, gb)
-      r_loss = adv
-      recon = tf.constant(0.0)
-      if self.generator is None and w["recon_weight"]:
-        keep_up = upsample_mask(keep, (x.shape[1], x.shape[2]))
-        recon = losses.masked_mse(x_ae, fake, keep_up, gb)
-        r_loss += w["recon_weight"] * recon
-      if w["generator_adds_c_losses"]:
-        r_loss += losses.confusion_loss(fake_logits, gb)
-        r_loss += w["mask_weight"] * losses.mask_loss(mask_logits[b:2 * b], keep, gb)
-      # Loss scaling (mixed_float16: LossScaleOptimizer; else the identity).
-      c_scaled = c_optimizer.scale_loss(c_loss)
-      r_scaled = r_optimizer.scale_loss(r_loss)
-    c_grads = tape.gradient(c_scaled, c_vars)
-    r_grads = tape.gradient(r_scaled, r_vars) if r_vars else []
-    del tape
-    c_optimizer.apply_gradients(zip(c_grads, c_vars))
+    slots = None
+    if hist_k:
+      slots = self.history.draw(self._seed(_HISTORY_SAMPLE, step), hist_k,
+                                rid * hist_k, hist_k * n)
+
+    def compute(batch, keep, noise, slots):
+      x = batch["image"]
+      phi = self.encoder(x, training=False)
+      x_ae = self.decoder(phi, training=False)
+      real = x if s["real_input"] == "raw" else x_ae
+      with tf.GradientTape(persistent=True) as tape:
+        fake = self.make_fakes(x, keep, training=True, phi=phi, noise=noise)
+        fake_masks = keep
+        inputs = [real, fake]
+        if hist_k:
+          h_img, h_mask = self.history.gather(slots, tf.stop_gradient(fake), keep)
+          inputs.append(h_img)
+          fake_masks = tf.concat([keep, h_mask], axis=0)
+        out = self.discriminator(inputs, training=True)  # views: see Discriminator
+        logits, mask_logits = out["logits"], out["mask_logits"]
+        real_logits, all_fake_logits = logits[:b], logits[b:]
+        fake_logits = logits[b:2 * b]
+        g_fake = (b + hist_k) * n
+        class_loss = losses.real_fake_loss(real_logits, all_fake_logits, gb, g_fake)
+        mask_fake = losses.mask_loss(mask_logits[b:], fake_masks, g_fake)
+        c_loss = class_loss
+        if w["mask_weight"]:
+          c_loss += w["mask_weight"] * mask_fake
+        if w["mask_real_weight"]:
+          c_loss += w["mask_real_weight"] * losses.mask_loss(
+              mask_logits[:b], tf.ones_like(keep), gb)
+        adv = losses.non_saturating_loss(fake_logits, gb)
+        r_loss = adv
+        recon = tf.constant(0.0)
+        if self.generator is None and w["recon_weight"]:
+          keep_up = upsample_mask(keep, (x.shape[1], x.shape[2]))
+          recon = losses.masked_mse(x_ae, fake, keep_up, gb)
+          r_loss += w["recon_weight"] * recon
+        if w["generator_adds_c_losses"]:
+          r_loss += losses.confusion_loss(fake_logits, gb)
+          r_loss += w["mask_weight"] * losses.mask_loss(mask_logits[b:2 * b], keep, gb)
+        # Loss scaling (mixed_float16: LossScaleOptimizer; else the identity).
+        c_scaled = c_optimizer.scale_loss(c_loss)
+        r_scaled = r_optimizer.scale_loss(r_loss)
+      c_grads = tape.gradient(c_scaled, c_vars)
+      r_grads = tape.gradient(r_scaled, r_vars) if r_vars else []
+      del tape
+
+      f32 = lambda t: tf.cast(t, tf.float32)
+      cells_keep = f32(keep[..., 0])
+      mask_pred = f32(mask_logits[b:2 * b] > 0)
+      metrics = {
+          "c/loss": c_loss * n, "c/class_loss": class_loss * n,
+          "c/mask_loss": mask_fake * n,
+          "c/real_accuracy": tf.reduce_mean(f32(real_logits > 0)),
+          "c/fake_accuracy": tf.reduce_mean(f32(fake_logits < 0)),
+          "c/mask_accuracy": tf.reduce_mean(f32(tf.equal(mask_pred, cells_keep))),
+          "r/loss": r_loss * n, "r/adversarial": adv * n, "r/recon_kept": recon * n,
+      }
+      p_grads = []
+      if probe:
+        labels = batch["label"]
+        feats = self.probe_features({"conv5": out["conv5"][:b]})
+        with tf.GradientTape() as ptape:
+          plogits = tf.cast(self.probe(feats), tf.float32)
+          ploss = losses.global_mean(
+              tf.nn.sparse_softmax_cross_entropy_with_logits(
+                  labels=labels, logits=plogits), gb)
+        p_grads = ptape.gradient(ploss, self.probe_variables)
+        metrics["probe/loss"] = ploss * n
+        metrics["probe/accuracy"] = tf.reduce_mean(
+            f32(tf.equal(tf.argmax(plogits, -1, output_type=labels.dtype), labels)))
+      return c_grads, r_grads, p_grads, tf.stop_gradient(fake), metrics
+
+    (c_grads, r_grads, p_grads, fake, metrics), writes = replica.run_compute(
+        "adversarial", compute, batch, keep, noise, slots)
+    metrics["c/grad_norm"] = _grad_norm(c_grads, c_optimizer)
+    metrics["r/grad_norm"] = (_grad_norm(r_grads, r_optimizer) if r_vars
+                              else tf.constant(0.0))
+    replica.apply_writes(writes)
+    c_optimizer.apply_gradients(
+        zip(replica.agree_on_overflow(c_grads, c_optimizer), c_vars))
     if r_vars:
-      r_optimizer.apply_gradients(zip(r_grads, r_vars))
+      r_optimizer.apply_gradients(
+          zip(replica.agree_on_overflow(r_grads, r_optimizer), r_vars))
     if self.history is not None:
       ctx = tf.distribute.get_replica_context()
-      all_fakes = tf.stop_gradient(fake)
-      all_keep = keep
+      all_fakes, all_keep = fake, keep
       if ctx is not None and n > 1:
         all_fakes = tf.reshape(ctx.all_gather(all_fakes, axis=0),
                                [gb] + fake.shape[1:].as_list())
         all_keep = tf.reshape(ctx.all_gather(all_keep, axis=0),
                               [gb] + keep.shape[1:].as_list())
       self.history.update(self._seed(_HISTORY_SLOTS, step), all_fakes, all_keep)
-
-    f32 = lambda t: tf.cast(t, tf.float32)
-    cells_keep = f32(keep[..., 0])
-    mask_pred = f32(mask_logits[b:2 * b] > 0)
-    metrics = {
-        "c/loss": c_loss * n, "c/class_loss": class_loss * n,
-        "c/mask_loss": mask_fake * n,
-        "c/real_accuracy": tf.reduce_mean(f32(real_logits > 0)),
-        "c/fake_accuracy": tf.reduce_mean(f32(fake_logits < 0)),
-        "c/mask_accuracy": tf.reduce_mean(f32(tf.equal(mask_pred, cells_keep))),
-        "c/grad_norm": _grad_norm(c_grads, c_optimizer),
-        "r/loss": r_loss * n, "r/adversarial": adv * n, "r/recon_kept": recon * n,
-        "r/grad_norm": _grad_norm(r_grads, r_optimizer) if r_vars else tf.constant(0.0),
-    }
-    if self.probe is not None and probe_optimizer is not None and "label" in batch:
-      labels = batch["label"]
-      feats = self.probe_features({"conv5": out["conv5"][:b]})
-      with tf.GradientTape() as ptape:
-        plogits = tf.cast(self.probe(feats), tf.float32)
-        ploss = losses.global_mean(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=plogits), gb)
-      pgrads = ptape.gradient(ploss, self.probe_variables)
-      probe_optimizer.apply_gradients(zip(pgrads, self.probe_variables))
-      metrics["probe/loss"] = ploss * n
-      metrics["probe/accuracy"] = tf.reduce_mean(
-          f32(tf.equal(tf.argmax(plogits, -1, output_type=labels.dtype), labels)))
+    if probe:
+      probe_optimizer.apply_gradients(zip(p_grads, self.probe_variables))
     return metrics
 
   def visualize(self, images, step):
