@@ -102,7 +102,7 @@ def knn_accuracy(players, bank, queries, layer="conv5"):
   return float(np.mean(preds == qlabels))
 
 
-def frozen_c_adversarial_loss(config, workdir, steps=20, lr=1e-2):
+def frozen_c_adversarial_loss(config, workdir, steps=80, lr=1e-2):
   """R's adversarial loss -log s(C(fake)) on a fixed batch before and after
   ``steps`` adversarial steps with C frozen (learning rate 0) and R's
   kept-region reconstruction weight 0, so R's update follows its adversarial
@@ -215,8 +215,10 @@ def test_repair_network_keeps_the_discriminator_from_winning_outright(measured):
 
 def test_repair_network_fools_a_frozen_discriminator(measured):
   assert measured["frozen_c_fixed"] == 1.0, "C changed while frozen"
-  # Seeds 0, 1, 2: 1.112 -> 0.911, 1.375 -> 0.588, 1.267 -> 0.922; with the
-  # sign flipped it rises: 7.818 -> 7.892, 6.841 -> 7.025, 7.812 -> 8.424.
+  # Seed 0, 80 frozen-C steps: 1.112 -> 0.716; with the sign flipped it
+  # rises: 7.818 -> 7.942. (After 20 steps seeds 0, 1, 2 read 1.112 -> 0.911,
+  # 1.375 -> 0.588, 1.267 -> 0.922, and a full-suite run 1.068 -> 1.036:
+  # too close to the margin, hence 80.)
   assert measured["frozen_c_adv_after"] < measured["frozen_c_adv_before"] - 0.05, measured
 
 

@@ -127,8 +127,12 @@ def random_resized_crop(size, area=(1 / 3, 1.0), ratio=(3 / 4, 4 / 3),
   def fn(image):
     image = _as_float01(image)
     channels = _channels(image)
-    begin, crop, _ = tf.image.sample_distorted_bounding_box(
-        tf.shape(image), tf.zeros([0, 0, 4], tf.float32),
+    # The stateless op takes its seed from a (stateful) random draw, so the
+    # crop follows the global seed and works under TensorFlow's op
+    # determinism, which refuses the stateful op without an explicit seed.
+    seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
+    begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=seed,
         area_range=area, aspect_ratio_range=ratio, max_attempts=10,
         use_image_if_no_bounding_boxes=True)
     # The crop's size is a tensor, so tf.slice forgets every dimension; the
@@ -305,11 +309,14 @@ def check(spec: str, channels: int, resolution=None, field: str = "pp"):
     process = parse(spec)
   except ValueError as e:
     raise ValueError(f"config.{field}={spec!r}: {e}") from None
-  ds = tf.data.Dataset.from_generator(
-      lambda: iter(()), output_signature={
-          "image": tf.TensorSpec([None, None, channels], tf.uint8)})
+  # Traced in a throwaway graph with its own graph-level seed: the random
+  # ops need one when TensorFlow's op determinism is on, and the process's
+  # global seed is left alone.
   try:
-    out = ds.map(lambda f: process(f)["image"]).element_spec
+    with tf.Graph().as_default():
+      tf.compat.v1.set_random_seed(0)
+      image = tf.compat.v1.placeholder(tf.uint8, [None, None, channels])
+      out = process({"image": image})["image"]
   except (TypeError, ValueError, tf.errors.OpError) as e:
     raise ValueError(f"config.{field}={spec!r} fails on {channels}-channel "
                      f"images: {e}") from None
