@@ -269,9 +269,10 @@ def init_autoencoder(players: Players, config):
 
 # jit_compile="auto" per kind of device the replicas run on.
 AUTO_JIT = {
-    # 2-core AVX-512 machine: XLA slows the adversarial step (59 vs 110 img/s
-    # on one device, results/throughput_cpu2_avx512_bf16.md; with 2 replicas
-    # on 2 logical CPUs see BUILD.md).
+    # 2-core AVX-512 machine: XLA slows the adversarial step, 59 vs 110 img/s
+    # on one device (results/throughput_cpu2_avx512_bf16.md), and with 2
+    # replicas on 2 logical CPUs 38 vs 64 img/s (autoencoder step 343 vs
+    # 700; fashion_mnist config, per-replica batch norm, shared machine).
     "CPU": "off",
     # Not measured yet.
     "GPU": "off",
