@@ -300,8 +300,14 @@ def check_ranges(config):
   need(t + "montage_size", whole(1), "an integer >= 1")
 
 
-def validate(config):
-  """Fails before any training with a message naming the offending field."""
+def validate(config, pp: bool = True):
+  """Fails before any training with a message naming the offending field.
+
+  ``pp=False`` leaves out the check of ``config.pp`` (check_pp), which traces
+  the preprocessing ops and so starts TensorFlow's runtime: a caller that
+  still has to set up devices (logical CPUs, collectives for multi-worker
+  runs) validates without it first and calls check_pp after the strategy
+  exists."""
   check_ranges(config)
   ds = config.dataset
   if ds.source not in DATASET_SOURCES:
@@ -341,9 +347,16 @@ def validate(config):
                      f"strategy='mirrored' only, not {dist.strategy!r}")
   if config.channels not in (1, 3):
     raise ValueError(f"config.channels={config.channels} must be 1 or 3")
+  if pp:
+    check_pp(config)
+  return config
+
+
+def check_pp(config):
+  """config.pp parses and gives float32 [resolution, resolution, channels]
+  images (data/pp.py:check); starts TensorFlow's runtime."""
   from artifact_spotting.data import pp as pp_lib  # pylint: disable=g-import-not-at-top
   pp_lib.check(config.pp, config.channels, config.resolution)
-  return config
 
 
 def model_spec(config) -> Dict[str, Any]:

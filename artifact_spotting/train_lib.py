@@ -551,8 +551,9 @@ def train(config, workdir: str, strategy=None) -> Dict[str, Dict]:
 def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
   # --- setup, strategy, workdir, input, model and optimizers, restore
   try:
-    config_lib.validate(config)
+    config_lib.validate(config, pp=False)
     strategy = strategy or distribute.make_strategy(config.distribute)
+    config_lib.check_pp(config)  # after the devices are set up: it starts TF
     jit = resolve_jit(config.train.jit_compile, strategy)
     batch_norm = config.distribute.get("batch_norm", "auto")
     replicas = strategy.num_replicas_in_sync

@@ -41,7 +41,7 @@ def main(argv):
   # The config's ranges are checked before TensorFlow loads (train checks
   # them again): a mistake is reported at once.
   try:
-    config_lib.validate(_CONFIG.value)
+    config_lib.validate(_CONFIG.value, pp=False)  # train() checks pp too
   except ValueError as e:
     _cli.fail(_cli.one_line(str(e)))
   from artifact_spotting import train_lib  # pylint: disable=g-import-not-at-top
