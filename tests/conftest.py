@@ -37,18 +37,24 @@ def write_idx(path, array):
     f.write(header + array.tobytes())
 
 
+def make_idx_dir(path, train=256, test=64):
+  """Writes a folder of Fashion-MNIST-format IDX files (random 28x28 images
+  and labels) at ``path``; returns it as a string."""
+  import numpy as np
+  rng = np.random.default_rng(0)
+  os.makedirs(path)
+  for split, n in (("train", train), ("t10k", test)):
+    write_idx(os.path.join(path, f"{split}-images-idx3-ubyte"),
+              rng.integers(0, 256, (n, 28, 28)))
+    write_idx(os.path.join(path, f"{split}-labels-idx1-ubyte"),
+              rng.integers(0, 10, (n,)))
+  return str(path)
+
+
 @pytest.fixture
 def idx_dir(tmp_path):
   """A folder of Fashion-MNIST-format IDX files with 256 random images."""
-  import numpy as np
-  rng = np.random.default_rng(0)
-  d = tmp_path / "idx"
-  d.mkdir()
-  for split, n in (("train", 256), ("t10k", 64)):
-    write_idx(str(d / f"{split}-images-idx3-ubyte"),
-              rng.integers(0, 256, (n, 28, 28)))
-    write_idx(str(d / f"{split}-labels-idx1-ubyte"), rng.integers(0, 10, (n,)))
-  return str(d)
+  return make_idx_dir(tmp_path / "idx")
 
 
 def tiny_idx_config(idx_path, **overrides):

@@ -26,7 +26,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import write_idx
+from conftest import make_idx_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MOCK_EXAMPLES = 24
@@ -62,13 +62,7 @@ def test_configs_are_discovered():
 def _idx_dir(root):
   path = os.path.join(root, "idx")
   if not os.path.isdir(path):
-    os.makedirs(path)
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 300), ("t10k", 100)):
-      write_idx(os.path.join(path, f"{split}-images-idx3-ubyte"),
-                rng.integers(0, 256, (n, 28, 28)))
-      write_idx(os.path.join(path, f"{split}-labels-idx1-ubyte"),
-                rng.integers(0, 10, (n,)))
+    make_idx_dir(path, train=300, test=100)
   return path
 
 

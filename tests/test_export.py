@@ -37,15 +37,10 @@ print(json.dumps(sorted(sys.modules.keys() & {"artifact_spotting", "keras"})))
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   root = tmp_path_factory.mktemp("export")
-  from conftest import write_idx
-  rng = np.random.default_rng(0)
-  idx = root / "idx"
-  idx.mkdir()
-  for split, n in (("train", 64), ("t10k", 8)):
-    write_idx(str(idx / f"{split}-images-idx3-ubyte"), rng.integers(0, 256, (n, 28, 28)))
-    write_idx(str(idx / f"{split}-labels-idx1-ubyte"), rng.integers(0, 10, (n,)))
+  from conftest import make_idx_dir
+  idx = make_idx_dir(root / "idx", train=64, test=8)
   workdir = str(root / "work")
-  train_lib.train(tiny_idx_config(str(idx)), workdir)
+  train_lib.train(tiny_idx_config(idx), workdir)
   return workdir, root
 
 

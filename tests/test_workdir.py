@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -19,7 +18,7 @@ from artifact_spotting import config as config_lib
 from artifact_spotting import export as export_lib
 from artifact_spotting import train_lib
 from artifact_spotting import workdir as workdir_lib
-from conftest import tiny_idx_config, write_idx
+from conftest import make_idx_dir, tiny_idx_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,16 +28,11 @@ def trained(tmp_path_factory):
   """(a finished tiny workdir: checkpoints ckpt-2 (autoencoder done),
   ckpt-3 (adversarial step 2), ckpt-4 (step 4); its idx folder; its config)."""
   root = tmp_path_factory.mktemp("workdir")
-  rng = np.random.default_rng(0)
-  idx = root / "idx"
-  idx.mkdir()
-  for split, n in (("train", 64), ("t10k", 8)):
-    write_idx(str(idx / f"{split}-images-idx3-ubyte"), rng.integers(0, 256, (n, 28, 28)))
-    write_idx(str(idx / f"{split}-labels-idx1-ubyte"), rng.integers(0, 10, (n,)))
+  idx = make_idx_dir(root / "idx", train=64, test=8)
   workdir = str(root / "work")
-  config = tiny_idx_config(str(idx))
+  config = tiny_idx_config(idx)
   train_lib.train(config, workdir)
-  return workdir, str(idx), config
+  return workdir, idx, config
 
 
 def _copy(trained, dst):
@@ -107,6 +101,20 @@ def _one_line_error(rc, stderr, *needles):
     assert needle in last, (needle, last)
   assert "Traceback" not in stderr, stderr[-3000:]
   return last
+
+
+def _each_one_line_error(cases, timeout, env=None):
+  """Runs every ``{name: (command, [expected fragments])}`` case at once and
+  checks that each ends in one ``error:`` line holding its fragments."""
+  procs = {name: subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=env)
+           for name, (cmd, _) in cases.items()}
+  for name, proc in procs.items():
+    _, err = proc.communicate(timeout=timeout)
+    try:
+      _one_line_error(proc.returncode, err, *cases[name][1])
+    except AssertionError as e:
+      raise AssertionError(f"{name}: {e}") from None
 
 
 # ------------------------------------------------ 4. one trainer per workdir
@@ -225,6 +233,9 @@ def test_lock_file_that_is_a_link_or_garbage(tmp_path):
 def test_rerun_with_other_data_or_training_is_refused_logistics_may_change(trained, tmp_path):
   workdir = _copy(trained, tmp_path / "a" / "run")
   _, idx, _ = trained
+  # The record holds the batch norm the run trained with, not "auto".
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["distribute"]["batch_norm"] == "sync"
   before = _snapshot(workdir)
   other_idx = str(tmp_path / "other_idx")
   shutil.copytree(idx, other_idx)
@@ -315,6 +326,16 @@ def test_resume_rules_field_by_field():
   new["spotter"]["repair_hidden"] = 4
   assert check()[1] == ["spotter.repair_hidden: (not recorded) -> 4"]
   new["spotter"]["repair_hidden"] = 0
+  # Batch norm: the record holds the resolved mode. A record that predates
+  # the field trained with synchronized batch norm; per-replica differs.
+  new["distribute"]["batch_norm"] = "sync"
+  del old["distribute"]["batch_norm"]
+  assert check()[0]["distribute.batch_norm"] == ("(not recorded)", "sync")
+  new["distribute"]["batch_norm"] = "per_replica"
+  assert check()[1] == ["distribute.batch_norm: (not recorded) -> 'per_replica'"]
+  old["distribute"]["batch_norm"] = "sync"
+  assert check()[1] == ["distribute.batch_norm: 'sync' -> 'per_replica'"]
+  new["distribute"]["batch_norm"] = "sync"
   # init_from: another spelling of one folder is the same; a moved folder is
   # accepted once a checkpoint exists (it is not read again); starting from
   # an autoencoder after training one here (or before any checkpoint) is not.
@@ -480,15 +501,7 @@ def test_config_file_that_is_not_valid_python_is_one_line(tmp_path):
       "finetune_import": ([sys.executable, "-m", "trainers.finetune", f"--config={imports}",
                            f"--init={tmp_path}", work], ["nosuchmod", "line 2"]),
   }
-  procs = {name: subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
-           for name, (cmd, _) in cases.items()}
-  for name, proc in procs.items():
-    _, err = proc.communicate(timeout=120)
-    try:
-      _one_line_error(proc.returncode, err, *cases[name][1])
-    except AssertionError as e:
-      raise AssertionError(f"{name}: {e}") from None
+  _each_one_line_error(cases, timeout=120)
 
 
 def test_path_and_version_mistakes_are_one_line(trained, tmp_path):
@@ -511,16 +524,8 @@ def test_path_and_version_mistakes_are_one_line(trained, tmp_path):
       "finetune_workdir_file": (finetune + [f"--init={workdir}", f"--workdir={a_file}"],
                                 [f"--workdir={a_file} is a file"]),
   }
-  procs = {name: subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True,
-                                  env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-           for name, (cmd, _) in cases.items()}
-  for name, proc in procs.items():
-    _, err = proc.communicate(timeout=300)
-    try:
-      _one_line_error(proc.returncode, err, *cases[name][1])
-    except AssertionError as e:
-      raise AssertionError(f"{name}: {e}") from None
+  _each_one_line_error(cases, timeout=300,
+                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
   assert os.path.isfile(a_file) and a_file.read_text() == "x"
 
 
