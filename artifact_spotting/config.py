@@ -29,6 +29,9 @@ RESUME_SAFE_FIELDS = (
     "dataset.manual_dir", "distribute.strategy", "distribute.devices",
     "distribute.tpu", "distribute.logical_cpus",
 )
+# What a run whose config.json predates a field trained with, where that is
+# not the field's default: batch norm was synchronized before it was a choice.
+RECORD_DEFAULTS = {"distribute.batch_norm": "sync"}
 # Step counts a rerun may raise (extending the run), never lower.
 EXTENDABLE_FIELDS = ("autoencoder.steps", "spotter.steps")
 # Fields holding a folder: two spellings of one folder are the same value.

@@ -576,6 +576,10 @@ def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
           "measured on CPUs, GPUs not tried). Set "
           "config.distribute.batch_norm='per_replica' (each replica normalises "
           "with its own statistics) or jit_compile='off'")
+    # config.json records the batch norm the run trains with, not "auto": a
+    # resume whose XLA setting or replica count would resolve "auto" to the
+    # other mode is then refused by the comparison below.
+    config.distribute.batch_norm = batch_norm
     chief = distribute.is_chief(strategy)
     changes, claim = open_workdir(config, workdir, chief, held)
     source = pipeline.open_source(config.dataset, config.channels)

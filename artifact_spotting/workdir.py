@@ -251,11 +251,13 @@ def resume_changes(old: Dict[str, Any], new: Dict[str, Any], *,
   resume-safe fields may change; step counts may rise, not fall; path fields
   naming the same folder are equal; ``autoencoder.init_from`` may name a moved
   folder once the workdir holds a checkpoint (it is then not read again);
-  a field the record lacks is accepted at its default (the record was written
-  before the field existed); every other difference is refused.
+  a field the record lacks is accepted at its default, or at what runs
+  trained with before the field existed (config.RECORD_DEFAULTS); every other
+  difference is refused.
   """
   from artifact_spotting import config as config_lib  # pylint: disable=g-import-not-at-top
-  defaults = flatten(config_lib.base_config().to_dict())
+  defaults = dict(flatten(config_lib.base_config().to_dict()),
+                  **config_lib.RECORD_DEFAULTS)
   old_flat, new_flat = flatten(old), flatten(new)
   accepted, refused = {}, []
   for field in sorted(set(old_flat) | set(new_flat)):
