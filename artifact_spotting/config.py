@@ -230,6 +230,16 @@ def _is_real(x) -> bool:
           and math.isfinite(x))
 
 
+def whole(lo: int):
+  """A field test: an integer (not a bool) >= ``lo``."""
+  return lambda v: _is_int(v) and v >= lo
+
+
+def real(test):
+  """A field test: a finite number passing ``test``."""
+  return lambda v: _is_real(v) and test(v)
+
+
 def check_ranges(config):
   """Every numeric field in its range and every choice field one of its
   choices; ValueError naming the field, its value and the range."""
@@ -245,8 +255,6 @@ def check_ranges(config):
       raise ValueError(f"config.{dotted}={value!r} must be "
                        f"{'a finite number ' if _non_finite(value) else ''}{what}")
 
-  whole = lambda lo: (lambda v: _is_int(v) and v >= lo)
-  real = lambda test: (lambda v: _is_real(v) and test(v))
   need("seed", whole(0), "an integer >= 0")
   need("resolution", whole(1), "a positive integer")
   need("dataset.shuffle_buffer", whole(1), "an integer >= 1")

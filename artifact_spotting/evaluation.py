@@ -35,28 +35,12 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from artifact_spotting.config import real, whole  # field tests, shared with config.check_ranges
 from artifact_spotting.data import pipeline
 from artifact_spotting.models.discriminator import FEATURE_NAMES, Discriminator
 
 
 # ------------------------------------------------------------ config checks
-def _is_int(x) -> bool:
-  return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_real(x) -> bool:
-  return (isinstance(x, (int, float)) and not isinstance(x, bool)
-          and math.isfinite(x))
-
-
-def whole(lo: int):
-  return lambda v: _is_int(v) and v >= lo
-
-
-def real(test):
-  return lambda v: _is_real(v) and test(v)
-
-
 def check_fields(config, rules):
   """``rules``: (dotted field, test, what it must be). Fields the config
   lacks are skipped (configs may leave optional ones out); ValueError
@@ -102,7 +86,7 @@ def validate_eval_config(config):
       ("folds.seed", whole(0), "an integer >= 0"),
       ("folds.validation_size", whole(1), positive),
       ("ridge_penalties", lambda v: (isinstance(v, (list, tuple)) and len(v) > 0
-                                     and all(_is_real(p) and p > 0 for p in v)),
+                                     and all(real(lambda x: x > 0)(p) for p in v)),
        "a non-empty list of finite numbers > 0"),
       ("knn.enabled", lambda v: isinstance(v, bool), "True or False"),
       ("knn.k", whole(1), positive),
