@@ -1,4 +1,11 @@
-"""Building blocks shared by the autoencoder, repair network and discriminator."""
+"""Building blocks shared by the autoencoder, repair network and discriminator.
+
+Conv2D, BatchNorm and MaxPool are keras' layers (same variables, configs and
+results) that decide, per call, whether to run one of the fast-gradient
+kernels in models/kernels.py instead of TensorFlow's plain op: by shape,
+dtype, XLA and whether TensorFlow's oneDNN kernels are on. ConvBlock and
+LocalResponseNorm are plain layers built from them.
+"""
 
 from __future__ import annotations
 
@@ -7,74 +14,17 @@ import tensorflow as tf
 from keras import layers
 
 from artifact_spotting.hardware import onednn_enabled
+from artifact_spotting.models import kernels
 from artifact_spotting.models import replica
+from artifact_spotting.models.kernels import conv2d_few_channels, conv2d_same
 
 PACKAGE = "artifact_spotting"
 
 # Input channels from which a stride-1 conv's input gradient is computed as a
-# forward convolution; below that, TF's own kernel without oneDNN, and
-# conv2d_few_channels' matmul with oneDNN (see Conv2D).
+# forward convolution (kernels.conv2d_same); below that, TF's own kernel
+# without oneDNN, and kernels.conv2d_few_channels' matmul with oneDNN (see
+# Conv2D).
 FAST_INPUT_GRAD_MIN_CHANNELS = 8
-
-
-def _filter_grad(x, kernel, dy):
-  """TF's kernel gradient of a stride-1 'same' conv."""
-  return tf.raw_ops.Conv2DBackpropFilter(
-      input=x, filter_sizes=tf.shape(kernel), out_backprop=dy,
-      strides=[1, 1, 1, 1], padding="SAME")
-
-
-@tf.custom_gradient
-def conv2d_same(x, kernel):
-  """Stride-1 'same' conv (odd kernel) whose input gradient is a forward conv.
-
-  dL/dx of a stride-1 'same' convolution with an odd kernel is the 'same'
-  convolution of dL/dy with the kernel flipped in space and with its in/out
-  channels swapped. TensorFlow's CPU Conv2DBackpropInput kernel ran several
-  times slower than its forward Conv2D at the discriminator's shapes (4x4..16x16
-  maps, 64..256 channels; an ad-hoc profile, not a script in this repository;
-  the end-to-end effect is results/throughput_cpu2_avx2_history.md), so the
-  input gradient is written as that forward conv. The kernel gradient stays TF's.
-  Unused halves are pruned from the graph (R's loss needs only dL/dx).
-  """
-  y = tf.nn.conv2d(x, kernel, 1, "SAME")
-
-  def grad(dy):
-    flipped = tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])
-    dx = tf.nn.conv2d(dy, flipped, 1, "SAME")
-    return dx, _filter_grad(x, kernel, dy)
-  return y, grad
-
-
-@tf.custom_gradient
-def conv2d_few_channels(x, kernel):
-  """Stride-1 'same' conv (odd kernel) of an input with few channels, whose
-  input gradient is one matmul plus shifted sums.
-
-  dL/dx[n, a, b, c] = sum_{i, j} cols[n, a - i + p, b - j + q, i, j, c] with
-  cols = dL/dy . kernel^T (a [N*H*W, O] x [O, kh*kw*C] matmul) and p, q half
-  the kernel. oneDNN's backward-data kernel is several times slower than
-  this when the input has one or three channels (the discriminator's conv1 on
-  grayscale or RGB images; ``python -m benchmarks.conv_input_grad``).
-  """
-  y = tf.nn.conv2d(x, kernel, 1, "SAME")
-
-  def grad(dy):
-    kh, kw, c, o = kernel.shape
-    p, q = kh // 2, kw // 2
-    n, h, w = tf.shape(dy)[0], tf.shape(dy)[1], tf.shape(dy)[2]
-    # Summed in float32 whatever the compute dtype, like TF's conv kernels
-    # accumulate: kh*kw bfloat16 additions drifted the mixed-precision test.
-    k2 = tf.reshape(tf.transpose(tf.cast(kernel, tf.float32), [3, 0, 1, 2]),
-                    [o, kh * kw * c])
-    cols = tf.matmul(tf.reshape(tf.cast(dy, tf.float32), [-1, o]), k2)
-    cols = tf.reshape(cols, [n, h, w, kh, kw, c])
-    cols = tf.pad(cols, [[0, 0], [p, p], [q, q], [0, 0], [0, 0], [0, 0]])
-    dx = tf.add_n([cols[:, 2 * p - i:2 * p - i + h, 2 * q - j:2 * q - j + w, i, j, :]
-                   for i in range(kh) for j in range(kw)])
-    dx = tf.cast(dx, x.dtype)
-    return dx, _filter_grad(x, kernel, dy)
-  return y, grad
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
@@ -141,12 +91,6 @@ class LocalResponseNorm(layers.Layer):
     return config
 
 
-def _in_xla() -> bool:
-  """Whether ops are being traced for XLA (tf.function(jit_compile=True))."""
-  from tensorflow.python.ops import control_flow_util  # pylint: disable=g-import-not-at-top
-  return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
-
-
 @keras.saving.register_keras_serializable(PACKAGE)
 class BatchNorm(layers.BatchNormalization):
   """keras BatchNormalization that trains through TF's fused kernel.
@@ -154,12 +98,13 @@ class BatchNorm(layers.BatchNormalization):
   Same variables, config and results (up to float rounding, tested) as the
   parent. In training, with local statistics (one replica, or per-replica
   batch norm: ``replica.local_batch_norm``), for NHWC feature maps it calls
-  FusedBatchNormV3 (one kernel forward, one backward) instead of keras'
-  moments + batch_normalization graph, whose backward (Mul/Tile/Sum chains)
-  was a large share of the adversarial step's CPU time in an ad-hoc profile.
-  With synchronized statistics on several replicas (a cross-replica
-  reduction), masks, renorm or other shapes it is the parent's code, whose
-  moments are the replica's own in per-replica mode.
+  kernels.fused_batch_norm_training (FusedBatchNormV3: one kernel forward,
+  one backward) instead of keras' moments + batch_normalization graph, whose
+  backward (Mul/Tile/Sum chains) is a large share of the adversarial step's
+  CPU time (``python -m benchmarks.profile_ops``,
+  results/profile_spotter_*.md). With synchronized statistics on several
+  replicas (a cross-replica reduction), masks, renorm or other shapes it is
+  the parent's code, whose moments are the replica's own in per-replica mode.
   """
 
   def _fused(self, inputs, training, mask):
@@ -176,19 +121,13 @@ class BatchNorm(layers.BatchNormalization):
   def call(self, inputs, training=None, mask=None):
     if not self._fused(inputs, training, mask):
       return super().call(inputs, training=training, mask=mask)
-    # In float32 like keras (bfloat16/float16 statistics overflow or lose
-    # too much; the mixed-precision test caught a 5% loss drift without it).
-    x = tf.cast(inputs, tf.float32)
-    empty = tf.zeros([0], tf.float32)
-    y, mean, var, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-        x=x, scale=tf.cast(keras.ops.convert_to_tensor(self.gamma), tf.float32),
-        offset=tf.cast(keras.ops.convert_to_tensor(self.beta), tf.float32),
-        mean=empty, variance=empty, epsilon=self.epsilon,
-        exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
-    # The kernel returns the Bessel-corrected variance; keras keeps the
-    # biased one in its moving average.
-    n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
-    var = var * (n - 1.0) / n
+    # In float32 like keras: bfloat16/float16 statistics overflow or lose
+    # enough precision to move the mixed-precision losses.
+    y, mean, var = kernels.fused_batch_norm_training(
+        tf.cast(inputs, tf.float32),
+        tf.cast(keras.ops.convert_to_tensor(self.gamma), tf.float32),
+        tf.cast(keras.ops.convert_to_tensor(self.beta), tf.float32),
+        self.epsilon)
     m = self.momentum
     self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
     self.moving_variance.assign(self.moving_variance * m + var * (1.0 - m))
@@ -197,47 +136,33 @@ class BatchNorm(layers.BatchNormalization):
 
 @keras.saving.register_keras_serializable(PACKAGE)
 class MaxPool(layers.MaxPooling2D):
-  """keras MaxPooling2D that, in training, records the argmax in the forward
-  pass so that each backward pass is a cheap scatter.
+  """keras MaxPooling2D that, in training and without oneDNN, pools through
+  kernels.max_pool_argmax (argmax recorded in the forward pass, so each
+  backward pass is a cheap scatter).
 
   The adversarial step backprops twice through C's pools (C's loss and R's
   loss); TF's Eigen CPU MaxPoolGrad searches every window again each time,
-  max_pool_with_argmax + MaxPoolGradWithArgmax does the
-  search once (same results, tested). With TF's oneDNN kernels on, the plain
-  pool is oneDNN's (it keeps a workspace for its backward pass) and is the
-  faster one, so the argmax path is only taken without oneDNN
-  (results/throughput_*_history.md). Inference (training=False), XLA
-  (which has no MaxPoolWithArgmax) and mixed precision use the parent's plain
-  pool. (Mixed precision was excluded when the old mixed-precision test's
-  three-step losses drifted >5% with the argmax path on some initialisations;
-  they drift that far with the plain pool too, so the exclusion is caution,
-  not a known error.)
+  the argmax pool does the search once (same results, tested). With TF's
+  oneDNN kernels on, the plain pool is oneDNN's (it keeps a workspace for
+  its backward pass) and is the faster one, so the argmax path is only taken
+  without oneDNN (docs/performance.md, results/throughput_*.md). Inference
+  (training=False), XLA (which has no MaxPoolWithArgmax) and mixed precision
+  use the parent's plain pool. Mixed precision is excluded as a precaution:
+  its losses drift between initialisations with either pool, so the argmax
+  path has not been shown to be equivalent there.
   """
 
   def _argmax(self, inputs, training):
     return (bool(training) and keras.backend.backend() == "tensorflow"
             and self.data_format == "channels_last" and len(inputs.shape) == 4
             and self.compute_dtype == "float32" and not onednn_enabled()
-            and not _in_xla())  # XLA has no MaxPoolWithArgmax
+            and not kernels.in_xla())  # XLA has no MaxPoolWithArgmax
 
   def call(self, inputs, training=None):
     if not self._argmax(inputs, training):
       return super().call(inputs)
-    ksize = [1, *self.pool_size, 1]
-    strides = [1, *self.strides, 1]
-    padding = self.padding.upper()
-
-    @tf.custom_gradient
-    def pool(x):
-      y, argmax = tf.nn.max_pool_with_argmax(x, ksize, strides, padding,
-                                             include_batch_in_index=True)
-
-      def grad(dy):
-        return tf.raw_ops.MaxPoolGradWithArgmax(
-            input=x, grad=dy, argmax=argmax, ksize=ksize, strides=strides,
-            padding=padding, include_batch_in_index=True)
-      return y, grad
-    return pool(inputs)
+    return kernels.max_pool_argmax(inputs, [1, *self.pool_size, 1],
+                                   [1, *self.strides, 1], self.padding.upper())
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
