@@ -3,17 +3,29 @@
 The backbone comes from a pretraining workdir, an export version folder or a
 ``discriminator.keras`` file; conv1..``freeze_up_to`` stay frozen (their batch
 norms in inference mode), a dropout + dense head on flattened conv5 is trained.
-Callbacks: ModelCheckpoint (best by validation accuracy), TensorBoard,
-EarlyStopping and BackupAndRestore (a rerun resumes an interrupted fit). The
-model after the last epoch is saved as ``final.keras``.
+
+Choosing the epoch: with ``config.validation_size > 0`` that many labelled
+training images (a seeded draw, never the test split) are held out; after every
+epoch the model is scored on them, the best epoch is kept as ``best.keras``
+(and training stops after ``early_stopping_patience`` epochs without
+improvement), and the test split is scored once, on the chosen model. With
+``validation_size = 0`` nothing is chosen: the model after the last epoch is
+the result (a fixed schedule, as the STL-10 and VOC protocols use). The test
+split is never looked at during training.
+
+Callbacks: TensorBoard, BackupAndRestore (a rerun resumes an interrupted fit)
+and ``BestEpoch``, whose choice survives that resume. The model after the last
+epoch is saved as ``final.keras``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import keras
+import numpy as np
 
 from artifact_spotting.data import pipeline
 from artifact_spotting.models.discriminator import FEATURE_NAMES, Discriminator
@@ -93,10 +105,76 @@ def masked_binary_crossentropy(y_true, logits):
   return keras.ops.sum(per * mask, -1) / keras.ops.maximum(keras.ops.sum(mask, -1), 1.0)
 
 
-def fold_filter(source, indices):
-  """Keeps only the training images at ``indices`` (an STL-10 fold)."""
-  source.dataset = pipeline.keep_indices(source.dataset, indices)
-  return source
+def subset(source, indices):
+  """A new Source of the elements of ``source`` at ``indices`` (stream order;
+  the source must be opened without file shuffling)."""
+  return pipeline.Source(pipeline.keep_indices(source.dataset, indices),
+                         source.has_label, source.decode, dict(source.info),
+                         source.in_memory)
+
+
+def num_examples(source) -> int:
+  """How many elements ``source`` holds (counted when tf.data does not know)."""
+  n = int(source.dataset.cardinality())
+  if n >= 0:
+    return n
+  return int(source.dataset.reduce(np.int64(0), lambda c, _: c + 1))
+
+
+def hold_out(indices, size: int, seed: int):
+  """(train, validation): ``size`` of ``indices`` drawn with ``seed`` for
+  validation, the rest for training, each in ascending order."""
+  indices = np.asarray(indices, np.int64)
+  if size >= len(indices):
+    raise ValueError(f"config.validation_size={size} leaves no training images "
+                     f"of the {len(indices)} available")
+  order = np.random.default_rng(seed).permutation(len(indices))
+  return np.sort(indices[order[size:]]), np.sort(indices[order[:size]])
+
+
+class BestEpoch(keras.callbacks.Callback):
+  """Keeps the epoch whose ``monitor`` is best as ``best.keras`` and stops
+  after ``patience`` epochs without improvement (0: never stops).
+
+  Unlike ModelCheckpoint and EarlyStopping, its state (every epoch's score,
+  the best epoch) lives in ``selection.json`` in the workdir, so a fit that
+  BackupAndRestore resumes after a kill still compares against the epochs
+  trained before it.
+  """
+
+  def __init__(self, workdir: str, monitor: str, mode: str, patience: int):
+    super().__init__()
+    self.workdir, self.monitor, self.mode, self.patience = (
+        workdir, monitor, mode, patience)
+    self.path = os.path.join(workdir, "selection.json")
+    self.state = {"monitor": monitor, "mode": mode, "best_epoch": None,
+                  "best": None, "scores": {}}
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        self.state = json.load(f)
+
+  def _better(self, value):
+    best = self.state["best"]
+    return best is None or (value > best if self.mode == "max" else value < best)
+
+  def on_epoch_end(self, epoch, logs=None):
+    value = float((logs or {})[self.monitor])
+    self.state["scores"][str(epoch + 1)] = value
+    if self._better(value):
+      tmp = os.path.join(self.workdir, "best.tmp.keras")
+      self.model.save(tmp)
+      os.replace(tmp, os.path.join(self.workdir, "best.keras"))
+      self.state.update(best_epoch=epoch + 1, best=value)
+    _write_json(self.path, self.state)
+    if self.patience and epoch + 1 - self.state["best_epoch"] >= self.patience:
+      self.model.stop_training = True
+
+
+def _write_json(path, obj):
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
 
 
 def validate_finetune_config(config):
@@ -122,9 +200,16 @@ def validate_finetune_config(config):
        "an integer >= 0 (0: one pass over the training split)"),
       ("batch_size", whole(1), positive),
       ("lr", real(lambda v: v > 0), "a finite number > 0"),
+      ("validation_size", whole(0), "an integer >= 0 (0: no epoch is "
+       "chosen, the last one is the result)"),
       ("early_stopping_patience", whole(0), "an integer >= 0 (0: off)"),
       ("dataset.shuffle_buffer", whole(1), positive),
   ])
+  if config.early_stopping_patience and not config.validation_size:
+    raise ValueError(
+        f"config.early_stopping_patience={config.early_stopping_patience} "
+        "needs config.validation_size > 0: early stopping watches held-out "
+        "training images, never the test split")
   if fold not in (None, "") and not config.get("fold_file", ""):
     raise ValueError(f"config.fold={fold!r} needs config.fold_file (the "
                      f"folds of the training split)")
@@ -155,10 +240,44 @@ def finetune(config, init: str, workdir: str):
   summary = {"folds": list(chosen), key + "_per_fold": values, key + "_mean": mean,
              key + "_std": (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5,
              key: mean, "freeze_up_to": config.freeze_up_to, "init": init,
-             "epochs_run": max(r["epochs_run"] for r in results)}
+             "epochs_run": max(r["epochs_run"] for r in results),
+             "selected_epoch_per_fold": [r["selected_epoch"] for r in results]}
   with open(os.path.join(workdir, "finetune_results.json"), "w") as fh:
     json.dump(summary, fh, indent=2)
   return None, summary
+
+
+def training_sources(config, fold_indices=None):
+  """(train, validation or None) Sources of the training split: the fold's
+  images (or all) minus ``config.validation_size`` held out for choosing the
+  epoch. Opened without file shuffling whenever images are picked by index,
+  so an index names the same image in every epoch (the pipeline's shuffle
+  buffer still shuffles)."""
+  size = config.get("validation_size", 0)
+  pick = fold_indices is not None or size > 0
+  src = pipeline.open_source(config.dataset, config.channels,
+                             split=config.dataset.train_split, training=not pick)
+  if not src.has_label:
+    raise ValueError(f"config.dataset {config.dataset.name}:"
+                     f"{config.dataset.train_split} has no labels to fine-tune on")
+  if not pick:
+    return src, None
+  indices = (np.arange(num_examples(src)) if fold_indices is None
+             else np.asarray(fold_indices, np.int64))
+  if not size:
+    return subset(src, indices), None
+  train, held = hold_out(indices, size, config.seed)
+  return subset(src, train), subset(src, held)
+
+
+def _fresh_start(workdir):
+  """Before a fit that BackupAndRestore will not resume: forget the choice
+  and the chosen model of an earlier, finished or abandoned, fit."""
+  if not os.path.exists(os.path.join(workdir, "backup")):
+    for name in ("selection.json", "best.keras", "best.tmp.keras"):
+      path = os.path.join(workdir, name)
+      if os.path.exists(path):
+        os.remove(path)
 
 
 def finetune_one(config, init: str, workdir: str, fold_indices=None):
@@ -168,21 +287,18 @@ def finetune_one(config, init: str, workdir: str, fold_indices=None):
   backbone = load_backbone(init, config.seed)
   model = build_classifier(backbone, config.num_classes, config.freeze_up_to,
                            config.head_dropout)
-  train_src = pipeline.open_source(config.dataset, config.channels,
-                                   split=config.dataset.train_split)
+  train_src, val_src = training_sources(config, fold_indices)
   eval_src = pipeline.open_source(config.dataset, config.channels,
                                   split=config.dataset.eval_split, training=False)
-  if not train_src.has_label:
-    raise ValueError(f"config.dataset {config.dataset.name}:"
-                     f"{config.dataset.train_split} has no labels to fine-tune on")
-  if fold_indices is not None:
-    fold_filter(train_src, fold_indices)
   train = _supervised(pipeline.make_dataset(
       train_src, config.pp_train, config.batch_size, training=True,
       shuffle_buffer=config.dataset.shuffle_buffer, seed=config.seed,
       repeat=bool(config.steps_per_epoch)))
-  evaluation = _supervised(pipeline.make_dataset(
+  test = _supervised(pipeline.make_dataset(
       eval_src, config.pp_eval, config.batch_size, training=False,
+      drop_remainder=False))
+  validation = None if val_src is None else _supervised(pipeline.make_dataset(
+      val_src, config.pp_eval, config.batch_size, training=False,
       drop_remainder=False))
   if multilabel:
     model.compile(optimizer=keras.optimizers.Adam(config.lr),
@@ -193,41 +309,56 @@ def finetune_one(config, init: str, workdir: str, fold_indices=None):
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     monitor, mode = "val_accuracy", "max"
-  callbacks = [
-      keras.callbacks.ModelCheckpoint(os.path.join(workdir, "best.keras"),
-                                      monitor=monitor, mode=mode,
-                                      save_best_only=True),
-      keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
-      keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
-  ]
-  if config.early_stopping_patience:  # 0: off (e.g. when eval_split is test)
-    callbacks.append(keras.callbacks.EarlyStopping(
-        monitor=monitor, mode=mode, patience=config.early_stopping_patience,
-        restore_best_weights=True))
-  history = model.fit(train, validation_data=evaluation, epochs=config.epochs,
+  _fresh_start(workdir)
+  callbacks = [keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"))]
+  chooser = None
+  if validation is not None:
+    chooser = BestEpoch(workdir, monitor, mode, config.early_stopping_patience)
+    callbacks.append(chooser)
+  # Last: its epoch-end backup is written after the choice above, so a kill
+  # between the two repeats that epoch (and overwrites its score) on resume.
+  callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")))
+  history = model.fit(train, validation_data=validation, epochs=config.epochs,
                       steps_per_epoch=config.steps_per_epoch or None,
                       callbacks=callbacks, verbose=2)
   model.save(os.path.join(workdir, "final.keras"))
   result = {"init": init, "freeze_up_to": config.freeze_up_to,
             "eval_split": config.dataset.eval_split,
             "epochs_run": len(history.history["loss"])}
-  if multilabel:
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    from artifact_spotting.evaluation import voc07_map  # pylint: disable=g-import-not-at-top
-    scores, labels = [], []
-    for images, y in evaluation:
-      scores.append(model(images, training=False).numpy())
-      labels.append(y.numpy())
-    scores, labels = np.concatenate(scores), np.concatenate(labels)
-    present = [c for c in range(labels.shape[1]) if (labels[:, c] == 1).any()]
-    ap = voc07_map(scores[:, present], labels[:, present] == 1,
-                   labels[:, present] == -1)
-    result.update(eval_map=ap["map"], eval_ap={int(c): a for c, a in zip(present, ap["ap"])},
-                  classes_without_positives=[c for c in range(labels.shape[1])
-                                             if c not in present])
+  if chooser is not None:
+    state = chooser.state
+    result.update(epochs_run=len(state["scores"]), selected_epoch=state["best_epoch"],
+                  validation_size=int(config.validation_size),
+                  validation_metric=monitor.replace("val_", ""),
+                  validation_best=state["best"],
+                  validation_per_epoch=[state["scores"][str(e)]
+                                        for e in range(1, len(state["scores"]) + 1)
+                                        if str(e) in state["scores"]])
+    # The chosen epoch's weights; the test split is scored on them alone.
+    model.load_weights(os.path.join(workdir, "best.keras"))
   else:
-    loss, accuracy = model.evaluate(evaluation, verbose=0)
-    result.update(eval_accuracy=float(accuracy), eval_loss=float(loss))
+    result.update(selected_epoch=result["epochs_run"], validation_size=0)
+  result.update(_score(model, test, multilabel))
   with open(os.path.join(workdir, "finetune_results.json"), "w") as f:
     json.dump(result, f, indent=2)
   return model, result
+
+
+def _score(model, test, multilabel):
+  """The test split's accuracy and loss, or VOC 2007 AP per class and mAP."""
+  if not multilabel:
+    loss, accuracy = model.evaluate(test, verbose=0)
+    return {"eval_accuracy": float(accuracy), "eval_loss": float(loss)}
+  from artifact_spotting.evaluation import voc07_map  # pylint: disable=g-import-not-at-top
+  scores, labels = [], []
+  for images, y in test:
+    scores.append(model(images, training=False).numpy())
+    labels.append(y.numpy())
+  scores, labels = np.concatenate(scores), np.concatenate(labels)
+  present = [c for c in range(labels.shape[1]) if (labels[:, c] == 1).any()]
+  ap = voc07_map(scores[:, present], labels[:, present] == 1,
+                 labels[:, present] == -1)
+  return {"eval_map": ap["map"],
+          "eval_ap": {int(c): a for c, a in zip(present, ap["ap"])},
+          "classes_without_positives": [c for c in range(labels.shape[1])
+                                        if c not in present]}

@@ -70,7 +70,11 @@ flags.DEFINE_bool("ablation_knn", True, "Evaluate the ablation rows with kNN "
                   "exactly: the folds, the ridge and its penalty choice are "
                   "deterministic).")
 flags.DEFINE_integer("random_seeds", 3, "Random-init discriminators.")
-flags.DEFINE_integer("supervised_epochs", 2, "Epochs of the supervised bound.")
+flags.DEFINE_integer("supervised_max_epochs", 60, "Most epochs of the "
+                     "supervised bound; it stops earlier once its accuracy on "
+                     "5,000 held-out training images has not improved for 4 "
+                     "epochs, and the best such epoch is the bound "
+                     "(configs/finetune/fashion_mnist.py:supervised).")
 flags.DEFINE_integer("full_epochs", 1, "Epochs of the full-label probe.")
 flags.DEFINE_string("stages", "pretrain,ours,supervised,evaluate,report",
                     "Comma-separated stages to run.")
@@ -193,7 +197,8 @@ def stage_supervised(root):
   wd = os.path.join(root, "supervised")
   train_once("supervised", [
       sys.executable, "-m", "trainers.finetune",
-      f"--config=configs/finetune/fashion_mnist.py:supervised,epochs={FLAGS.supervised_epochs}",
+      "--config=configs/finetune/fashion_mnist.py:supervised,"
+      f"epochs={FLAGS.supervised_max_epochs}",
       f"--init=random:{config_spec()}", f"--workdir={wd}"], wd, root)
 
 
@@ -222,7 +227,8 @@ def models(root):
                          f"--workdir={autoencoder_dir(root)}"], "",
                         done_marker(autoencoder_dir(root)))
   out["pixels"] = (["--features=pixels"], "", None)
-  keras_file = os.path.join(root, "supervised", "final.keras")
+  # The epoch chosen on held-out training images (never the test split).
+  keras_file = os.path.join(root, "supervised", "best.keras")
   out["supervised"] = (["--features=keras", f"--keras_file={keras_file}"], "",
                        done_marker(os.path.join(root, "supervised")))
   return out
@@ -328,7 +334,16 @@ def build_report(root):
   rand = report_models["random"][layer]
   sup = tables["supervised"][layer]
   ae_layer, ae = best(tables["autoencoder"])
-  gap = (ours["mean"] - rand["mean"]) / max(sup["mean"] - rand["mean"], 1e-9)
+  gap = closure(ours["mean"], rand["mean"], sup["mean"])
+  per_layer_closure = {
+      l: closure(tables["ours"][l]["mean"], report_models["random"][l]["mean"],
+                 tables["supervised"][l]["mean"])
+      for l in tables["ours"] if l in tables["supervised"]}
+  best_of = lambda t: max(v["mean"] for v in t.values())
+  best_vs_best = closure(best_of(tables["ours"]), best_of(report_models["random"]),
+                         best_of(tables["supervised"]))
+  ae_vs_best = closure(ae["mean"], best_of(report_models["random"]),
+                       best_of(tables["supervised"]))
   margin_random = (ours["mean"] - rand["best_seed_mean"]) / max(ours["std"], rand["best_seed_std"])
   margin_ae = (ours["mean"] - ae["mean"]) / max(ours["std"], ae["std"])
   ablations, ablations_missing = {}, []
@@ -381,19 +396,23 @@ def build_report(root):
           "overrides": list(FLAGS.override),
           "row_seeds": max(FLAGS.row_seeds, 1),
           "replicated_rows": [r for r in FLAGS.ablations if len(row_seeds(r)) > 1],
-          "supervised_epochs": FLAGS.supervised_epochs,
+          "supervised_max_epochs": FLAGS.supervised_max_epochs,
           "full_probe_epochs": FLAGS.full_epochs,
           "resolution": pre["resolution"],
           "train_seconds": _train_seconds(markers),
       },
       "protocol": results["ours"]["folds_setup"],
+      "supervised_bound": supervised_bound(root),
       "best_layer": layer, "gap_closure": gap,
+      "closure_per_layer": per_layer_closure,
+      "closure_best_vs_best": best_vs_best,
+      "autoencoder_closure_best_vs_best": ae_vs_best,
       "margin_over_best_random_seed_in_stds": margin_random,
       "margin_over_autoencoder_in_stds": margin_ae,
       "autoencoder_best_layer": ae_layer,
       "targets": {
           "beats_random_and_autoencoder_by_3_std": bool(margin_random > 3 and margin_ae > 3),
-          "gap_closure_at_least_0.5": bool(gap >= 0.5),
+          "best_vs_best_closure_at_least_0.71": bool(best_vs_best >= 0.71),
           # None: not measured (a row or the full row was not evaluated).
           "k_and_l_clearly_below_full": _ablation_verdict(ablations, {
               row for row, s in row_runs() if row_name(row, s) not in tables}),
@@ -404,6 +423,27 @@ def build_report(root):
       "provenance": provenance(root, markers, results),
   }
   return report
+
+
+def closure(value, random, bound):
+  """The share of the random-to-bound gap that ``value`` closes."""
+  return (value - random) / max(bound - random, 1e-9)
+
+
+def supervised_bound(root):
+  """How the supervised bound was chosen, from its finetune_results.json:
+  the epoch picked on held-out training images, how many ran, its held-out
+  and test accuracies; None for a bound trained without a held-out choice."""
+  path = os.path.join(root, "supervised", "finetune_results.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    r = json.load(f)
+  if not r.get("validation_size"):
+    return None
+  return {k: r[k] for k in ("selected_epoch", "epochs_run", "validation_size",
+                            "validation_best", "validation_per_epoch",
+                            "eval_accuracy")}
 
 
 def _below_in_stds(full, row, mean, std):
@@ -566,7 +606,7 @@ def write_markdown(report, path):
       f"{b['drop_rate']:g}, config argument {b.get('config_arg') or 'none'}, "
       f"extra overrides {b['overrides'] or 'none'}, "
       f"{b['resolution']}x{b['resolution']} grayscale; "
-      f"supervised bound {b['supervised_epochs']} epochs on all 60k labels. "
+      f"{_bound_words(r)} "
       f"Wall seconds of each training run (several shared the 2 cores): "
       f"{b['train_seconds']}.", ""] + (
           [provenance_lines(r["provenance"]), ""] if "provenance" in r else []) + [
@@ -578,9 +618,13 @@ def write_markdown(report, path):
       "mean +- std over folds. kNN: cosine, k=20, T=0.07, fold as memory bank. "
       f"Full: softmax probe on all 60k labels ({b['full_probe_epochs']} epoch(s)).", "",
       "## Targets", "",
-      f"- best layer of ours: **{r['best_layer']}**; gap closure "
-      f"(ours - random) / (supervised - random) there: **{r['gap_closure']:.2f}** "
-      f"(target >= 0.5: {'met' if r['targets']['gap_closure_at_least_0.5'] else 'MISSED'})",
+      f"- closure, best layer against best layer: (best of ours - best of "
+      f"random) / (best of supervised - best of random) = "
+      f"**{r['closure_best_vs_best']:.2f}** (target >= 0.71, the paper's "
+      f"figure: {'met' if r['targets']['best_vs_best_closure_at_least_0.71'] else 'MISSED'}); "
+      f"the autoencoder's best layer: {r['autoencoder_closure_best_vs_best']:.2f}",
+      f"- best layer of ours: **{r['best_layer']}**; closure (ours - random) / "
+      f"(supervised - random) at that layer: **{r['gap_closure']:.2f}**",
       f"- margin over the best random seed: {r['margin_over_best_random_seed_in_stds']:.1f} "
       f"fold stds; over the autoencoder's best layer ({r['autoencoder_best_layer']}): "
       f"{r['margin_over_autoencoder_in_stds']:.1f} (target > 3 for both: "
@@ -601,6 +645,11 @@ def write_markdown(report, path):
     t = r["models"][name]
     lines.append(f"| {name} | " + ", ".join(
         f"{l}: {t[l]['mean']:.4f} +- {t[l]['std']:.4f}" for l in t) + " |||||")
+  lines.append("| closure of ours | " + " | ".join(
+      f"{r['closure_per_layer'][l]:.2f}" if l in r["closure_per_layer"] else ""
+      for l in conv) + " |")
+  lines += ["", "Closure of ours: (ours - random) / (supervised - random) at "
+            "each layer (random: the mean over random-init seeds)."]
   lines += ["", "## kNN (folds) accuracy per layer", "",
             "| model | " + " | ".join(conv) + " |", "|---" * 6 + "|"]
   for name in ("ours", "random", "supervised"):
@@ -672,6 +721,22 @@ def write_markdown(report, path):
               + ", ".join(r["ablations_missing"]) + "."]
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")
+
+
+def _bound_words(r):
+  """How the supervised bound was trained and chosen, in one sentence."""
+  bound = r.get("supervised_bound")
+  if not bound:
+    return ("Supervised bound: trained for a fixed number of epochs, not "
+            "chosen on held-out images.")
+  return (f"Supervised bound: the whole discriminator trained from scratch on "
+          f"the labelled training images less {bound['validation_size']:,} "
+          f"held out, until accuracy on those held-out images stopped "
+          f"improving; taken at epoch {bound['selected_epoch']} of "
+          f"{bound['epochs_run']} run (held-out accuracy "
+          f"{bound['validation_best']:.4f}, its own test accuracy "
+          f"{bound['eval_accuracy']:.4f}; held-out accuracy per epoch: "
+          + ", ".join(f"{v:.4f}" for v in bound["validation_per_epoch"]) + ").")
 
 
 def _verdict(target):

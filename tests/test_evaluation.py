@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -372,12 +373,92 @@ def test_stl10_folds_finetune_under_mock_data(tmp_path):
     finetune.finetune(c, "random:configs/fashion_mnist.py:tiny", str(tmp_path / "x"))
 
 
-def test_fold_filter_keeps_exactly_the_fold():
+def test_subset_keeps_exactly_the_fold_and_leaves_the_source_alone():
   from artifact_spotting import finetune
   src = pipeline.Source(tf.data.Dataset.from_tensor_slices(
       {"image": np.zeros((10, 2, 2, 1)), "label": np.arange(10)}), True)
-  finetune.fold_filter(src, [7, 2, 5])
-  assert sorted(int(ex["label"]) for ex in src.dataset) == [2, 5, 7]
+  fold = finetune.subset(src, [7, 2, 5])
+  assert sorted(int(ex["label"]) for ex in fold.dataset) == [2, 5, 7]
+  assert len(list(src.dataset)) == 10
+  assert finetune.num_examples(src) == 10
+  assert finetune.num_examples(fold) == 3  # counted: a filter's size is unknown
+
+
+def test_hold_out_splits_disjointly_and_by_seed():
+  from artifact_spotting import finetune
+  indices = np.arange(100, 200)
+  train, held = finetune.hold_out(indices, 30, seed=0)
+  assert len(held) == 30 and len(train) == 70
+  assert not set(train) & set(held)
+  assert sorted(set(train) | set(held)) == list(indices)
+  again, held_again = finetune.hold_out(indices, 30, seed=0)
+  assert np.array_equal(held, held_again) and np.array_equal(train, again)
+  assert not np.array_equal(held, finetune.hold_out(indices, 30, seed=1)[1])
+  with pytest.raises(ValueError, match="leaves no training images"):
+    finetune.hold_out(np.arange(5), 5, seed=0)
+
+
+def test_best_epoch_keeps_the_best_and_its_choice_survives_a_resume(tmp_path):
+  from artifact_spotting import finetune
+  model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+
+  def epoch_end(cb, epoch, value, weight):
+    model.set_weights([np.full((2, 1), weight, np.float32), np.zeros(1, np.float32)])
+    cb.set_model(model)
+    cb.on_epoch_end(epoch, {"val_accuracy": value})
+    return model.stop_training
+
+  model.stop_training = False
+  cb = finetune.BestEpoch(str(tmp_path), "val_accuracy", "max", patience=2)
+  assert not epoch_end(cb, 0, 0.5, 1.0)
+  assert not epoch_end(cb, 1, 0.7, 2.0)    # best so far: epoch 2
+  # Killed here; BackupAndRestore resumes at epoch 3 with a new callback.
+  cb = finetune.BestEpoch(str(tmp_path), "val_accuracy", "max", patience=2)
+  assert cb.state["best_epoch"] == 2
+  assert not epoch_end(cb, 2, 0.6, 3.0)
+  assert epoch_end(cb, 3, 0.65, 4.0)       # two epochs without improvement
+  best = keras.saving.load_model(str(tmp_path / "best.keras"))
+  assert np.all(best.get_weights()[0] == 2.0)
+  assert cb.state["scores"] == {"1": 0.5, "2": 0.7, "3": 0.6, "4": 0.65}
+  loss = finetune.BestEpoch(str(tmp_path / "l"), "val_loss", "min", patience=0)
+  os.makedirs(tmp_path / "l")
+  model.stop_training = False
+  for epoch, value in enumerate([3.0, 1.0, 2.0, 2.5, 2.7]):
+    model.set_weights([np.full((2, 1), epoch, np.float32), np.zeros(1, np.float32)])
+    loss.set_model(model)
+    loss.on_epoch_end(epoch, {"val_loss": value})
+  assert loss.state["best_epoch"] == 2 and not model.stop_training
+
+
+def test_finetune_chooses_the_epoch_on_held_out_training_images(idx_dir, tmp_path):
+  from artifact_spotting import finetune
+  from configs.finetune import fashion_mnist as ft
+  c = ft.get_config("smoke")
+  c.dataset.update(path=str(idx_dir), auto_install=False, tfds_fallback=False,
+                   shuffle_buffer=64)
+  c.pp_train = c.pp_eval = "resize(16)|value_range(-1, 1)"
+  c.update(freeze_up_to="conv4", batch_size=8, steps_per_epoch=3, epochs=4,
+           validation_size=24, early_stopping_patience=0)
+  model, result = finetune.finetune(c, "random:configs/fashion_mnist.py:tiny",
+                                    str(tmp_path / "ft"))
+  scores = result["validation_per_epoch"]
+  assert len(scores) == result["epochs_run"] == 4
+  assert result["selected_epoch"] == int(np.argmax(scores)) + 1
+  assert result["validation_best"] == max(scores)
+  # The reported test accuracy is the chosen model's, read back in a fresh load.
+  best = keras.saving.load_model(str(tmp_path / "ft" / "best.keras"))
+  test = finetune._supervised(pipeline.make_dataset(
+      pipeline.open_source(c.dataset, 1, split="test", training=False),
+      c.pp_eval, 8, training=False, drop_remainder=False))
+  assert best.evaluate(test, verbose=0)[1] == pytest.approx(result["eval_accuracy"])
+  # Held out of the train split: together the two are the whole split.
+  train, held = finetune.training_sources(c)
+  assert finetune.num_examples(held) == 24
+  assert finetune.num_examples(train) == finetune.num_examples(
+      pipeline.open_source(c.dataset, 1, split="train")) - 24
+  labels = lambda s: [int(ex["label"]) for ex in s.dataset]
+  assert len(labels(train)) + len(labels(held)) == len(labels(
+      pipeline.open_source(c.dataset, 1, split="train", training=False)))
 
 
 # --------------------------------------------------------- quality report
@@ -422,9 +503,16 @@ def test_quality_report_arithmetic(tmp_path):
     json.dump({"spotter": {"steps": 300, "metrics": {
         "c/real_accuracy": 0.52, "c/fake_accuracy": 0.55, "c/mask_accuracy": 0.31,
         "r/adversarial": 0.7}}}, f)
+  os.makedirs(os.path.join(root, "supervised"))
+  with open(os.path.join(root, "supervised", "finetune_results.json"), "w") as f:
+    json.dump({"selected_epoch": 2, "epochs_run": 6, "validation_size": 5000,
+               "validation_best": 0.91, "validation_per_epoch": [
+                   0.88, 0.91, 0.90, 0.905, 0.9, 0.89], "eval_accuracy": 0.905}, f)
   out = str(tmp_path / "results" / "quality")
   quality.stage_report(root, out)
   rep = json.loads(open(out + ".json").read())
+  assert rep["supervised_bound"]["selected_epoch"] == 2
+  assert "taken at epoch 2 of 6 run (held-out accuracy 0.9100" in open(out + ".md").read()
   assert rep["ablations"]["full"]["game_at_end"] == {
       "real_accuracy": 0.52, "fake_accuracy": 0.55, "mask_accuracy": 0.31,
       "steps": 300, "keep_rate": pytest.approx(0.3)}
@@ -433,13 +521,21 @@ def test_quality_report_arithmetic(tmp_path):
   assert rep["best_layer"] == "conv3"
   # random at conv3 = mean of seeds (.74, .76) = .75; supervised .90.
   assert rep["gap_closure"] == pytest.approx((0.85 - 0.75) / (0.90 - 0.75))
+  # Per layer: random is the seeds' mean there (conv5: .72, supervised .93).
+  assert rep["closure_per_layer"]["conv5"] == pytest.approx((0.83 - 0.72) / (0.93 - 0.72))
+  assert rep["closure_per_layer"]["conv1"] == pytest.approx(0.0)
+  # Best against best: ours .85, random's best layer .75 (conv3), bound .93.
+  assert rep["closure_best_vs_best"] == pytest.approx((0.85 - 0.75) / (0.93 - 0.75))
+  assert rep["autoencoder_closure_best_vs_best"] == pytest.approx(
+      (0.78 - 0.75) / (0.93 - 0.75))
+  assert "| closure of ours | 0.00 | 0.62 | 0.67 | 0.58 | 0.52 |" in open(out + ".md").read()
   assert rep["models"]["random"]["conv3"]["best_seed_mean"] == pytest.approx(0.76)
   assert rep["models"]["random"]["conv3"]["knn_mean"] == pytest.approx(0.74 - 0.05)
   assert rep["margin_over_best_random_seed_in_stds"] == pytest.approx(0.09 / 0.01)
   assert rep["margin_over_autoencoder_in_stds"] == pytest.approx(0.07 / 0.01)
   # (l) was not asked for: the ablation target is not measured, not "met".
   assert rep["targets"] == {"beats_random_and_autoencoder_by_3_std": True,
-                            "gap_closure_at_least_0.5": True,
+                            "best_vs_best_closure_at_least_0.71": False,
                             "k_and_l_clearly_below_full": None}
   # k's best layer is conv4 (.77): 0.08 below ours' best.
   assert rep["ablations"]["k"]["below_full_in_stds"] == pytest.approx(0.08 / 0.01)
@@ -452,7 +548,7 @@ def test_quality_report_arithmetic(tmp_path):
     for layer, v in rep["models"][model].items():
       assert {"mean", "std"} <= set(v)
   assert os.path.getsize(out + ".png") > 1000
-  assert "gap closure" in open(out + ".md").read()
+  assert "best layer against best layer" in open(out + ".md").read()
   # A partial run: (l) asked for but not evaluated -> listed, target open;
   # then evaluated -> the target is decided.
   flags.FLAGS(["quality", f"--root={tmp_path}", "--ablations=full,k,l",
@@ -763,6 +859,18 @@ def test_shipped_eval_and_finetune_configs_pass_their_checks():
       finetune.validate_finetune_config(c)
 
 
+def test_early_stopping_needs_held_out_images_not_the_test_split():
+  from artifact_spotting import finetune
+  from configs.finetune import fashion_mnist as ft
+  c = ft.get_config("smoke")
+  c.validation_size = 0
+  with pytest.raises(ValueError, match="early_stopping_patience=3 needs "
+                     "config.validation_size > 0"):
+    finetune.validate_finetune_config(c)
+  c.early_stopping_patience = 0
+  finetune.validate_finetune_config(c)
+
+
 @pytest.mark.parametrize("field,value,needle", [
     ("batch_size", 0, "config.batch_size=0 must be an integer >= 1"),
     ("epochs", 0, "config.epochs=0"),
@@ -770,6 +878,7 @@ def test_shipped_eval_and_finetune_configs_pass_their_checks():
     ("lr", 0.0, "config.lr=0.0 must be a finite number > 0"),
     ("lr", float("nan"), "config.lr=nan"),
     ("early_stopping_patience", -1, "config.early_stopping_patience=-1"),
+    ("validation_size", -1, "config.validation_size=-1"),
     ("num_classes", 1, "config.num_classes=1"),
     ("freeze_up_to", "conv9", "config.freeze_up_to='conv9'"),
     ("head_dropout", 1.0, "config.head_dropout=1.0"),
