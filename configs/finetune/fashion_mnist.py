@@ -53,7 +53,7 @@ def get_config(arg: str = ""):
     c.early_stopping_patience = 4
   if args.get("smoke"):
     c.epochs, c.steps_per_epoch, c.batch_size = 2, 5, 32
-    c.validation_size = 64
+    c.validation_size = 16
   return c
 
 
