@@ -45,12 +45,11 @@ def test_missing_idx_names_the_command(tmp_path):
 
 def test_user_idx_path_without_files_fails_at_once(tmp_path, monkeypatch):
   """A config.dataset.path the user gave that lacks the IDX files is an
-  immediate error naming the path and the files, even with auto_install and
-  tfds_fallback on (tfds would retry a download for minutes offline)."""
+  immediate error naming the path and the files, even with tfds_fallback on
+  (tfds would retry a download for minutes offline)."""
   def no_fallback(*args, **kwargs):
-    raise AssertionError("must not install or download for a user path")
+    raise AssertionError("must not download for a user path")
   monkeypatch.setattr(sources, "_tfds_available", no_fallback)
-  monkeypatch.setattr(sources, "install_fashion_mnist", no_fallback)
   for path, state in ((str(tmp_path / "typo"), "does not exist"),
                       (str(tmp_path), "lacks them")):
     cfg = ml_collections.ConfigDict(dict(
@@ -64,6 +63,35 @@ def test_user_idx_path_without_files_fails_at_once(tmp_path, monkeypatch):
     assert f"config.dataset.path={path!r}" in message and state in message
     assert "train-images-idx3-ubyte[.gz]" in message
     assert "train-labels-idx1-ubyte[.gz]" in message
+
+
+def test_missing_debian_idx_installs_nothing(tmp_path, monkeypatch):
+  """Debian's folder without the IDX files: tfds is tried when allowed, then
+  FashionMnistMissingError (with the folder and the apt-get command); the
+  library runs no process (no apt-get)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  def no_process(*args, **kwargs):
+    raise AssertionError(f"the library must not run {args[:1]}")
+  monkeypatch.setattr(subprocess, "Popen", no_process)
+  monkeypatch.setattr(os, "system", no_process)
+  debian = str(tmp_path / "fashion-mnist")
+  monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", debian)
+  tried = []
+  monkeypatch.setattr(sources, "_tfds_available",
+                      lambda cfg: tried.append(cfg.name) or False)
+  for fallback, tfds_tried in ((False, []), (True, ["fashion_mnist"])):
+    tried.clear()
+    cfg = ml_collections.ConfigDict(dict(
+        path=debian, split="train", auto_install=True, tfds_fallback=fallback,
+        name="fashion_mnist", data_dir=""))
+    with pytest.raises(sources.FashionMnistMissingError) as e:
+      sources.resolve_idx(cfg)
+    assert tried == tfds_tried
+    assert e.value.path == debian
+    assert "apt-get install -y dataset-fashion-mnist" in str(e.value)
+    assert ("tfds could not fetch them" in str(e.value)) == fallback
+  assert not hasattr(sources, "install_fashion_mnist")
+
 
 def test_idx_pipeline_batches(idx_dir):
   cfg = ml_collections.ConfigDict(dict(

@@ -206,6 +206,26 @@ def test_smoke_config_end_to_end_binary(tmp_path):
   assert "spotter: 40 steps" in r.stdout and "autoencoder:" not in r.stdout
 
 
+def test_pretrain_binary_names_the_install_command_on_a_first_run(tmp_path):
+  """Debian's Fashion-MNIST folder empty and no tfds: one error line naming
+  the apt-get command, exit status 2; nothing is installed (the library runs
+  no process: tests/test_data.py)."""
+  debian = str(tmp_path / "fashion-mnist")
+  code = ("import runpy; from artifact_spotting.data import sources; "
+          f"sources.DEBIAN_FASHION_MNIST = {debian!r}; "
+          "runpy.run_module('trainers.pretrain', run_name='__main__')")
+  cmd = [sys.executable, "-c", code, "--config=configs/fashion_mnist.py:smoke",
+         f"--workdir={tmp_path / 'run'}", f"--config.dataset.path={debian}",
+         "--config.dataset.tfds_fallback=False"]
+  r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2, r.stderr[-3000:]
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: Fashion-MNIST is not installed"), last
+  assert f"no IDX files in {debian}" in last
+  assert "sudo apt-get install dataset-fashion-mnist" in last
+  assert "Traceback" not in r.stderr
+
+
 def test_binary_reports_bad_config_field(tmp_path):
   cmd = [sys.executable, "-m", "trainers.pretrain",
          "--config=configs/fashion_mnist.py:smoke", f"--workdir={tmp_path}",

@@ -26,6 +26,10 @@ from ml_collections.config_flags import config_flags as config_flags_impl
 
 EXIT_CODE = 2
 
+# Installs Debian's Fashion-MNIST IDX files (as root); named to the user on a
+# first run, never run by the binaries or the library (.ci/run runs it).
+FASHION_MNIST_INSTALL = "sudo apt-get install dataset-fashion-mnist"
+
 
 def require_paths(**paths: str):
   """Refuses an empty path flag (``--workdir=``) in one line."""
@@ -37,6 +41,15 @@ def require_paths(**paths: str):
 def fail(message: str) -> NoReturn:
   print(f"error: {message}", file=sys.stderr, flush=True)
   sys.exit(EXIT_CODE)
+
+
+def fashion_mnist_first_run(path: str) -> str:
+  """The one-line message for a run that finds no Fashion-MNIST IDX files in
+  Debian's folder ``path`` and none from tfds: the command that installs
+  them."""
+  return (f"Fashion-MNIST is not installed (no IDX files in {path}); on a "
+          f"first run install it with: {FASHION_MNIST_INSTALL} (or point "
+          f"--config.dataset.path at a folder holding the IDX files)")
 
 
 def one_line(text: str) -> str:

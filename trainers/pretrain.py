@@ -7,6 +7,10 @@ may raise step counts and change logistics fields (config.RESUME_SAFE_FIELDS),
 anything else is refused (see artifact_spotting/workdir.py). One trainer at a
 time per workdir (workdir/trainer.lock). Dotted flags override config fields:
 --config.spotter.drop_rate=0.5
+
+The data of configs/fashion_mnist.py is Debian's dataset-fashion-mnist
+package, with tfds as the fallback; when neither has it (a first run on a
+new machine) the binary stops with one line naming the install command.
 """
 
 import os
@@ -45,7 +49,11 @@ def main(argv):
   except ValueError as e:
     _cli.fail(_cli.one_line(str(e)))
   from artifact_spotting import train_lib  # pylint: disable=g-import-not-at-top
-  results = train_lib.train(_CONFIG.value, _WORKDIR.value)
+  from artifact_spotting.data import sources  # pylint: disable=g-import-not-at-top
+  try:
+    results = train_lib.train(_CONFIG.value, _WORKDIR.value)
+  except sources.FashionMnistMissingError as e:
+    _cli.fail(_cli.fashion_mnist_first_run(e.path))
   for phase, r in results.items():
     if r:
       print(f"{phase}: {r['steps']} steps, {r['images_per_second']:.1f} img/s")

@@ -26,7 +26,8 @@ class Source:
 
 def open_source(dataset_cfg, channels: int, split: Optional[str] = None,
                 training: bool = True) -> Source:
-  """Resolves config.dataset into a Source, fetching data when allowed."""
+  """Resolves config.dataset into a Source (tfds may download its data;
+  nothing is installed)."""
   split = split or dataset_cfg.split
   kind = dataset_cfg.source
   if kind == "idx":
@@ -59,11 +60,11 @@ def keep_indices(ds, indices):
 
 
 def _with_split(dataset_cfg, split):
-  """An unlocked copy of dataset_cfg with ``split`` set (configs from the
-  command line are locked and may not have the field)."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  cfg = ml_collections.ConfigDict(dataset_cfg.to_dict())
-  cfg.split = split
+  """A copy of dataset_cfg with ``split`` set (configs from the command line
+  are locked and may not have the field; the caller's config is unchanged)."""
+  cfg = dataset_cfg.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.split = split
   return cfg
 
 
@@ -105,7 +106,7 @@ def make_dataset(source: Source, pp: str, batch_size: int, *, training: bool,
       keep["label"] = out["label"]
     return keep
   # Same-sized images and ops that work on batches: one map call per batch
-  # instead of one per image (the per-image calls kept the fast phases,
+  # instead of one per image (per-image calls leave the fast phases,
   # autoencoder and feature extraction, waiting for input on 2 cores).
   batch_first = (pp_lib.batchable(pp)
                  and ds.element_spec["image"].shape.is_fully_defined())

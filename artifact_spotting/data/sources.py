@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import gzip
 import os
-import shutil
 import stat
 import struct
-import subprocess
 import time
 from typing import Optional, Tuple
 
@@ -29,6 +27,16 @@ IDX_FILES = {
 
 class DataUnavailableError(RuntimeError):
   """The data is not here and could not be fetched; the message says what to run."""
+
+
+class FashionMnistMissingError(DataUnavailableError):
+  """Debian's Fashion-MNIST folder (``path``) lacks the IDX files and tfds
+  did not provide them: typically a first run on a machine without the
+  dataset-fashion-mnist package."""
+
+  def __init__(self, message: str, path: str):
+    super().__init__(message)
+    self.path = path
 
 
 # ----------------------------------------------------------------------- IDX
@@ -64,31 +72,6 @@ def idx_present(path: str, split: str = "train") -> bool:
              for f in (images, labels))
 
 
-def _can_apt() -> bool:
-  return (hasattr(os, "geteuid") and os.geteuid() == 0 and
-          shutil.which("apt-get") is not None)
-
-
-def install_fashion_mnist() -> bool:
-  """Installs Debian's dataset-fashion-mnist (root only). True on success."""
-  if not _can_apt():
-    return False
-  logging.info("Installing Debian package dataset-fashion-mnist ...")
-  env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-  for cmd in (["apt-get", "install", "-y", "-q", "dataset-fashion-mnist"],
-              ["apt-get", "update", "-q"],
-              ["apt-get", "install", "-y", "-q", "dataset-fashion-mnist"]):
-    try:
-      result = subprocess.run(cmd, env=env, capture_output=True, text=True,
-                              timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as e:
-      logging.warning("%s failed: %s", " ".join(cmd), e)
-      continue
-    if cmd[1] == "install" and result.returncode == 0:
-      return idx_present(DEBIAN_FASHION_MNIST)
-  return idx_present(DEBIAN_FASHION_MNIST)
-
-
 def idx_source(path: str, split: str):
   images_file, labels_file = IDX_FILES[split]
   images = read_idx(os.path.join(path, images_file))
@@ -101,20 +84,24 @@ def idx_source(path: str, split: str):
 
 
 def resolve_idx(dataset_cfg) -> Tuple[str, Optional[str]]:
-  """Finds the IDX folder, installing Debian's package when allowed.
+  """Finds the IDX folder. Installs nothing: Debian's dataset-fashion-mnist
+  package is installed by the user (the pretraining binary prints the
+  command on a first run) or by .ci/run.
 
   Returns (path, None), or ("", "tfds") when the caller should use tfds.
-  Installing and the tfds fallback apply to the default Debian folder only:
-  a folder named in config.dataset.path must hold the files.
-  Raises DataUnavailableError with the exact command to run otherwise.
+  The tfds fallback applies to the default Debian folder only: a folder
+  named in config.dataset.path must hold the files. Raises
+  FashionMnistMissingError (the default folder) or DataUnavailableError (a
+  folder the user named) with the command to run otherwise.
+  ``dataset_cfg.auto_install`` is not read here.
   """
   path = dataset_cfg.path or DEBIAN_FASHION_MNIST
   split = dataset_cfg.split
   if idx_present(path, split):
     return path, None
   if os.path.normpath(path) != DEBIAN_FASHION_MNIST:
-    # A folder the user named: no install or download (tfds retries for
-    # minutes offline) would put the files there, so say what is missing.
+    # A folder the user named: no download (tfds retries for minutes
+    # offline) would put the files there, so say what is missing.
     images, labels = IDX_FILES[split]
     state = "does not exist" if not os.path.isdir(path) else "lacks them"
     raise DataUnavailableError(
@@ -122,17 +109,16 @@ def resolve_idx(dataset_cfg) -> Tuple[str, Optional[str]]:
         f"{labels}[.gz] (the {split} split's IDX files); it {state}. Point it "
         f"at such a folder, or leave it at {DEBIAN_FASHION_MNIST} (Debian's: "
         f"sudo apt-get install -y dataset-fashion-mnist).")
-  if path == DEBIAN_FASHION_MNIST and dataset_cfg.auto_install:
-    if install_fashion_mnist() and idx_present(path, split):
-      return path, None
-  if dataset_cfg.tfds_fallback and dataset_cfg.name == "fashion_mnist":
-    if _tfds_available(dataset_cfg):
-      return "", "tfds"
-  raise DataUnavailableError(
-      f"Fashion-MNIST IDX files not found in {path!r} and could not be "
-      f"fetched. Run:\n  sudo apt-get update && sudo apt-get install -y "
-      f"dataset-fashion-mnist\nor point --config.dataset.path at a folder "
-      f"holding {IDX_FILES[split][0]}[.gz] and {IDX_FILES[split][1]}[.gz].")
+  tried_tfds = dataset_cfg.tfds_fallback and dataset_cfg.name == "fashion_mnist"
+  if tried_tfds and _tfds_available(dataset_cfg):
+    return "", "tfds"
+  images, labels = IDX_FILES[split]
+  raise FashionMnistMissingError(
+      f"Fashion-MNIST IDX files not found in {path!r}"
+      f"{' and tfds could not fetch them' if tried_tfds else ''}. Run:\n"
+      f"  sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist\n"
+      f"or point --config.dataset.path at a folder holding {images}[.gz] and "
+      f"{labels}[.gz].", path)
 
 
 def _tfds_available(dataset_cfg) -> bool:
