@@ -44,6 +44,14 @@ class SetupError(ValueError):
 
 # ------------------------------------------------------------------- pieces
 def make_adam(lr: float, steps: int, opt_cfg, name: str, precision="float32"):
+  """FusedAdam with the learning rate decaying linearly from ``lr`` to
+  ``lr * end_lr_ratio`` over ``decay_fraction`` of ``steps``, then constant;
+  with loss scaling for mixed_float16."""
+  # Our LinearDecay, not keras' PolynomialDecay(power=1): the same line, but
+  # keras computes (lr - end) * (1 - t) + end where we compute
+  # lr * (1 - t * (1 - ratio)), and in float32 the two differ by up to tens
+  # of ulps at most steps of the schedule (tests/test_train.py compares
+  # them), which would change every run's numerics.
   schedule = LinearDecay(lr, int(math.ceil(opt_cfg.decay_fraction * steps)),
                          opt_cfg.end_lr_ratio)
   adam = FusedAdam(learning_rate=schedule, beta_1=opt_cfg.beta1,
@@ -77,8 +85,9 @@ def warn_slow_precision(precision: str) -> Optional[str]:
     return None
   msg = ("train.precision=mixed_bfloat16 on a CPU without bfloat16 units "
          "(no avx512_bf16/amx_bf16 in /proc/cpuinfo): TensorFlow emulates "
-         "bfloat16 there and the adversarial step ran 5x slower than float32 "
-         "(results/throughput_cpu2_avx2.md). Use float32 on this machine.")
+         "bfloat16 there and the adversarial step runs several times slower "
+         "than in float32 (docs/performance.md, results/throughput_cpu2_avx2.md). "
+         "Use float32 on this machine.")
   logging.warning(msg)
   return msg
 
@@ -269,12 +278,10 @@ def init_autoencoder(players: Players, config):
 
 # jit_compile="auto" per kind of device the replicas run on.
 AUTO_JIT = {
-    # 2-core AVX-512 machine: XLA slows the adversarial step, 59 vs 110 img/s
-    # on one device (results/throughput_cpu2_avx512_bf16.md), and with 2
-    # replicas on 2 logical CPUs 38 vs 64 img/s (autoencoder step 343 vs
-    # 700; fashion_mnist config, per-replica batch norm, shared machine).
+    # XLA makes both steps slower on CPUs, on one device and with replicas
+    # on logical CPUs (docs/performance.md; results/throughput_*.md).
     "CPU": "off",
-    # Not measured yet.
+    # No GPU measurement: off until one shows XLA to be the faster choice.
     "GPU": "off",
     # TPUStrategy compiles every replica step with XLA by itself; the
     # trainer's own XLA compile of the compute part would add nothing.
@@ -283,12 +290,11 @@ AUTO_JIT = {
 
 
 def resolve_jit(mode: str, strategy) -> str:
-  """``"auto"`` -> AUTO_JIT's choice for the strategy's device kind
-  (distribute.device_kind); other modes are returned as they are.
-
-  CPU: "off", measured (XLA is the slower choice there). GPU: "off" because
-  no GPU run has been measured yet, not because XLA is known to be slower.
-  TPU: "off", the TPU step is XLA-compiled anyway.
+  """``mode`` ("off", "on", "spotter") as it is; ``"auto"`` -> AUTO_JIT's
+  choice for the kind of device ``strategy``'s replicas run on
+  (distribute.device_kind: "CPU", "GPU" or "TPU"). The table gives "off"
+  for every kind today (reasons in AUTO_JIT), so the strategy changes the
+  answer only once an entry does.
   """
   if mode != "auto":
     return mode
@@ -373,7 +379,15 @@ class CheckpointKeeper:
 
 
 class Progress:
-  """One console line per log interval: step, images/s, ETA, a few metrics."""
+  """One console line per log interval: step, images/s, ETA, a few metrics.
+
+  Not keras.utils.Progbar: its line has no images/s figure ("name: value"
+  pairs only), its ETA is an ANSI-bolded "12s"/"1:02" from the mean time per
+  step since the start (the first interval's tracing and compilation
+  included), and on a terminal it rewrites one line instead of printing one
+  per interval. This line ("... 123.4 img/s ETA 00:01:02 loss=...") takes
+  the ETA from the median rate of the last 5 intervals.
+  """
 
   def __init__(self, phase, total, global_batch, stream=sys.stdout):
     self.phase, self.total, self.batch, self.stream = phase, total, global_batch, stream

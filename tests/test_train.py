@@ -267,6 +267,33 @@ def test_jit_auto_picks_the_measured_faster_choice():
                                      "train.precision": "mixed_bfloat16"}))
 
 
+def test_lr_schedule_stays_ours_not_keras_polynomial_decay():
+  """make_adam's LinearDecay and keras' PolynomialDecay(power=1) draw the
+  same line but round differently in float32: over every step of the
+  default schedule keras' value is more than 1 ulp off at some steps, so
+  swapping it in would change every run's learning rates (make_adam's
+  comment). Both agree to float32 precision otherwise."""
+  import math  # pylint: disable=g-import-not-at-top
+  from artifact_spotting import config as config_lib  # pylint: disable=g-import-not-at-top
+  from artifact_spotting.schedules import LinearDecay  # pylint: disable=g-import-not-at-top
+  c = config_lib.base_config()
+  o, lr, steps = c.optimizer, c.spotter.lr, c.spotter.steps
+  adam = train_lib.make_adam(lr, steps, o, "probe_schedule")
+  ours = adam._learning_rate  # pylint: disable=protected-access
+  assert isinstance(ours, LinearDecay)
+  decay = int(math.ceil(o.decay_fraction * steps))
+  assert ours.decay_steps == decay
+  keras_lr = keras.optimizers.schedules.PolynomialDecay(
+      lr, decay, lr * o.end_lr_ratio, power=1.0)
+  at = tf.range(steps + 2, dtype=tf.int64)
+  a, b = np.asarray(ours(at)), np.asarray(keras_lr(at))
+  assert a.dtype == b.dtype == np.float32
+  ulps = np.abs(a.view(np.int32).astype(np.int64) - b.view(np.int32).astype(np.int64))
+  assert ulps.max() > 1
+  np.testing.assert_allclose(a, b, rtol=1e-5)
+  assert a[0] == np.float32(lr) and np.all(a[decay:] == a[decay])
+
+
 def test_init_from_reuses_a_finished_autoencoder(idx_dir, tmp_path):
   from artifact_spotting import export
   source = str(tmp_path / "ae")
