@@ -370,28 +370,40 @@ def check_pp(config):
   pp_lib.check(config.pp, config.channels, config.resolution)
 
 
-def model_spec(config) -> Dict[str, Any]:
-  """The ArtifactSpotter spec (plain dict) for an experiment config."""
-  ae, sp, disc = config.autoencoder, config.spotter, config.discriminator
+def discriminator_kwargs(config) -> Dict[str, Any]:
+  """The Discriminator's keyword arguments for an experiment config."""
+  disc = config.discriminator
+  return dict(convs=_to_py(disc.convs), fc_units=disc.fc_units,
+              dropout=disc.dropout, fc_norm=disc.fc_norm)
+
+
+def spotter_kwargs(config, probe: bool = True) -> Dict[str, Any]:
+  """The ArtifactSpotter's keyword arguments for an experiment config (the
+  model has no defaults of its own: they are the fields above). ``probe``:
+  False leaves the linear probe out even where config.probe.enabled."""
+  ae, sp = config.autoencoder, config.spotter
   return dict(
-      resolution=(config.resolution, config.resolution),
-      channels=config.channels, seed=config.seed,
-      encoder=dict(stem_filters=ae.stem_filters, widths=tuple(ae.widths),
-                   kernel_size=ae.kernel_size),
-      decoder_widths=tuple(ae.decoder_widths),
-      damage=dict(drop_rate=sp.drop_rate, fill=sp.fill),
-      repair=dict(enabled=sp.repair, gated=sp.gated,
-                  placement=sp.repair_placement, hidden=sp.repair_hidden or None),
+      resolution=config.resolution, channels=config.channels, seed=config.seed,
+      stem_filters=ae.stem_filters, encoder_widths=tuple(ae.widths),
+      kernel_size=ae.kernel_size, decoder_widths=tuple(ae.decoder_widths),
+      drop_rate=sp.drop_rate, fill=sp.fill,
+      repair=sp.repair, gated=sp.gated, repair_placement=sp.repair_placement,
+      repair_hidden=sp.repair_hidden,
       fakes=sp.fakes, real_input=sp.real_input, noise_dim=sp.noise_dim,
-      discriminator=dict(convs=_to_py(disc.convs), fc_units=disc.fc_units,
-                         dropout=disc.dropout, fc_norm=disc.fc_norm),
-      history=dict(size=sp.history_size, fraction=sp.history_fraction),
-      loss=dict(ae_recon_weight=ae.recon_weight, l2_weight=ae.l2_weight,
-                mask_weight=sp.mask_weight, mask_real_weight=sp.mask_real_weight,
-                recon_weight=sp.recon_weight,
-                generator_adds_c_losses=sp.generator_adds_c_losses),
-      probe_classes=config.probe.num_classes if config.probe.enabled else 0,
+      discriminator=discriminator_kwargs(config),
+      history_size=sp.history_size, history_fraction=sp.history_fraction,
+      ae_recon_weight=ae.recon_weight, l2_weight=ae.l2_weight,
+      recon_weight=sp.recon_weight, mask_weight=sp.mask_weight,
+      mask_real_weight=sp.mask_real_weight,
+      generator_adds_c_losses=sp.generator_adds_c_losses,
+      probe_classes=(config.probe.num_classes
+                     if probe and config.probe.enabled else 0),
   )
+
+
+# The former name: evaluation.random_discriminator reads
+# model_spec(config)["discriminator"], the same as discriminator_kwargs.
+model_spec = spotter_kwargs
 
 
 def tiny_config(**overrides):

@@ -104,14 +104,12 @@ class Players:
 
   def __init__(self, config, strategy, probe: bool = True):
     keras.utils.set_random_seed(int(config.seed))
-    spec = config_lib.model_spec(config)
-    if not probe:
-      spec["probe_classes"] = 0
     precision = config.train.get("precision", "float32")
     warn_slow_precision(precision)
     with strategy.scope():
       with precision_policy(precision):
-        self.model = ArtifactSpotter(spec, name="artifact_spotter")
+        self.model = ArtifactSpotter(**config_lib.spotter_kwargs(config, probe),
+                                     name="artifact_spotter")
         self.model.build()
       o = config.optimizer
       self.ae_opt = make_adam(config.autoencoder.lr, config.autoencoder.steps, o,

@@ -255,7 +255,7 @@ def _model(**overrides):
   c.probe.enabled = False
   c.spotter.history_size = 0  # C sees [reals, fakes] only
   keras.utils.set_random_seed(0)
-  model = ArtifactSpotter(config_lib.model_spec(c))
+  model = ArtifactSpotter(**config_lib.spotter_kwargs(c))
   model.build()
   return c, model
 

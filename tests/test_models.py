@@ -35,7 +35,7 @@ def _randomize(layer, seed=0):
 def test_output_shapes_per_config(name, arg, res, grid, channels):
   c = importlib.import_module(f"configs.{name}").get_config(arg)
   c.discriminator.fc_units = 8
-  model = ArtifactSpotter(config_lib.model_spec(c))
+  model = ArtifactSpotter(**config_lib.spotter_kwargs(c))
   model.build()
   assert model.grid == (grid, grid)
   x = tf.random.uniform([2, res, res, channels], -1, 1)
@@ -71,7 +71,7 @@ def test_repair_block_gating_leaves_kept_cells_untouched():
 
 
 def test_gating_at_every_decoder_stage_of_the_model():
-  model = ArtifactSpotter(config_lib.model_spec(tiny_config()))
+  model = ArtifactSpotter(**config_lib.spotter_kwargs(tiny_config()))
   model.build()
   for block in model.repair_blocks:
     _randomize(block, seed=3)
@@ -123,7 +123,7 @@ def test_fashion_mnist_width_scales_the_discriminator_only():
   assert wide.spotter.repair is False
   half = fashion_mnist.get_config("tiny,width=0.5")
   assert [c["filters"] for c in half.discriminator.convs] == [4] * 5
-  model = ArtifactSpotter(config_lib.model_spec(half))
+  model = ArtifactSpotter(**config_lib.spotter_kwargs(half))
   model.build()
   out = model(tf.zeros([1, 16, 16, 1]))
   assert out["conv5"].shape[-1] == 4
@@ -243,7 +243,7 @@ def _roundtrip(layer, *inputs):
 
 def test_serialization_round_trips():
   x = tf.random.uniform([2, 16, 16, 1])
-  enc = Encoder(4, (8, 8))
+  enc = Encoder(4, (8, 8), 2)
   enc(x)
   _roundtrip(enc, x)
   dec = Decoder((8, 4), 1)
@@ -256,7 +256,7 @@ def test_serialization_round_trips():
   rb(z, keep)
   _roundtrip(rb, z, keep)
   c = tiny_config()
-  disc = Discriminator(**config_lib.model_spec(c)["discriminator"])
+  disc = Discriminator(**config_lib.discriminator_kwargs(c))
   disc(x)
   _roundtrip(disc, x)
   _roundtrip(LocalResponseNorm(), tf.random.normal([1, 2, 2, 8]))
@@ -265,7 +265,7 @@ def test_serialization_round_trips():
   g(n)
   _roundtrip(g, n)
   _roundtrip(HistoryBuffer(4, (16, 16, 1), (4, 4)))
-  model = ArtifactSpotter(config_lib.model_spec(c))
+  model = ArtifactSpotter(**config_lib.spotter_kwargs(c))
   model.build()
   clone = ArtifactSpotter.from_config(model.get_config())
   clone.build()
@@ -275,26 +275,53 @@ def test_serialization_round_trips():
                              atol=1e-6)
 
 
+
+def test_the_config_holds_every_model_default():
+  """ArtifactSpotter has no defaults of its own (config.py is the one place
+  they live) and config.spotter_kwargs gives every argument it takes; so do
+  the layers for the fields the config sets."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  params = inspect.signature(ArtifactSpotter.__init__).parameters
+  named = {k for k, p in params.items()
+           if p.kind == p.KEYWORD_ONLY}
+  assert all(params[k].default is inspect.Parameter.empty for k in named)
+  assert set(config_lib.spotter_kwargs(tiny_config())) == named
+  disc = inspect.signature(Discriminator.__init__).parameters
+  assert set(config_lib.discriminator_kwargs(tiny_config())) == {
+      k for k, p in disc.items() if p.default is inspect.Parameter.empty
+      and p.kind not in (p.VAR_KEYWORD,) and k != "self"}
+  # The model's config is its arguments, and builds the same model.
+  kwargs = config_lib.spotter_kwargs(tiny_config())
+  model = ArtifactSpotter(**kwargs)
+  stored = model.get_config()
+  assert set(named) <= set(stored)
+  assert stored["resolution"] == [16, 16] and stored["probe_classes"] == 10
+  assert ArtifactSpotter.from_config(stored).get_config() == stored
+  no_probe = config_lib.spotter_kwargs(tiny_config(), probe=False)
+  assert no_probe["probe_classes"] == 0
+  assert ArtifactSpotter(**no_probe).probe is None
+
+
 def test_bad_geometry_fails_with_field_names():
   c = tiny_config()
   c.resolution = 18
   with pytest.raises(ValueError, match="resolution"):
     config_lib.validate(c)
-  spec = config_lib.model_spec(tiny_config())
-  spec["resolution"] = (18, 18)
-  with pytest.raises(ValueError, match="encoder.widths"):
-    ArtifactSpotter(spec)
-  spec = config_lib.model_spec(tiny_config())
-  spec["discriminator"]["convs"][2]["pool"] = True
+  kwargs = config_lib.spotter_kwargs(tiny_config())
+  kwargs["resolution"] = (18, 18)
+  with pytest.raises(ValueError, match="encoder_widths"):
+    ArtifactSpotter(**kwargs)
+  kwargs = config_lib.spotter_kwargs(tiny_config())
+  kwargs["discriminator"]["convs"][2]["pool"] = True
   with pytest.raises(ValueError, match="discriminator.convs"):
-    ArtifactSpotter(spec)
+    ArtifactSpotter(**kwargs)
 
 
 @pytest.mark.parametrize("row", sorted(config_lib.ABLATIONS))
 def test_every_ablation_row_builds_and_steps(row):
   c = tiny_config()
   config_lib.apply_ablation(c, row)
-  model = ArtifactSpotter(config_lib.model_spec(c))
+  model = ArtifactSpotter(**config_lib.spotter_kwargs(c))
   model.build()
   opts = [keras.optimizers.Adam(1e-3) for _ in range(3)]
   x = {"image": tf.random.uniform([4, 16, 16, 1], -1, 1),
@@ -318,7 +345,7 @@ def test_checkpoint_holds_every_weight(tmp_path, row):
   kept in Python lists would be silently left out)."""
   c = tiny_config()
   config_lib.apply_ablation(c, row)
-  model = ArtifactSpotter(config_lib.model_spec(c))
+  model = ArtifactSpotter(**config_lib.spotter_kwargs(c))
   model.build()
   for w in model.weights:
     if w.dtype == "float32":
@@ -326,7 +353,7 @@ def test_checkpoint_holds_every_weight(tmp_path, row):
   path = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
   saved = [n for n, _ in tf.train.list_variables(path) if n.startswith("model/")]
   assert len(saved) == len(model.weights)
-  clone = ArtifactSpotter(config_lib.model_spec(c))
+  clone = ArtifactSpotter(**config_lib.spotter_kwargs(c))
   clone.build()
   tf.train.Checkpoint(model=clone).read(path).assert_existing_objects_matched()
   for a, b in zip(model.weights, clone.weights):
@@ -441,7 +468,8 @@ def test_discriminator_views_match_their_concatenation():
   """C on a list of views == C on their concatenation (one batch norm over
   all rows), gradients included; a view nobody differentiates gets no conv1
   input gradient."""
-  disc = Discriminator(config_lib.small_alexnet(), fc_units=16, dropout=0.0)
+  disc = Discriminator(config_lib.small_alexnet(), fc_units=16, dropout=0.0,
+                       fc_norm=True)
   disc.build((None, 32, 32, 1))
   _randomize(disc)
   real, fake = (tf.random.stateless_normal([n, 32, 32, 1], seed=(n, 1)) for n in (3, 2))

@@ -21,9 +21,8 @@ from artifact_spotting.models.blocks import (PACKAGE, Conv2D, ConvBlock, get_ind
 class Encoder(layers.Layer):
   """x [B, H, W, C] in [-1, 1] -> phi [B, H / 2**n, W / 2**n, widths[-1]]."""
 
-  def __init__(self, stem_filters: int = 32,
-               widths: Sequence[int] = (64, 128, 256),
-               kernel_size: int = 2, negative_slope: float = 0.2, **kwargs):
+  def __init__(self, stem_filters: int, widths: Sequence[int],
+               kernel_size: int, negative_slope: float = 0.2, **kwargs):
     super().__init__(**kwargs)
     self.stem_filters = int(stem_filters)
     self.widths = tuple(int(w) for w in widths)
@@ -81,7 +80,7 @@ class Decoder(layers.Layer):
   repaired path therefore share the very same (frozen) decoder weights.
   """
 
-  def __init__(self, widths: Sequence[int] = (128, 64, 32), channels: int = 3,
+  def __init__(self, widths: Sequence[int], channels: int,
                negative_slope: float = 0.2, **kwargs):
     super().__init__(**kwargs)
     self.widths = tuple(int(w) for w in widths)

@@ -50,7 +50,7 @@ class Damage(layers.Layer):
   only kept cells keeps the dropped content from leaking back in).
   """
 
-  def __init__(self, fill: str = "zeros", **kwargs):
+  def __init__(self, fill: str, **kwargs):
     super().__init__(**kwargs)
     if fill not in FILL_MODES:
       raise ValueError(f"Damage fill must be one of {FILL_MODES}, got {fill!r}")
@@ -81,7 +81,7 @@ class RepairBlock(layers.Layer):
   The last conv starts at zero so an untrained block is the identity.
   """
 
-  def __init__(self, filters: int, hidden: int, gated: bool = True,
+  def __init__(self, filters: int, hidden: int, gated: bool,
                negative_slope: float = 0.2, **kwargs):
     super().__init__(**kwargs)
     self.filters = int(filters)

@@ -41,9 +41,8 @@ class Discriminator(layers.Layer):
   whole batch and then sliced.
   """
 
-  def __init__(self, convs: Sequence[Dict], fc_units: int = 512,
-               dropout: float = 0.5, negative_slope: float = 0.2,
-               fc_norm: bool = True, **kwargs):
+  def __init__(self, convs: Sequence[Dict], fc_units: int, dropout: float,
+               negative_slope: float = 0.2, *, fc_norm: bool, **kwargs):
     super().__init__(**kwargs)
     if len(convs) != len(FEATURE_NAMES):
       raise ValueError(f"discriminator.convs needs {len(FEATURE_NAMES)} layers, "

@@ -7,8 +7,7 @@ replica of a global batch: the trainer wraps them in ``strategy.run``.
 
 from __future__ import annotations
 
-import copy
-from typing import Any, Dict
+from typing import Any, Dict, Sequence, Union
 
 import keras
 import tensorflow as tf
@@ -24,41 +23,6 @@ from artifact_spotting.models.history import HistoryBuffer
 
 # Offsets that make the stateless seeds of one step independent streams.
 _MASK, _HISTORY_SAMPLE, _HISTORY_SLOTS, _NOISE = 0, 1, 2, 3
-
-DEFAULTS: Dict[str, Any] = dict(
-    resolution=(32, 32), channels=1, seed=0,
-    encoder=dict(stem_filters=32, widths=(64, 128, 256), kernel_size=2),
-    decoder_widths=(128, 64, 32),
-    damage=dict(drop_rate=0.7, fill="average"),
-    repair=dict(enabled=True, gated=True, placement="distributed", hidden=None),
-    fakes="repair",               # "repair" (damage & repair) | "gan" (ablation l)
-    real_input="autoencoded",     # "autoencoded" | "raw" (ablation a)
-    noise_dim=128,
-    discriminator=dict(convs=(), fc_units=512, dropout=0.5, fc_norm=True),
-    history=dict(size=0, fraction=0.5),
-    loss=dict(ae_recon_weight=30.0, l2_weight=5e-5, mask_weight=1.0,
-              mask_real_weight=0.0, recon_weight=30.0,
-              generator_adds_c_losses=False),
-    probe_classes=0,
-)
-
-
-def _merge(base, override):
-  out = copy.deepcopy(base)
-  for k, v in (override or {}).items():
-    if isinstance(v, dict) and isinstance(out.get(k), dict):
-      out[k] = _merge(out[k], v)
-    else:
-      out[k] = v
-  return out
-
-
-def _listify(obj):
-  if isinstance(obj, dict):
-    return {k: _listify(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_listify(v) for v in obj]
-  return obj
 
 
 def _grad_norm(grads, optimizer):
@@ -82,71 +46,119 @@ def _grad_norm(grads, optimizer):
 class ArtifactSpotter(keras.Model):
   """Damage & repair generator and artifact-spotting discriminator.
 
-  ``spec`` is a plain dict (see ``DEFAULTS``); ``configs/*.py`` build it from
-  the experiment config via ``artifact_spotting.config.model_spec``.
+  Every argument is required: the experiment config (``artifact_spotting/
+  config.py``) is the one place that holds their defaults, and
+  ``config.spotter_kwargs(config)`` gives them for a config.
+
+  resolution: image side, or (height, width); channels: 1 or 3; seed: keys
+  the step's stateless random draws (masks, noise, history).
+  stem_filters, encoder_widths, kernel_size: the encoder E (one stride-2
+  stage per width); decoder_widths: the decoder D (one stage per encoder
+  stage).
+  drop_rate, fill: the damage (a Bernoulli keep-mask on E's grid; dropped
+  cells "zeros" or the "average" of their kept neighbours).
+  repair, gated, repair_placement ("distributed" | "local"), repair_hidden
+  (0: each block's width): the repair network R.
+  fakes: "repair" (damage & repair) | "gan" (a noise generator, ablation l);
+  real_input: "autoencoded" | "raw" (ablation a); noise_dim: the GAN's noise.
+  discriminator: the Discriminator's keyword arguments (convs, fc_units,
+  dropout, fc_norm).
+  history_size (0: none), history_fraction: the history of earlier fakes
+  that C sees besides the current ones, as a fraction of the batch.
+  ae_recon_weight, l2_weight: the autoencoder's loss; recon_weight,
+  mask_weight, mask_real_weight, generator_adds_c_losses: the adversarial
+  losses (see adversarial_step).
+  probe_classes: a linear probe on C's conv5 (0: none).
   """
 
-  def __init__(self, spec: Dict[str, Any], **kwargs):
+  def __init__(self, *, resolution: Union[int, Sequence[int]], channels: int,
+               seed: int, stem_filters: int, encoder_widths: Sequence[int],
+               kernel_size: int, decoder_widths: Sequence[int],
+               drop_rate: float, fill: str, repair: bool, gated: bool,
+               repair_placement: str, repair_hidden: int, fakes: str,
+               real_input: str, noise_dim: int, discriminator: Dict[str, Any],
+               history_size: int, history_fraction: float,
+               ae_recon_weight: float, l2_weight: float, recon_weight: float,
+               mask_weight: float, mask_real_weight: float,
+               generator_adds_c_losses: bool, probe_classes: int, **kwargs):
     super().__init__(**kwargs)
-    self.spec = _listify(_merge(DEFAULTS, spec))
-    s = self.spec
-    res = tuple(s["resolution"])
-    enc = s["encoder"]
-    self.encoder = Encoder(enc["stem_filters"], enc["widths"], enc["kernel_size"],
+    if isinstance(resolution, int):
+      resolution = (resolution, resolution)
+    res = self.resolution = tuple(int(r) for r in resolution)
+    self.channels = int(channels)
+    self.seed = int(seed)
+    self.drop_rate = drop_rate
+    self.use_repair = bool(repair)
+    self.gated = bool(gated)
+    self.repair_placement = repair_placement
+    self.repair_hidden = int(repair_hidden or 0)
+    self.fakes = fakes
+    self.real_input = real_input
+    self.noise_dim = int(noise_dim)
+    self.history_size = int(history_size)
+    self.history_fraction = history_fraction
+    self.ae_recon_weight = ae_recon_weight
+    self.l2_weight = l2_weight
+    self.recon_weight = recon_weight
+    self.mask_weight = mask_weight
+    self.mask_real_weight = mask_real_weight
+    self.generator_adds_c_losses = bool(generator_adds_c_losses)
+    self.probe_classes = int(probe_classes)
+
+    self.encoder = Encoder(stem_filters, encoder_widths, kernel_size,
                            name="encoder")
     factor = self.encoder.downsampling
     if res[0] % factor or res[1] % factor:
       raise ValueError(
-          f"resolution {res} is not divisible by 2**len(encoder.widths) = "
-          f"{factor}; change `resolution` or `encoder.widths`.")
+          f"resolution {res} is not divisible by 2**len(encoder_widths) = "
+          f"{factor}; change `resolution` or `encoder_widths`.")
     self.grid = (res[0] // factor, res[1] // factor)
-    if len(s["decoder_widths"]) != len(enc["widths"]):
+    encoder_widths = self.encoder.widths
+    decoder_widths = tuple(int(w) for w in decoder_widths)
+    if len(decoder_widths) != len(encoder_widths):
       raise ValueError(
-          f"decoder_widths {s['decoder_widths']} must have one entry per "
-          f"encoder stage ({len(enc['widths'])}) so the decoder restores "
+          f"decoder_widths {list(decoder_widths)} must have one entry per "
+          f"encoder stage ({len(encoder_widths)}) so the decoder restores "
           f"resolution {res}.")
-    self.decoder = Decoder(s["decoder_widths"], s["channels"], name="decoder")
-    self.damage = Damage(s["damage"]["fill"], name="damage")
-    if s["fakes"] not in ("repair", "gan"):
-      raise ValueError(f"fakes must be 'repair' or 'gan', got {s['fakes']!r}")
-    if s["real_input"] not in ("autoencoded", "raw"):
+    self.decoder = Decoder(decoder_widths, self.channels, name="decoder")
+    self.damage = Damage(fill, name="damage")
+    if fakes not in ("repair", "gan"):
+      raise ValueError(f"fakes must be 'repair' or 'gan', got {fakes!r}")
+    if real_input not in ("autoencoded", "raw"):
       raise ValueError(
-          f"real_input must be 'autoencoded' or 'raw', got {s['real_input']!r}")
-    rep = s["repair"]
-    if rep["placement"] not in ("distributed", "local"):
-      raise ValueError(f"repair.placement must be 'distributed' or 'local', "
-                       f"got {rep['placement']!r}")
+          f"real_input must be 'autoencoded' or 'raw', got {real_input!r}")
+    if repair_placement not in ("distributed", "local"):
+      raise ValueError(f"repair_placement must be 'distributed' or 'local', "
+                       f"got {repair_placement!r}")
     blocks = []
-    if s["fakes"] == "repair" and rep["enabled"]:
-      widths = [enc["widths"][-1]] + list(s["decoder_widths"])
-      if rep["placement"] == "local":
-        widths = [enc["widths"][-1]] * len(widths)
+    if fakes == "repair" and self.use_repair:
+      widths = [encoder_widths[-1]] + list(decoder_widths)
+      if repair_placement == "local":
+        widths = [encoder_widths[-1]] * len(widths)
       for i, w in enumerate(widths):
         blocks.append(RepairBlock(
-            w, rep["hidden"] or w, gated=rep["gated"], name=f"repair{i + 1}"))
+            w, self.repair_hidden or w, gated=self.gated, name=f"repair{i + 1}"))
     # R1..Rn as attributes repair1.. (see autoencoder.set_indexed).
     self._num_repair = set_indexed(self, "repair", blocks)
     self.generator = None
-    if s["fakes"] == "gan":
+    if fakes == "gan":
       self.generator = NoiseGenerator(
-          s["noise_dim"], self.grid, enc["widths"][-1], s["decoder_widths"],
-          s["channels"], name="generator")
-    self.discriminator = Discriminator(**s["discriminator"], name="discriminator")
+          self.noise_dim, self.grid, encoder_widths[-1], decoder_widths,
+          self.channels, name="generator")
+    self.discriminator = Discriminator(**discriminator, name="discriminator")
     c_grid = self.discriminator.grid(res)
     if c_grid != self.grid:
       raise ValueError(
           f"discriminator.convs give a conv5 grid of {c_grid} at resolution "
           f"{res}, but the mask grid is {self.grid}; change the strides/pools "
           f"in discriminator.convs.")
-    hist = s["history"]
     self.history = None
-    if hist["size"] > 0:
-      self.history = HistoryBuffer(hist["size"], res + (s["channels"],), self.grid,
-                                   name="history")
+    if self.history_size > 0:
+      self.history = HistoryBuffer(self.history_size, res + (self.channels,),
+                                   self.grid, name="history")
     self.probe = None
-    if s["probe_classes"]:
-      self.probe = layers.Dense(s["probe_classes"], name="probe")
-    self.seed = int(s["seed"])
+    if self.probe_classes:
+      self.probe = layers.Dense(self.probe_classes, name="probe")
 
   @property
   def repair_blocks(self):
@@ -154,8 +166,7 @@ class ArtifactSpotter(keras.Model):
 
   # ----------------------------------------------------------------- building
   def build(self, input_shape=None):
-    res = tuple(self.spec["resolution"])
-    x = tf.zeros((2,) + res + (self.spec["channels"],))
+    x = tf.zeros((2,) + self.resolution + (self.channels,))
     self.autoencode(x)
     mask = tf.ones((2,) + self.grid + (1,))
     fakes = self.make_fakes(x, mask, training=False)
@@ -178,9 +189,8 @@ class ArtifactSpotter(keras.Model):
   @property
   def discriminator_variables(self):
     variables = self.discriminator.trainable_variables
-    w = self.spec["loss"]
-    if not (w["mask_weight"] or w["mask_real_weight"] or
-            w["generator_adds_c_losses"]):
+    if not (self.mask_weight or self.mask_real_weight or
+            self.generator_adds_c_losses):
       # Ablation (g): the mask head is never trained.
       head = {id(v) for v in self.discriminator.mask_head.trainable_variables}
       variables = [v for v in variables if id(v) not in head]
@@ -200,7 +210,7 @@ class ArtifactSpotter(keras.Model):
 
   def repair_fn(self, keep_mask, training):
     blocks = self.repair_blocks
-    local = self.spec["repair"]["placement"] == "local"
+    local = self.repair_placement == "local"
 
     def stage_fn(i, h):
       if local:
@@ -215,7 +225,7 @@ class ArtifactSpotter(keras.Model):
     """Damaged-and-repaired images (or G(noise) for the GAN ablation)."""
     if self.generator is not None:
       if noise is None:
-        noise = tf.random.normal([tf.shape(images)[0], self.spec["noise_dim"]])
+        noise = tf.random.normal([tf.shape(images)[0], self.noise_dim])
       return self.generator(noise, training=training)
     if phi is None:
       phi = self.encoder(images, training=False)
@@ -246,7 +256,6 @@ class ArtifactSpotter(keras.Model):
     x = batch["image"]
     _, n, _ = self._replica()
     global_b = x.shape[0] * n
-    w = self.spec["loss"]
     variables = self.autoencoder_variables
 
     def compute(x):
@@ -254,7 +263,7 @@ class ArtifactSpotter(keras.Model):
         x_ae = self.autoencode(x, training=True)
         recon = losses.mse(x, x_ae, global_b)
         l2 = losses.l2_penalty(variables)
-        loss = w["ae_recon_weight"] * recon + w["l2_weight"] * l2 / n
+        loss = self.ae_recon_weight * recon + self.l2_weight * l2 / n
         scaled = optimizer.scale_loss(loss)
       return tape.gradient(scaled, variables), loss, recon
 
@@ -279,10 +288,9 @@ class ArtifactSpotter(keras.Model):
     _, n, rid = self._replica()
     b = x.shape[0]
     gb = b * n
-    s, w = self.spec, self.spec["loss"]
     hist_k = 0
     if self.history is not None:
-      hist_k = int(round(s["history"]["fraction"] * b))
+      hist_k = int(round(self.history_fraction * b))
     c_vars = self.discriminator_variables
     r_vars = self.generator_variables
     probe = (self.probe is not None and probe_optimizer is not None
@@ -294,12 +302,12 @@ class ArtifactSpotter(keras.Model):
     # same with XLA on or off.
     step = c_optimizer.iterations
     keep = sample_keep_mask(self._seed(_MASK, step), b, self.grid,
-                            s["damage"]["drop_rate"], offset=rid * b,
+                            self.drop_rate, offset=rid * b,
                             total_batch=gb)
     noise = None
     if self.generator is not None:
       noise = tf.random.stateless_normal(
-          [gb, s["noise_dim"]], seed=self._seed(_NOISE, step))[rid * b:(rid + 1) * b]
+          [gb, self.noise_dim], seed=self._seed(_NOISE, step))[rid * b:(rid + 1) * b]
       # Every cell of a generated image is fake.
       keep = tf.zeros_like(keep)
     slots = None
@@ -311,7 +319,7 @@ class ArtifactSpotter(keras.Model):
       x = batch["image"]
       phi = self.encoder(x, training=False)
       x_ae = self.decoder(phi, training=False)
-      real = x if s["real_input"] == "raw" else x_ae
+      real = x if self.real_input == "raw" else x_ae
       with tf.GradientTape(persistent=True) as tape:
         fake = self.make_fakes(x, keep, training=True, phi=phi, noise=noise)
         fake_masks = keep
@@ -328,21 +336,21 @@ class ArtifactSpotter(keras.Model):
         class_loss = losses.real_fake_loss(real_logits, all_fake_logits, gb, g_fake)
         mask_fake = losses.mask_loss(mask_logits[b:], fake_masks, g_fake)
         c_loss = class_loss
-        if w["mask_weight"]:
-          c_loss += w["mask_weight"] * mask_fake
-        if w["mask_real_weight"]:
-          c_loss += w["mask_real_weight"] * losses.mask_loss(
+        if self.mask_weight:
+          c_loss += self.mask_weight * mask_fake
+        if self.mask_real_weight:
+          c_loss += self.mask_real_weight * losses.mask_loss(
               mask_logits[:b], tf.ones_like(keep), gb)
         adv = losses.non_saturating_loss(fake_logits, gb)
         r_loss = adv
         recon = tf.constant(0.0)
-        if self.generator is None and w["recon_weight"]:
+        if self.generator is None and self.recon_weight:
           keep_up = upsample_mask(keep, (x.shape[1], x.shape[2]))
           recon = losses.masked_mse(x_ae, fake, keep_up, gb)
-          r_loss += w["recon_weight"] * recon
-        if w["generator_adds_c_losses"]:
+          r_loss += self.recon_weight * recon
+        if self.generator_adds_c_losses:
           r_loss += losses.confusion_loss(fake_logits, gb)
-          r_loss += w["mask_weight"] * losses.mask_loss(mask_logits[b:2 * b], keep, gb)
+          r_loss += self.mask_weight * losses.mask_loss(mask_logits[b:2 * b], keep, gb)
         # Loss scaling (mixed_float16: LossScaleOptimizer; else the identity).
         c_scaled = c_optimizer.scale_loss(c_loss)
         r_scaled = r_optimizer.scale_loss(r_loss)
@@ -405,10 +413,10 @@ class ArtifactSpotter(keras.Model):
     predicted mask (all [B, H, W, C] in [0, 1])."""
     b = images.shape[0]
     keep = sample_keep_mask(self._seed(_MASK, step), b, self.grid,
-                            self.spec["damage"]["drop_rate"])
+                            self.drop_rate)
     noise = None
     if self.generator is not None:
-      noise = tf.random.stateless_normal([b, self.spec["noise_dim"]],
+      noise = tf.random.stateless_normal([b, self.noise_dim],
                                          seed=self._seed(_NOISE, step))
     x_ae = self.autoencode(images)
     fake = self.make_fakes(images, keep, noise=noise)
@@ -421,5 +429,27 @@ class ArtifactSpotter(keras.Model):
 
   def get_config(self):
     config = super().get_config()
-    config.update(spec=copy.deepcopy(self.spec))
+    disc = self.discriminator
+    config.update(
+        resolution=list(self.resolution), channels=self.channels,
+        seed=self.seed, stem_filters=self.encoder.stem_filters,
+        encoder_widths=list(self.encoder.widths),
+        kernel_size=self.encoder.kernel_size,
+        decoder_widths=list(self.decoder.widths),
+        drop_rate=self.drop_rate, fill=self.damage.fill,
+        repair=self.use_repair, gated=self.gated,
+        repair_placement=self.repair_placement,
+        repair_hidden=self.repair_hidden, fakes=self.fakes,
+        real_input=self.real_input, noise_dim=self.noise_dim,
+        discriminator=dict(convs=[dict(c) for c in disc.convs],
+                           fc_units=disc.fc_units, dropout=disc.dropout,
+                           negative_slope=disc.negative_slope,
+                           fc_norm=disc.fc_norm),
+        history_size=self.history_size,
+        history_fraction=self.history_fraction,
+        ae_recon_weight=self.ae_recon_weight, l2_weight=self.l2_weight,
+        recon_weight=self.recon_weight, mask_weight=self.mask_weight,
+        mask_real_weight=self.mask_real_weight,
+        generator_adds_c_losses=self.generator_adds_c_losses,
+        probe_classes=self.probe_classes)
     return config
