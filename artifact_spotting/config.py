@@ -406,24 +406,32 @@ def spotter_kwargs(config, probe: bool = True) -> Dict[str, Any]:
 model_spec = spotter_kwargs
 
 
-def tiny_config(**overrides):
-  """A 16x16 grayscale config with a 4x4 grid that trains in seconds: the
-  smallest full model, for tests and numerical checks (no dataset set)."""
-  c = base_config()
-  c.resolution, c.channels = 16, 1
+def make_tiny(c, conv_norms=("batch",) * 5):
+  """Shrinks config ``c`` in place to the tiny model (returned): 16x16 with a
+  4x4 grid, 8-filter discriminator convs with ``conv_norms``, batches of 8,
+  4 steps per phase and a log, summary and checkpoint every 2 steps. The one
+  definition of "tiny" (configs/fashion_mnist.py:tiny and tiny_config)."""
+  c.resolution = 16
   c.autoencoder.update(stem_filters=4, widths=(8, 8), decoder_widths=(8, 4),
-                       steps=4, batch_size=8, lr=1e-3)
+                       steps=4, batch_size=8)
   c.spotter.update(steps=4, batch_size=8, history_size=16)
   c.discriminator.update(
-      convs=(dict(filters=8, kernel=3, stride=1, pool=True, norm="batch"),
-             dict(filters=8, kernel=3, stride=1, pool=True, norm="batch"),
-             dict(filters=8, kernel=3, stride=1, pool=False, norm="lrn"),
-             dict(filters=8, kernel=3, stride=1, pool=False, norm="none"),
-             dict(filters=8, kernel=3, stride=1, pool=False, norm="batch")),
+      convs=tuple(dict(filters=8, kernel=3, stride=1, pool=i < 2, norm=norm)
+                  for i, norm in enumerate(conv_norms)),
       fc_units=16, dropout=0.0)
-  c.train.update(log_every=2, summary_every=2, checkpoint_every=2, montage_size=2,
-                 jit_compile="off")  # XLA has its own tests; compiling is slow
+  c.train.update(log_every=2, summary_every=2, checkpoint_every=2, montage_size=2)
   c.dataset.shuffle_buffer = 64
+  return c
+
+
+def tiny_config(**overrides):
+  """The tiny model on the base config, grayscale, with every kind of conv
+  norm: the smallest full model, for tests and numerical checks (no dataset
+  set). ``overrides``: dotted field -> value."""
+  c = make_tiny(base_config(), conv_norms=("batch", "batch", "lrn", "none", "batch"))
+  c.channels = 1
+  c.autoencoder.lr = 1e-3
+  c.train.jit_compile = "off"  # XLA has its own tests; compiling is slow
   for k, v in overrides.items():
     set_dotted(c, k, v)
   return c

@@ -2,11 +2,13 @@
 
 import ml_collections
 
+from artifact_spotting.data.sources import DEBIAN_FASHION_MNIST
+
 
 def fashion_mnist(**splits):
   """Debian's Fashion-MNIST IDX files (installed on demand), tfds fallback."""
   return ml_collections.ConfigDict(dict(
-      source="idx", name="fashion_mnist", path="/usr/share/datasets/fashion-mnist",
+      source="idx", name="fashion_mnist", path=DEBIAN_FASHION_MNIST,
       data_dir="", manual_dir="", auto_install=True, tfds_fallback=True,
       shuffle_buffer=10_000, **splits))
 

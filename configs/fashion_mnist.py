@@ -3,7 +3,8 @@ r"""Fashion-MNIST at 32x32, offline (Debian's dataset-fashion-mnist IDX files).
   python -m trainers.pretrain --config=configs/fashion_mnist.py --workdir=/tmp/as_fmnist
 
 Arguments after ':' (comma separated): ``smoke`` (both phases in well under two
-minutes on 2 CPU cores), ``tiny`` (16x16, seconds; for tests), ``ablation=<row>`` (a paper ablation row, see
+minutes on 2 CPU cores), ``tiny`` (16x16, seconds; for tests; see
+config.make_tiny), ``ablation=<row>`` (a paper ablation row, see
 artifact_spotting/config.py ABLATIONS), ``grid=8`` (an 8x8 mask grid of
 4x4-pixel cells instead of 4x4 cells of 8x8 pixels: two encoder downsamplings
 instead of three, and no pool after the discriminator's conv3, so conv3-5 run
@@ -17,6 +18,7 @@ Any field can be overridden with a dotted flag, e.g.
 """
 
 from artifact_spotting import config as config_lib
+from artifact_spotting.data.sources import DEBIAN_FASHION_MNIST
 
 
 def get_config(arg: str = ""):
@@ -26,7 +28,7 @@ def get_config(arg: str = ""):
   c = config_lib.base_config()
   c.dataset.source = "idx"
   c.dataset.name = "fashion_mnist"
-  c.dataset.path = "/usr/share/datasets/fashion-mnist"
+  c.dataset.path = DEBIAN_FASHION_MNIST
   c.resolution, c.channels = 32, 1
   c.pp = "resize(32)|flip_lr|value_range(-1, 1)"
   # A lighter autoencoder than the 96x96 one: 28x28 grayscale needs less.
@@ -57,16 +59,8 @@ def get_config(arg: str = ""):
     c.train.update(log_every=10, summary_every=20, checkpoint_every=30)
     c.dataset.shuffle_buffer = 1000
   if args.get("tiny"):  # 16x16, a few steps: for tests of the binaries
-    c.resolution = 16
+    config_lib.make_tiny(c)
     c.pp = "resize(16)|flip_lr|value_range(-1, 1)"
-    c.autoencoder.update(stem_filters=4, widths=(8, 8), decoder_widths=(8, 4),
-                         steps=4, batch_size=8)
-    c.spotter.update(steps=4, batch_size=8, history_size=16)
-    c.discriminator.update(convs=tuple(
-        dict(filters=8, kernel=3, stride=1, pool=i < 2, norm="batch")
-        for i in range(5)), fc_units=16, dropout=0.0)
-    c.train.update(log_every=2, summary_every=2, checkpoint_every=2, montage_size=2)
-    c.dataset.shuffle_buffer = 64
   if "width" in args:
     config_lib.scale_discriminator(c, args["width"], "configs/fashion_mnist.py")
   config_lib.apply_ablation(c, args.get("ablation", "full"))

@@ -302,6 +302,24 @@ def test_the_config_holds_every_model_default():
   assert ArtifactSpotter(**no_probe).probe is None
 
 
+def test_tiny_is_one_definition():
+  """configs/fashion_mnist.py:tiny and config.tiny_config are the same tiny
+  model (config.make_tiny); they differ only in what is listed here."""
+  fashion_mnist = importlib.import_module("configs.fashion_mnist")
+  a = fashion_mnist.get_config("tiny").to_dict()
+  b = tiny_config().to_dict()
+  assert a["resolution"] == b["resolution"] == 16
+  for key in ("stem_filters", "widths", "decoder_widths", "steps", "batch_size"):
+    assert a["autoencoder"][key] == b["autoencoder"][key], key
+  for key in ("steps", "batch_size", "history_size"):
+    assert a["spotter"][key] == b["spotter"][key], key
+  strip = lambda convs: [dict(c, norm=None) for c in convs]
+  assert strip(a["discriminator"]["convs"]) == strip(b["discriminator"]["convs"])
+  assert [c["norm"] for c in b["discriminator"]["convs"]] == [
+      "batch", "batch", "lrn", "none", "batch"]  # every norm, for the tests
+  for key in ("log_every", "summary_every", "checkpoint_every", "montage_size"):
+    assert a["train"][key] == b["train"][key], key
+
 def test_bad_geometry_fails_with_field_names():
   c = tiny_config()
   c.resolution = 18
