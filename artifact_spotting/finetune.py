@@ -181,7 +181,7 @@ def validate_finetune_config(config):
   """Checks every field of a fine-tuning config (configs/finetune/*.py)
   before a model is loaded or data read; ValueError naming the field."""
   from artifact_spotting import evaluation  # pylint: disable=g-import-not-at-top
-  whole, real = evaluation.whole, evaluation.real
+  from artifact_spotting.config import real, whole  # pylint: disable=g-import-not-at-top
   positive = "an integer >= 1"
   fold = config.get("fold", "")
   evaluation.check_fields(config, [
