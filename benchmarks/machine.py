@@ -63,20 +63,6 @@ def matmul_rate(dtype: str, n: int = 2048, seconds: float = 3.0) -> float:
   return statistics.median(rates)
 
 
-def median_seconds(fn, args, repeats):
-  """Median seconds of ``fn(*args)`` (results fetched), after one untimed
-  call that traces it."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  run = lambda: [t.numpy() for t in tf.nest.flatten(fn(*args))]
-  run()  # trace
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    run()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
-
-
 MATMUL_SIZES = (1024, 2048, 4096)
 
 

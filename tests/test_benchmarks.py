@@ -152,64 +152,6 @@ def test_throughput_variant_strings():
       parse_variant(bad)
 
 
-def _xspace(lines):
-  """A host XSpace whose lines hold (name, start_ns, duration_ns) events."""
-  from tensorflow.tsl.profiler.protobuf import xplane_pb2
-  space = xplane_pb2.XSpace()
-  plane = space.planes.add(name="/host:CPU")
-  ids = {}
-  for line_name, events in lines.items():
-    line = plane.lines.add(name=line_name, timestamp_ns=1000)
-    for name, start, dur in events:
-      if name not in ids:
-        ids[name] = len(ids) + 1
-        plane.event_metadata[ids[name]].name = name
-      line.events.add(metadata_id=ids[name], offset_ps=start * 1000,
-                      duration_ps=dur * 1000)
-  return space
-
-
-def test_profile_breakdown_by_op_type():
-  from benchmarks.xplane import breakdown
-  space = _xspace({
-      # A function op with a Conv2D nested in it: its self time is 100 - 60.
-      "tf_Compute/1": [("loop:StatefulPartitionedCall", 0, 100),
-                       ("c/conv:Conv2D", 10, 60), ("ExecutorState::Process", 0, 5)],
-      "tf_Compute/2": [("c/conv_1:Conv2D", 50, 30), ("c/bn:FusedBatchNormV3", 120, 20)],
-      "tf_data_private_threadpool/3": [("MapProduce", 0, 10), ("Parse", 5, 10)],
-      "tf_numa_-1_Eigen/4": [("c/ignored:Conv2D", 0, 500)],
-  })
-  out = breakdown(space, steps=2)
-  ops = out["op_types"]
-  assert set(ops) == {"Conv2D", "StatefulPartitionedCall", "FusedBatchNormV3"}
-  assert ops["Conv2D"]["seconds_per_step"] == pytest.approx(90e-9 / 2)
-  assert ops["StatefulPartitionedCall"]["seconds_per_step"] == pytest.approx(40e-9 / 2)
-  assert ops["Conv2D"]["calls_per_step"] == 1
-  assert sum(v["share"] for v in ops.values()) == pytest.approx(1)
-  assert list(ops)[0] == "Conv2D"  # largest first
-  assert out["wall_seconds_per_step"] == pytest.approx(140e-9 / 2)
-  assert out["input_busy_seconds_per_step"] == pytest.approx(15e-9 / 2)
-  with pytest.raises(ValueError, match="no TensorFlow op events"):
-    breakdown(_xspace({"tf_data/1": [("x:Map", 0, 1)]}), steps=1)
-
-
-def test_kernel_rates_shapes_and_conv_work():
-  from benchmarks import kernel_rates
-  c = tiny_config()
-  # batch 8 x (real + fake + half a batch of history) = 20 rows; pools after
-  # conv1 and conv2 halve 16 -> 8 -> 4.
-  assert kernel_rates.layer_shapes(c) == [
-      (20, 16, 1, 8, 3), (20, 8, 8, 8, 3), (20, 4, 8, 8, 3), (20, 4, 8, 8, 3),
-      (20, 4, 8, 8, 3)]
-  rows = [{"flops": 10.0, "seconds": {"forward": 1.0, "filter_grad": 2.0,
-                                      "input_grad": 3.0}},
-          {"flops": 100.0, "seconds": {"forward": 1.0, "filter_grad": 1.0,
-                                       "input_grad": 1.0}}]
-  flops, seconds = kernel_rates.conv_work(rows, 0.4)
-  assert flops == pytest.approx(10 * 2.4 + 100 * 4)
-  assert seconds == pytest.approx(1 + 2 + 0.4 * 3 + 4)
-
-
 def test_input_wait_pairs_alternating_windows_against_drift():
   # The machine slows down 2x halfway through; the pipeline costs 10% of
   # each real window. Pairs see the drift alike, so the 10% is recovered.
