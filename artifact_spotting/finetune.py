@@ -27,52 +27,15 @@ import shutil
 import keras
 import numpy as np
 
+from artifact_spotting import evaluation
+from artifact_spotting import loading
 from artifact_spotting.data import pipeline
-from artifact_spotting.models.discriminator import FEATURE_NAMES, Discriminator
-
-
-def load_backbone(init: str, seed: int = 0) -> keras.Model:
-  """A functional model images -> discriminator outputs, from ``init``:
-  a ``.keras`` file, an export folder, a pretraining workdir, or
-  ``random:<pretraining config or workdir>`` (fresh weights, e.g. for the
-  supervised upper bound)."""
-  from artifact_spotting import evaluation  # pylint: disable=g-import-not-at-top
-  from artifact_spotting import export as export_lib  # pylint: disable=g-import-not-at-top
-  if init.startswith("random:"):
-    pretrain = evaluation.load_pretrain_config(init[len("random:"):])
-    disc = evaluation.random_discriminator(pretrain, seed)
-    inputs = keras.Input((pretrain.resolution, pretrain.resolution,
-                          pretrain.channels), name="images")
-    return keras.Model(inputs, disc(inputs), name="random_discriminator")
-  if init.endswith(".keras"):
-    if not os.path.exists(init):
-      raise FileNotFoundError(f"--init {init} does not exist")
-    return keras.saving.load_model(init, safe_mode=True)
-  keras_file = os.path.join(init, "discriminator.keras")
-  if os.path.exists(keras_file):
-    return keras.saving.load_model(keras_file, safe_mode=True)
-  config, players = export_lib.restore_players(init)
-  return export_lib.backbone_model(players.model, config.resolution, config.channels)
-
-
-def discriminator_of(backbone: keras.Model) -> Discriminator:
-  """The Discriminator inside a backbone or a fine-tuned model (nested models
-  are searched)."""
-  found, stack = [], list(backbone.layers)
-  while stack:
-    layer = stack.pop()
-    if isinstance(layer, Discriminator):
-      found.append(layer)
-    elif isinstance(layer, keras.Model):
-      stack.extend(layer.layers)
-  if len(found) != 1:
-    raise ValueError("the backbone model holds no artifact_spotting Discriminator")
-  return found[0]
+from artifact_spotting.models.discriminator import FEATURE_NAMES
 
 
 def build_classifier(backbone: keras.Model, num_classes: int, freeze_up_to: str,
                      dropout: float) -> keras.Model:
-  disc = discriminator_of(backbone)
+  disc = loading.discriminator_of(backbone)
   if freeze_up_to != "none" and freeze_up_to not in FEATURE_NAMES:
     raise ValueError(f"freeze_up_to={freeze_up_to!r} must be 'none' or one of "
                      f"{FEATURE_NAMES}")
@@ -180,7 +143,6 @@ def _write_json(path, obj):
 def validate_finetune_config(config):
   """Checks every field of a fine-tuning config (configs/finetune/*.py)
   before a model is loaded or data read; ValueError naming the field."""
-  from artifact_spotting import evaluation  # pylint: disable=g-import-not-at-top
   from artifact_spotting.config import real, whole  # pylint: disable=g-import-not-at-top
   positive = "an integer >= 1"
   fold = config.get("fold", "")
@@ -224,7 +186,6 @@ def finetune(config, init: str, workdir: str):
   fold = config.get("fold", None)
   if fold is None or fold == "":
     return finetune_one(config, init, workdir, None)
-  from artifact_spotting import evaluation  # pylint: disable=g-import-not-at-top
   folds = evaluation.read_fold_indices(config.fold_file)
   chosen = range(len(folds)) if fold == "all" else [int(fold)]
   results = []
@@ -284,7 +245,7 @@ def finetune_one(config, init: str, workdir: str, fold_indices=None):
   os.makedirs(workdir, exist_ok=True)
   keras.utils.set_random_seed(config.seed)
   multilabel = bool(config.get("multilabel", False))
-  backbone = load_backbone(init, config.seed)
+  backbone = loading.backbone(init, config.seed)
   model = build_classifier(backbone, config.num_classes, config.freeze_up_to,
                            config.head_dropout)
   train_src, val_src = training_sources(config, fold_indices)
@@ -349,14 +310,13 @@ def _score(model, test, multilabel):
   if not multilabel:
     loss, accuracy = model.evaluate(test, verbose=0)
     return {"eval_accuracy": float(accuracy), "eval_loss": float(loss)}
-  from artifact_spotting.evaluation import voc07_map  # pylint: disable=g-import-not-at-top
   scores, labels = [], []
   for images, y in test:
     scores.append(model(images, training=False).numpy())
     labels.append(y.numpy())
   scores, labels = np.concatenate(scores), np.concatenate(labels)
   present = [c for c in range(labels.shape[1]) if (labels[:, c] == 1).any()]
-  ap = voc07_map(scores[:, present], labels[:, present] == 1,
+  ap = evaluation.voc07_map(scores[:, present], labels[:, present] == 1,
                  labels[:, present] == -1)
   return {"eval_map": ap["map"],
           "eval_ap": {int(c): a for c, a in zip(present, ap["ap"])},

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from artifact_spotting import config as config_lib
 from artifact_spotting import evaluation
+from artifact_spotting import loading
 from artifact_spotting.data import pipeline
 
 from conftest import tiny_config
@@ -26,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_pooled_dims_of_the_fashion_mnist_discriminator():
   c = config_lib.base_config()
   c.resolution = 32
-  disc = evaluation.random_discriminator(c, seed=0)
+  disc = loading.new_discriminator(c, seed=0)
   ex = evaluation.discriminator_extractor(disc, 9216)
   out = ex(np.zeros((2, 32, 32, 1), np.float32))
   # conv1 64 x 32x32 -> 12x12; conv2 128 x 16x16 -> 8x8; conv3 256 x 8x8 -> 6x6;
@@ -45,7 +46,7 @@ def test_pool_flatten_is_average_pooling_for_integer_ratios():
 
 def test_random_discriminators_differ_by_seed_and_repeat_by_seed():
   c = tiny_config()
-  w = lambda s: evaluation.random_discriminator(c, s).conv1.get_weights()[0]
+  w = lambda s: loading.new_discriminator(c, s).conv1.get_weights()[0]
   np.testing.assert_array_equal(w(1), w(1))
   assert not np.allclose(w(1), w(2))
 

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from artifact_spotting import export as export_lib
+from artifact_spotting import loading
 from artifact_spotting import train_lib
 from conftest import tiny_idx_config
 
@@ -206,13 +207,13 @@ def test_finetune_starts_from_export_or_workdir(trained, tmp_path, source):
   if source == "keras_file":
     init = os.path.join(export_lib.export(workdir, str(tmp_path / "srv")),
                         "discriminator.keras")
-  backbone = ft_lib.load_backbone(init)
+  backbone = loading.backbone(init)
   before = {w.path: w.numpy().copy() for w in backbone.weights}
   c = _ft_config(str(root / "idx"))
   model, result = ft_lib.finetune(c, init, str(tmp_path / "ft"))
   assert 0.0 <= result["eval_accuracy"] <= 1.0
   assert result["epochs_run"] == 2
-  disc = ft_lib.discriminator_of(model.layers[1])
+  disc = loading.discriminator_of(model.layers[1])
   changed = {}
   for name in ("conv1", "conv3", "conv4", "conv5"):
     kernel = getattr(disc, name).conv.kernel

@@ -24,8 +24,8 @@ flags.mark_flags_as_required(["config", "init", "workdir"])
 
 def setup_errors():
   from artifact_spotting.data.sources import DataUnavailableError  # pylint: disable=g-import-not-at-top
-  from artifact_spotting.export import ExportError  # pylint: disable=g-import-not-at-top
-  return (DataUnavailableError, ExportError, ValueError)
+  from artifact_spotting.loading import LoadError  # pylint: disable=g-import-not-at-top
+  return (DataUnavailableError, LoadError, ValueError)
 
 
 def main(argv):

@@ -11,10 +11,8 @@
 
 from artifact_spotting.evaluation.features import (Extractor, discriminator_extractor,
                                                    encoder_extractor, extract,
-                                                   load_pretrain_config,
                                                    make_extractor, pixel_extractor,
-                                                   pool_flatten, pooled_side,
-                                                   random_discriminator)
+                                                   pool_flatten, pooled_side)
 from artifact_spotting.evaluation.folds import (fold_validation, folds_protocol,
                                                 knn_predict, read_fold_indices,
                                                 ridge_fit_predict, seeded_folds,

@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from artifact_spotting import loading
 from artifact_spotting.data import pipeline
 from artifact_spotting.models.discriminator import FEATURE_NAMES, Discriminator
 
@@ -75,57 +76,22 @@ def pixel_extractor(pooled_dims: int, name="pixels"):
   return Extractor(name, ("pixels",), lambda x: {"pixels": pool_flatten(x, pooled_dims)})
 
 
-def load_pretrain_config(spec: str):
-  """A pretraining workdir, or ``configs/x.py[:arg]`` -> that pretraining config."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  if tf.io.gfile.isdir(spec):
-    from artifact_spotting import export as export_lib  # pylint: disable=g-import-not-at-top
-    return export_lib.load_config(spec)
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("pretrain_config", path)
-  if module_spec is None:
-    raise FileNotFoundError(f"pretraining config {path!r} does not exist")
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
-def random_discriminator(pretrain_config, seed: int) -> Discriminator:
-  """A freshly initialised discriminator of a pretraining config (seeded)."""
-  import keras  # pylint: disable=g-import-not-at-top
-  from artifact_spotting import config as config_lib  # pylint: disable=g-import-not-at-top
-  keras.utils.set_random_seed(seed)
-  spec = config_lib.model_spec(pretrain_config)["discriminator"]
-  disc = Discriminator(**spec, name="discriminator")
-  res = pretrain_config.resolution
-  disc(tf.zeros((1, res, res, pretrain_config.channels)))
-  return disc
-
-
 def make_extractor(kind: str, source: str, pooled_dims: int, seed: int = 0) -> Extractor:
   """kind: discriminator (pretraining workdir) | random (a pretraining workdir
   or config file ``path[:arg]``) | autoencoder (pretraining workdir) | pixels |
   keras (a .keras file holding a discriminator)."""
-  from artifact_spotting import export as export_lib  # pylint: disable=g-import-not-at-top
-  from artifact_spotting import finetune as finetune_lib  # pylint: disable=g-import-not-at-top
   if kind == "discriminator":
-    _, players = export_lib.restore_players(source)
-    return discriminator_extractor(players.model.discriminator, pooled_dims, kind)
+    return discriminator_extractor(loading.discriminator(source), pooled_dims, kind)
   if kind == "autoencoder":
-    _, players = export_lib.restore_players(source, require_spotter=False)
-    if players.ae_step == 0:
-      raise export_lib.ExportError(f"{source}: the autoencoder is untrained")
-    return encoder_extractor(players.model.encoder, pooled_dims, kind)
+    return encoder_extractor(loading.encoder(source), pooled_dims, kind)
   if kind == "random":
-    disc = random_discriminator(load_pretrain_config(source), seed)
+    disc = loading.new_discriminator(loading.pretrain_config(source), seed)
     return discriminator_extractor(disc, pooled_dims, f"random_seed{seed}")
   if kind == "pixels":
     return pixel_extractor(pooled_dims)
   if kind == "keras":
-    import keras  # pylint: disable=g-import-not-at-top
-    disc = finetune_lib.discriminator_of(
-        keras.saving.load_model(source, safe_mode=True, compile=False))
-    return discriminator_extractor(disc, pooled_dims, kind)
+    return discriminator_extractor(loading.keras_discriminator(source),
+                                   pooled_dims, kind)
   raise ValueError(f"feature kind {kind!r} is unknown; use discriminator, random, "
                    f"autoencoder, pixels or keras")
 
