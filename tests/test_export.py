@@ -225,3 +225,31 @@ def test_finetune_starts_from_export_or_workdir(trained, tmp_path, source):
   assert os.listdir(tmp_path / "ft" / "tensorboard")
   best = keras.saving.load_model(str(tmp_path / "ft" / "best.keras"), safe_mode=True)
   assert best.output_shape == (None, 10)
+
+
+def test_loading_restores_only_the_network_asked_for(trained, tmp_path):
+  workdir, _ = trained
+  _, restored = export_lib.restore_players(workdir)
+  full = restored.model
+  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(
+      a.get_weights(), b.get_weights())) and len(a.get_weights()) == len(b.get_weights())
+  disc = loading.discriminator(workdir)
+  assert same(disc, full.discriminator)
+  fresh = loading.new_discriminator(loading.workdir_config(workdir), seed=0)
+  assert not same(fresh, full.discriminator)  # so the check above can fail
+  assert same(loading.encoder(workdir), full.encoder)
+  _, model, adv_step = loading.spotter(workdir)
+  assert adv_step == restored.adv_step == 4
+  for name in ("encoder", "decoder", "discriminator"):
+    assert same(getattr(model, name), getattr(full, name)), name
+  backbone = loading.backbone(workdir)
+  assert same(loading.discriminator_of(backbone), full.discriminator)
+  # Nothing else is read: a checkpoint holds optimizers, history, probe.
+  path, ae_step, adv = loading.restore(workdir, discriminator=fresh)
+  assert (ae_step, adv) == (restored.ae_step, 4)
+  assert os.path.basename(path).startswith("ckpt-")
+  assert same(fresh, full.discriminator)
+  with pytest.raises(loading.LoadError, match="does not exist"):
+    loading.discriminator(str(tmp_path / "missing"))
+  with pytest.raises(loading.LoadError, match="config.json is missing"):
+    loading.discriminator(str(tmp_path))
