@@ -7,6 +7,7 @@ replica of a global batch: the trainer wraps them in ``strategy.run``.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, Sequence, Union
 
 import keras
@@ -40,6 +41,29 @@ def _grad_norm(grads, optimizer):
     return norm
   norm = norm / tf.cast(scale, tf.float32)
   return tf.where(tf.math.is_finite(norm), norm, tf.zeros_like(norm))
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicaBatch:
+  """One replica's part of a global batch, and the counts the losses divide
+  by (every loss is a sum over the replica's rows divided by a global count,
+  so the replicas' gradients add up to the whole batch's).
+
+  ``replica_id`` is a tensor under a distribution strategy; it only places
+  the replica's rows among the global batch's random draws."""
+  local: int                   # images in this replica's batch
+  replicas: int                # replicas in sync
+  replica_id: Any = 0
+  history: int = 0             # history images this replica shows C
+
+  @property
+  def global_batch(self) -> int:
+    return self.local * self.replicas
+
+  @property
+  def global_fakes(self) -> int:
+    """Fakes C sees in the global step: repaired images and history."""
+    return (self.local + self.history) * self.replicas
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
@@ -237,11 +261,17 @@ class ArtifactSpotter(keras.Model):
     return tf.stop_gradient(tf.reshape(outputs["conv5"], [tf.shape(outputs["conv5"])[0], -1]))
 
   # -------------------------------------------------------------- train steps
-  def _replica(self):
+  def replica_batch(self, images, history: bool = False) -> ReplicaBatch:
+    """This replica's part of the global batch ``images`` belongs to; with
+    ``history``, how many history images it shows C besides its fakes."""
     ctx = tf.distribute.get_replica_context()
-    n = ctx.num_replicas_in_sync if ctx is not None else 1
-    rid = ctx.replica_id_in_sync_group if ctx is not None else 0
-    return ctx, n, rid
+    replicas = ctx.num_replicas_in_sync if ctx is not None else 1
+    replica_id = ctx.replica_id_in_sync_group if ctx is not None else 0
+    local = images.shape[0]
+    shown = 0
+    if history and self.history is not None:
+      shown = int(round(self.history_fraction * local))
+    return ReplicaBatch(local, replicas, replica_id, shown)
 
   def _seed(self, stream, step):
     return tf.stack([tf.constant(self.seed * 16 + stream, tf.int64),
@@ -254,14 +284,14 @@ class ArtifactSpotter(keras.Model):
     batch-norm writes) are separate so that XLA can compile the compute alone
     (models/replica.py)."""
     x = batch["image"]
-    _, n, _ = self._replica()
-    global_b = x.shape[0] * n
+    part = self.replica_batch(x)
+    n = part.replicas
     variables = self.autoencoder_variables
 
     def compute(x):
       with tf.GradientTape() as tape:
         x_ae = self.autoencode(x, training=True)
-        recon = losses.mse(x, x_ae, global_b)
+        recon = losses.mse(x, x_ae, part.global_batch)
         l2 = losses.l2_penalty(variables)
         loss = self.ae_recon_weight * recon + self.l2_weight * l2 / n
         scaled = optimizer.scale_loss(loss)
@@ -271,8 +301,7 @@ class ArtifactSpotter(keras.Model):
     metrics = {"ae/loss": loss * n, "ae/mse": recon * n,
                "ae/grad_norm": _grad_norm(grads, optimizer)}
     replica.apply_writes(writes)
-    optimizer.apply_gradients(zip(replica.agree_on_overflow(grads, optimizer),
-                                  variables))
+    _apply_gradients(optimizer, grads, variables)
     return metrics
 
   def adversarial_step(self, batch, c_optimizer, r_optimizer,
@@ -280,133 +309,168 @@ class ArtifactSpotter(keras.Model):
     """One replica's phase-2 step: C and R (or G) updated simultaneously
     from a single forward pass of C over [reals, fakes, history].
 
+    As in the paper: draw the damage, make the fakes (damage & repair),
+    C's loss (real or fake, and which cells were damaged), R's loss (fool
+    C, keep the undamaged cells), update both players, then put the fakes
+    into the history.
+
     Compute (forward passes, losses, gradients, metrics) and apply (optimizer
     updates, deferred batch-norm writes, the history buffer's all-gather and
     update) are separate so that XLA can compile the compute alone
-    (models/replica.py)."""
-    x = batch["image"]
-    _, n, rid = self._replica()
-    b = x.shape[0]
-    gb = b * n
-    hist_k = 0
-    if self.history is not None:
-      hist_k = int(round(self.history_fraction * b))
+    (models/replica.py): ``compute`` reads no tensor other than its
+    arguments and the variables, and runs no collective."""
+    part = self.replica_batch(batch["image"], history=True)
     c_vars = self.discriminator_variables
     r_vars = self.generator_variables
-    probe = (self.probe is not None and probe_optimizer is not None
-             and "label" in batch)
-
-    # The step's random draws (damage masks, noise, history slots) are made
-    # here, outside the compute that XLA may compile: XLA's stateless random
-    # numbers differ from TensorFlow's kernels', and drawn here they are the
-    # same with XLA on or off.
+    train_probe = (self.probe is not None and probe_optimizer is not None
+                   and "label" in batch)
     step = c_optimizer.iterations
-    keep = sample_keep_mask(self._seed(_MASK, step), b, self.grid,
-                            self.drop_rate, offset=rid * b,
-                            total_batch=gb)
-    noise = None
-    if self.generator is not None:
-      noise = tf.random.stateless_normal(
-          [gb, self.noise_dim], seed=self._seed(_NOISE, step))[rid * b:(rid + 1) * b]
-      # Every cell of a generated image is fake.
-      keep = tf.zeros_like(keep)
-    slots = None
-    if hist_k:
-      slots = self.history.draw(self._seed(_HISTORY_SAMPLE, step), hist_k,
-                                rid * hist_k, hist_k * n)
+    keep, noise, history_slots = self._random_draws(step, part)
 
-    def compute(batch, keep, noise, slots):
-      x = batch["image"]
-      phi = self.encoder(x, training=False)
-      x_ae = self.decoder(phi, training=False)
-      real = x if self.real_input == "raw" else x_ae
+    def compute(batch, keep, noise, history_slots):
+      images = batch["image"]
+      phi = self.encoder(images, training=False)
+      autoencoded = self.decoder(phi, training=False)
+      reals = images if self.real_input == "raw" else autoencoded
       with tf.GradientTape(persistent=True) as tape:
-        fake = self.make_fakes(x, keep, training=True, phi=phi, noise=noise)
-        fake_masks = keep
-        inputs = [real, fake]
-        if hist_k:
-          h_img, h_mask = self.history.gather(slots, tf.stop_gradient(fake), keep)
-          inputs.append(h_img)
-          fake_masks = tf.concat([keep, h_mask], axis=0)
-        out = self.discriminator(inputs, training=True)  # views: see Discriminator
-        logits, mask_logits = out["logits"], out["mask_logits"]
-        real_logits, all_fake_logits = logits[:b], logits[b:]
-        fake_logits = logits[b:2 * b]
-        g_fake = (b + hist_k) * n
-        class_loss = losses.real_fake_loss(real_logits, all_fake_logits, gb, g_fake)
-        mask_fake = losses.mask_loss(mask_logits[b:], fake_masks, g_fake)
-        c_loss = class_loss
-        if self.mask_weight:
-          c_loss += self.mask_weight * mask_fake
-        if self.mask_real_weight:
-          c_loss += self.mask_real_weight * losses.mask_loss(
-              mask_logits[:b], tf.ones_like(keep), gb)
-        adv = losses.non_saturating_loss(fake_logits, gb)
-        r_loss = adv
-        recon = tf.constant(0.0)
-        if self.generator is None and self.recon_weight:
-          keep_up = upsample_mask(keep, (x.shape[1], x.shape[2]))
-          recon = losses.masked_mse(x_ae, fake, keep_up, gb)
-          r_loss += self.recon_weight * recon
-        if self.generator_adds_c_losses:
-          r_loss += losses.confusion_loss(fake_logits, gb)
-          r_loss += self.mask_weight * losses.mask_loss(mask_logits[b:2 * b], keep, gb)
+        fakes = self.make_fakes(images, keep, training=True, phi=phi, noise=noise)
+        views, fake_masks = self._discriminator_views(reals, fakes, keep,
+                                                      history_slots)
+        out = self.discriminator(views, training=True)  # views: see Discriminator
+        c_loss, c_terms = self._discriminator_loss(out, fake_masks, keep, part)
+        r_loss, r_terms = self._generator_loss(out, keep, autoencoded, fakes,
+                                               part)
         # Loss scaling (mixed_float16: LossScaleOptimizer; else the identity).
         c_scaled = c_optimizer.scale_loss(c_loss)
         r_scaled = r_optimizer.scale_loss(r_loss)
       c_grads = tape.gradient(c_scaled, c_vars)
       r_grads = tape.gradient(r_scaled, r_vars) if r_vars else []
       del tape
+      metrics = _adversarial_metrics(out, keep, c_loss, c_terms, r_loss,
+                                     r_terms, part)
+      probe_grads = []
+      if train_probe:
+        probe_grads = self._probe_gradients(out, batch["label"], part, metrics)
+      return c_grads, r_grads, probe_grads, tf.stop_gradient(fakes), metrics
 
-      f32 = lambda t: tf.cast(t, tf.float32)
-      cells_keep = f32(keep[..., 0])
-      mask_pred = f32(mask_logits[b:2 * b] > 0)
-      metrics = {
-          "c/loss": c_loss * n, "c/class_loss": class_loss * n,
-          "c/mask_loss": mask_fake * n,
-          "c/real_accuracy": tf.reduce_mean(f32(real_logits > 0)),
-          "c/fake_accuracy": tf.reduce_mean(f32(fake_logits < 0)),
-          "c/mask_accuracy": tf.reduce_mean(f32(tf.equal(mask_pred, cells_keep))),
-          "r/loss": r_loss * n, "r/adversarial": adv * n, "r/recon_kept": recon * n,
-      }
-      p_grads = []
-      if probe:
-        labels = batch["label"]
-        feats = self.probe_features({"conv5": out["conv5"][:b]})
-        with tf.GradientTape() as ptape:
-          plogits = tf.cast(self.probe(feats), tf.float32)
-          ploss = losses.global_mean(
-              tf.nn.sparse_softmax_cross_entropy_with_logits(
-                  labels=labels, logits=plogits), gb)
-        p_grads = ptape.gradient(ploss, self.probe_variables)
-        metrics["probe/loss"] = ploss * n
-        metrics["probe/accuracy"] = tf.reduce_mean(
-            f32(tf.equal(tf.argmax(plogits, -1, output_type=labels.dtype), labels)))
-      return c_grads, r_grads, p_grads, tf.stop_gradient(fake), metrics
-
-    (c_grads, r_grads, p_grads, fake, metrics), writes = replica.run_compute(
-        "adversarial", compute, batch, keep, noise, slots)
+    (c_grads, r_grads, probe_grads, fakes, metrics), writes = replica.run_compute(
+        "adversarial", compute, batch, keep, noise, history_slots)
     metrics["c/grad_norm"] = _grad_norm(c_grads, c_optimizer)
     metrics["r/grad_norm"] = (_grad_norm(r_grads, r_optimizer) if r_vars
                               else tf.constant(0.0))
     replica.apply_writes(writes)
-    c_optimizer.apply_gradients(
-        zip(replica.agree_on_overflow(c_grads, c_optimizer), c_vars))
+    _apply_gradients(c_optimizer, c_grads, c_vars)
     if r_vars:
-      r_optimizer.apply_gradients(
-          zip(replica.agree_on_overflow(r_grads, r_optimizer), r_vars))
+      _apply_gradients(r_optimizer, r_grads, r_vars)
     if self.history is not None:
-      ctx = tf.distribute.get_replica_context()
-      all_fakes, all_keep = fake, keep
-      if ctx is not None and n > 1:
-        all_fakes = tf.reshape(ctx.all_gather(all_fakes, axis=0),
-                               [gb] + fake.shape[1:].as_list())
-        all_keep = tf.reshape(ctx.all_gather(all_keep, axis=0),
-                              [gb] + keep.shape[1:].as_list())
-      self.history.update(self._seed(_HISTORY_SLOTS, step), all_fakes, all_keep)
-    if probe:
-      probe_optimizer.apply_gradients(zip(p_grads, self.probe_variables))
+      self._update_history(step, fakes, keep, part)
+    if train_probe:
+      probe_optimizer.apply_gradients(zip(probe_grads, self.probe_variables))
     return metrics
+
+  # The pieces of adversarial_step, in the order it runs them.
+  def _random_draws(self, step, part: ReplicaBatch):
+    """The step's random draws: keep-masks (1 = keep), the GAN's noise and
+    the history slots C sees (None where unused), this replica's rows of
+    the global batch's draws.
+
+    Drawn outside the compute that XLA may compile: XLA's stateless random
+    numbers differ from TensorFlow's kernels', and drawn here they are the
+    same with XLA on or off."""
+    b = part.local
+    rows = part.replica_id * b  # this replica's first row
+    keep = sample_keep_mask(self._seed(_MASK, step), b, self.grid,
+                            self.drop_rate, offset=rows,
+                            total_batch=part.global_batch)
+    noise = None
+    if self.generator is not None:
+      noise = tf.random.stateless_normal(
+          [part.global_batch, self.noise_dim],
+          seed=self._seed(_NOISE, step))[rows:rows + b]
+      # Every cell of a generated image is fake.
+      keep = tf.zeros_like(keep)
+    history_slots = None
+    if part.history:
+      history_slots = self.history.draw(
+          self._seed(_HISTORY_SAMPLE, step), part.history,
+          part.replica_id * part.history, part.history * part.replicas)
+    return keep, noise, history_slots
+
+  def _discriminator_views(self, reals, fakes, keep, history_slots):
+    """What C sees, [reals, fakes(, history)], and the keep-masks of
+    everything after the reals (the fakes' and the history's)."""
+    if history_slots is None:
+      return [reals, fakes], keep
+    history_images, history_masks = self.history.gather(
+        history_slots, tf.stop_gradient(fakes), keep)
+    return ([reals, fakes, history_images],
+            tf.concat([keep, history_masks], axis=0))
+
+  def _discriminator_loss(self, out, fake_masks, keep, part: ReplicaBatch):
+    """C's loss: reals as real and fakes (repaired and history) as fake,
+    plus, weighted, the damaged cells of every fake (and, with
+    mask_real_weight, no damaged cell in the reals). Returns the loss and
+    (its real/fake term, its fakes' mask term)."""
+    b = part.local
+    logits, mask_logits = out["logits"], out["mask_logits"]
+    class_loss = losses.real_fake_loss(logits[:b], logits[b:],
+                                       part.global_batch, part.global_fakes)
+    mask_loss = losses.mask_loss(mask_logits[b:], fake_masks, part.global_fakes)
+    loss = class_loss
+    if self.mask_weight:
+      loss += self.mask_weight * mask_loss
+    if self.mask_real_weight:
+      loss += self.mask_real_weight * losses.mask_loss(
+          mask_logits[:b], tf.ones_like(keep), part.global_batch)
+    return loss, (class_loss, mask_loss)
+
+  def _generator_loss(self, out, keep, autoencoded, fakes, part: ReplicaBatch):
+    """R's (or G's) loss: C should call the current fakes real, plus,
+    weighted, the autoencoded image in the kept cells (R repairs the
+    dropped ones only); with generator_adds_c_losses (the released code) R
+    also confuses C's real/fake and mask heads. Returns the loss and (its
+    adversarial term, its kept-cell reconstruction term)."""
+    b = part.local
+    fake_logits = out["logits"][b:2 * b]
+    adversarial = losses.non_saturating_loss(fake_logits, part.global_batch)
+    loss = adversarial
+    recon = tf.constant(0.0)
+    if self.generator is None and self.recon_weight:
+      keep_up = upsample_mask(keep, (fakes.shape[1], fakes.shape[2]))
+      recon = losses.masked_mse(autoencoded, fakes, keep_up, part.global_batch)
+      loss += self.recon_weight * recon
+    if self.generator_adds_c_losses:
+      loss += losses.confusion_loss(fake_logits, part.global_batch)
+      loss += self.mask_weight * losses.mask_loss(
+          out["mask_logits"][b:2 * b], keep, part.global_batch)
+    return loss, (adversarial, recon)
+
+  def _probe_gradients(self, out, labels, part: ReplicaBatch, metrics):
+    """The linear probe's gradients on C's conv5 of the reals (C gets none
+    from it); adds its loss and accuracy to ``metrics``."""
+    features = self.probe_features({"conv5": out["conv5"][:part.local]})
+    with tf.GradientTape() as tape:
+      logits = tf.cast(self.probe(features), tf.float32)
+      loss = losses.global_mean(
+          tf.nn.sparse_softmax_cross_entropy_with_logits(
+              labels=labels, logits=logits), part.global_batch)
+    grads = tape.gradient(loss, self.probe_variables)
+    metrics["probe/loss"] = loss * part.replicas
+    metrics["probe/accuracy"] = tf.reduce_mean(tf.cast(
+        tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels),
+        tf.float32))
+    return grads
+
+  def _update_history(self, step, fakes, keep, part: ReplicaBatch):
+    """Writes the global batch's fakes and keep-masks into the history
+    (all-gathered, so every replica's copy stays the same)."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is not None and part.replicas > 1:
+      fakes, keep = (
+          tf.reshape(ctx.all_gather(t, axis=0),
+                     [part.global_batch] + t.shape[1:].as_list())
+          for t in (fakes, keep))
+    self.history.update(self._seed(_HISTORY_SLOTS, step), fakes, keep)
 
   def visualize(self, images, step):
     """Montage parts for TensorBoard: input, autoencoded, mask, repaired,
@@ -453,3 +517,31 @@ class ArtifactSpotter(keras.Model):
         generator_adds_c_losses=self.generator_adds_c_losses,
         probe_classes=self.probe_classes)
     return config
+
+
+def _apply_gradients(optimizer, grads, variables):
+  """The optimizer's update, skipped on every replica when the gradients
+  overflow on any (mixed_float16; see replica.agree_on_overflow)."""
+  optimizer.apply_gradients(zip(replica.agree_on_overflow(grads, optimizer),
+                                variables))
+
+
+def _adversarial_metrics(out, keep, c_loss, c_terms, r_loss, r_terms,
+                         part: ReplicaBatch):
+  """The step's losses (scaled back up from this replica's share) and C's
+  accuracies on this replica's reals and current fakes."""
+  b, n = part.local, part.replicas
+  class_loss, mask_loss = c_terms
+  adversarial, recon = r_terms
+  f32 = lambda t: tf.cast(t, tf.float32)
+  logits = out["logits"]
+  mask_pred = f32(out["mask_logits"][b:2 * b] > 0)
+  return {
+      "c/loss": c_loss * n, "c/class_loss": class_loss * n,
+      "c/mask_loss": mask_loss * n,
+      "c/real_accuracy": tf.reduce_mean(f32(logits[:b] > 0)),
+      "c/fake_accuracy": tf.reduce_mean(f32(logits[b:2 * b] < 0)),
+      "c/mask_accuracy": tf.reduce_mean(f32(tf.equal(mask_pred, f32(keep[..., 0])))),
+      "r/loss": r_loss * n, "r/adversarial": adversarial * n,
+      "r/recon_kept": recon * n,
+  }
