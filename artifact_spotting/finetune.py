@@ -71,9 +71,8 @@ def masked_binary_crossentropy(y_true, logits):
 def subset(source, indices):
   """A new Source of the elements of ``source`` at ``indices`` (stream order;
   the source must be opened without file shuffling)."""
-  return pipeline.Source(pipeline.keep_indices(source.dataset, indices),
-                         source.has_label, source.decode, dict(source.info),
-                         source.in_memory)
+  return source.with_dataset(pipeline.keep_indices(source.dataset, indices),
+                             images=len(set(int(i) for i in indices)))
 
 
 def num_examples(source) -> int:

@@ -339,7 +339,8 @@ def test_voc07_finetune_under_mock_data(tmp_path):
   from artifact_spotting.data import sources
   c = _mock_finetune_config("voc07")
   with tfds.testing.mock_data(num_examples=12):
-    ds, has_label = sources.tfds_source(c.dataset, "test", False)
+    src = sources.tfds_source(c.dataset, "test", False)
+    ds, has_label = src.dataset, src.has_label
     raw = tfds.load("voc/2007", split="test")
     for ex, raw_ex in zip(ds.take(6), raw.take(6)):
       label = ex["label"].numpy()

@@ -82,7 +82,7 @@ def _scalars(workdir):
 def _split(config, split, n):
   source = pipeline.open_source(config.dataset, config.channels, split=split,
                                 training=False)
-  source.dataset = source.dataset.take(n)
+  source = source.take(n)
   return source
 
 

@@ -11,17 +11,8 @@ from artifact_spotting.data import pp as pp_lib
 from artifact_spotting.data import sources
 
 
-class Source:
-  """A resolved data source: the undecoded dataset and how to decode it
-  (``decode`` must not fail on an element of ``dataset``)."""
-
-  def __init__(self, dataset, has_label: bool, decode=None, info=None,
-               in_memory: bool = False):
-    self.dataset = dataset
-    self.has_label = has_label
-    self.decode = decode
-    self.info = info or {}
-    self.in_memory = in_memory
+# The contract every source function returns (kept here too for callers).
+Source = sources.Source
 
 
 def open_source(dataset_cfg, channels: int, split: Optional[str] = None,
@@ -34,17 +25,12 @@ def open_source(dataset_cfg, channels: int, split: Optional[str] = None,
     path, fallback = sources.resolve_idx(_with_split(dataset_cfg, split))
     if fallback == "tfds":
       logging.info("IDX files missing; using tfds %s", dataset_cfg.name)
-      ds, has_label = sources.tfds_source(dataset_cfg, split, training)
-      return Source(ds, has_label)
-    images, labels = sources.idx_source(path, split)
-    ds = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
-    return Source(ds, True, info={"images": len(images)}, in_memory=True)
+      return sources.tfds_source(dataset_cfg, split, training)
+    return sources.idx_source(path, split)
   if kind == "tfds":
-    ds, has_label = sources.tfds_source(dataset_cfg, split, training)
-    return Source(ds, has_label)
+    return sources.tfds_source(dataset_cfg, split, training)
   if kind == "image_folder":
-    ds, has_label, decode, info = sources.image_folder_source(dataset_cfg, channels)
-    return Source(ds, has_label, decode, info)
+    return sources.image_folder_source(dataset_cfg, channels)
   raise ValueError(f"config.dataset.source={kind!r} is unknown; use one of "
                    f"idx | tfds | image_folder")
 

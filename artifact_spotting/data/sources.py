@@ -1,8 +1,11 @@
 """Where images come from: IDX files, tfds builders, a folder of images.
 
-Every source returns a ``tf.data.Dataset`` of ``{"image": uint8 [H, W, C],
-"label": int64}`` (no "label" when the source has none) plus whether it has
-labels. Sources are sharded by the caller (one shard per input pipeline).
+Every source function returns a ``Source``: a ``tf.data.Dataset`` whose
+elements, after the source's ``decode`` map (None: they are decoded already),
+are ``{"image": uint8 [H, W, C], "label": int64 or float32 [K]}`` (no "label"
+when the source has none). A Source is never changed in place: ``take`` and
+``subset`` give new ones. Sources are sharded by the caller (one shard per
+input pipeline).
 """
 
 from __future__ import annotations
@@ -23,6 +26,29 @@ IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+
+
+class Source:
+  """A resolved data source: the undecoded dataset, whether it has labels,
+  how to decode an element (``decode`` must not fail on an element of
+  ``dataset``; None: nothing to decode) and what is known about it
+  (``info``: "images", the count, where known; "skipped", files an image
+  folder left out and why)."""
+
+  def __init__(self, dataset, has_label: bool, decode=None, info=None):
+    self.dataset = dataset
+    self.has_label = has_label
+    self.decode = decode
+    self.info = dict(info or {})
+
+  def with_dataset(self, dataset, **info) -> "Source":
+    """A new Source over ``dataset`` (a transformation of this one's)."""
+    return Source(dataset, self.has_label, self.decode, {**self.info, **info})
+
+  def take(self, count: int) -> "Source":
+    """The first ``count`` elements."""
+    info = {"images": min(count, self.info["images"])} if "images" in self.info else {}
+    return self.with_dataset(self.dataset.take(count), **info)
 
 
 class DataUnavailableError(RuntimeError):
@@ -72,7 +98,8 @@ def idx_present(path: str, split: str = "train") -> bool:
              for f in (images, labels))
 
 
-def idx_source(path: str, split: str):
+def idx_source(path: str, split: str) -> Source:
+  """The split's IDX files, read into memory."""
   images_file, labels_file = IDX_FILES[split]
   images = read_idx(os.path.join(path, images_file))
   labels = read_idx(os.path.join(path, labels_file)).astype(np.int64)
@@ -80,7 +107,8 @@ def idx_source(path: str, split: str):
     images = images[..., None]
   if len(images) != len(labels):
     raise ValueError(f"{path}: {len(images)} images but {len(labels)} labels")
-  return images, labels
+  ds = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
+  return Source(ds, True, info={"images": len(images)})
 
 
 def resolve_idx(dataset_cfg) -> Tuple[str, Optional[str]]:
@@ -135,7 +163,7 @@ def _tfds_available(dataset_cfg) -> bool:
 
 
 # ---------------------------------------------------------------------- tfds
-def tfds_source(dataset_cfg, split: str, shuffle_files: bool):
+def tfds_source(dataset_cfg, split: str, shuffle_files: bool) -> Source:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   read_config = tfds.ReadConfig(try_autocache=False)
   kwargs = {}
@@ -171,7 +199,8 @@ def tfds_source(dataset_cfg, split: str, shuffle_files: bool):
     elif has_label:
       out["label"] = tf.cast(ex["label"], tf.int64)
     return out
-  return ds.map(to_features, num_parallel_calls=tf.data.AUTOTUNE), has_label
+  return Source(ds.map(to_features, num_parallel_calls=tf.data.AUTOTUNE),
+                has_label)
 
 
 # -------------------------------------------------------------- image folder
@@ -439,8 +468,8 @@ def scan_image_folder(root: str, channels: int = 3):
   return paths, labels, class_names, skipped
 
 
-def image_folder_source(dataset_cfg, channels: int):
-  """Dataset of {"path", "label"?} plus a decode map to {"image", "label"?}.
+def image_folder_source(dataset_cfg, channels: int) -> Source:
+  """Dataset of {"path", "label"?} with a decode map to {"image", "label"?}.
 
   The scan has decoded every file once, so decoding does not fail in training
   unless a file is changed or removed afterwards; TensorFlow's error then
@@ -457,4 +486,5 @@ def image_folder_source(dataset_cfg, channels: int):
     if "label" in ex:
       out["label"] = ex["label"]
     return out
-  return ds, labels is not None, load, {"images": len(paths), "skipped": skipped}
+  return Source(ds, labels is not None, load,
+                {"images": len(paths), "skipped": skipped})

@@ -107,7 +107,7 @@ def extract(extractor: Extractor, source: pipeline.Source, pp: str,
     wanted = np.unique(indices)
     ds = pipeline.keep_indices(ds, wanted)
     order = np.searchsorted(wanted, indices)  # positions in the filtered stream
-  src = pipeline.Source(ds, source.has_label, source.decode, source.info)
+  src = source.with_dataset(ds)
   feats: Dict[str, List[np.ndarray]] = {k: [] for k in extractor.layers}
   labels = []
   for batch in pipeline.make_dataset(src, pp, batch_size, training=False,

@@ -115,7 +115,7 @@ def evaluate(config, extractor: Extractor, log: Callable = print,
                                   split=config.dataset.test_split, training=False)
   limit = config.get("max_test_images", 0)
   if limit:
-    test_src.dataset = test_src.dataset.take(limit)
+    test_src = test_src.take(limit)
   result: Dict = {"features": extractor.name, "layers": list(extractor.layers)}
   unknown = set(config.protocols) - {"folds", "full"}
   if unknown:
@@ -159,7 +159,7 @@ def evaluate(config, extractor: Extractor, log: Callable = print,
     train_src = pipeline.open_source(config.dataset, config.channels,
                                      split=config.dataset.train_split)
     if config.full.get("max_train_images", 0):
-      train_src.dataset = train_src.dataset.take(config.full.max_train_images)
+      train_src = train_src.take(config.full.max_train_images)
     f = config.full
     result["full"] = full_probe(extractor, train_src, test_src, config.pp_train,
                                 config.pp_eval, config.num_classes, f.epochs,
