@@ -17,6 +17,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from artifact_spotting.events import read_workdir
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Pretraining workdir.")
 flags.DEFINE_string("out", "results/pretrain_fashion_mnist", "Output prefix.")
@@ -26,22 +28,6 @@ SPOTTER_KEYS = ["c/class_loss", "c/real_accuracy", "c/fake_accuracy",
                 "c/mask_accuracy", "c/mask_loss", "r/adversarial", "r/recon_kept",
                 "probe/accuracy"]
 AE_KEYS = ["ae/loss", "ae/mse"]
-
-
-def read_events(logdir):
-  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
-  acc = event_accumulator.EventAccumulator(
-      logdir, size_guidance={"tensors": 0})
-  acc.Reload()
-  scalars, images = {}, {}
-  for tag in acc.Tags()["tensors"]:
-    events = acc.Tensors(tag)
-    values = [tf.make_ndarray(e.tensor_proto) for e in events]
-    if values[0].ndim == 0:
-      scalars[tag] = [(int(e.step), float(v)) for e, v in zip(events, values)]
-    else:
-      images[tag] = [(int(e.step), v) for e, v in zip(events, values)]
-  return scalars, images
 
 
 def table(scalars, keys, rows):
@@ -60,8 +46,7 @@ def table(scalars, keys, rows):
 
 def main(argv):
   del argv
-  logdir = os.path.join(FLAGS.workdir, "tensorboard")
-  scalars, images = read_events(logdir)
+  scalars, images = read_workdir(FLAGS.workdir)
   with open(os.path.join(FLAGS.workdir, "config.json")) as f:
     config = json.load(f)
   summary = {}

@@ -1,13 +1,17 @@
-"""Benchmark arithmetic: FLOP counts against hand counts."""
+"""Benchmark code: FLOP counts against hand counts, throughput variants and
+windows, machine info, the budget curve, and mixed precision against float32."""
 
 import json
 import os
 import statistics
 
+import keras
 import pytest
 import tensorflow as tf
 
+from artifact_spotting import config as config_lib
 from artifact_spotting import train_lib
+from artifact_spotting.models.discriminator import Discriminator
 from benchmarks import throughput
 from conftest import tiny_config
 
@@ -289,3 +293,44 @@ def test_budget_curve_pairs_folds_and_checks_roots(tmp_path):
   assert budget_curve.eval_names(short, "full") == {0: "ablation_full", 1: "ablation_full_s1"}
   again = budget_curve.build([short], ["full", "k"])["budgets"][0]["metrics"]["linear"]
   assert again["rows"]["full"]["conv3"]["seed_means"] == pytest.approx([0.81, 0.82])
+
+
+def test_discriminator_views_skip_the_input_gradient_of_undifferentiated_views():
+  """C on a list of views: the traced gradient with respect to one view does
+  no conv1 input-gradient work for the other (tests/test_models.py checks
+  that views and their concatenation give the same outputs and gradients)."""
+  disc = Discriminator(config_lib.small_alexnet(), fc_units=16, dropout=0.0,
+                       fc_norm=True)
+  disc.build((None, 32, 32, 1))
+  real, fake = (tf.random.stateless_normal([n, 32, 32, 1], seed=(n, 1)) for n in (3, 2))
+  flops = {}
+  for views in (True, False):
+    graph = tf.function(lambda r, f, v=views: tf.gradients(
+        tf.reduce_sum(disc([r, f] if v else tf.concat([r, f], 0), training=True)["logits"]),
+        f)).get_concrete_function(real, fake).graph
+    flops[views] = throughput.graph_flops(graph)[0]
+  conv1_input_grad_of_real = 2 * 3 * 32 * 32 * 5 * 5 * 1 * 64
+  assert conv1_input_grad_of_real <= flops[False] - flops[True] <= 1.2 * conv1_input_grad_of_real
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_tracks_float32(precision):
+  """Bounds: benchmarks/mixed_precision_drift.py measures their spread over
+  initialisations (results/mixed_precision_drift_*.md)."""
+  from benchmarks.mixed_precision_drift import drift
+  ref, got, ref_metrics, metrics, cosine = drift(precision, seed=0)
+  conv = got.model.discriminator.conv2.conv
+  assert conv.compute_dtype == precision.split("_")[1] and conv.kernel.dtype == "float32"
+  if precision == "mixed_float16":
+    assert isinstance(got.c_opt, keras.optimizers.LossScaleOptimizer)
+  assert got.adv_step == ref.adv_step == 3
+  # The first adversarial step's losses (weights apart only by the two
+  # autoencoder steps and rounding). Later steps' losses are not compared: a
+  # tiny GAN's trajectories part quickly.
+  for k in ("c/class_loss", "c/mask_loss", "r/adversarial"):
+    assert metrics[0][k] == pytest.approx(ref_metrics[0][k], rel=0.02), k
+  # C's and R's weights moved the same way over the three steps: their
+  # updates point in nearly the same direction (Adam's per-weight
+  # normalisation turns the rounding of near-zero gradients into full-size
+  # differences, so the check is on the whole update, not weight by weight).
+  assert cosine > 0.8

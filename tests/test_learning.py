@@ -40,6 +40,7 @@ import pytest
 import tensorflow as tf
 
 from artifact_spotting import evaluation
+from artifact_spotting import events
 from artifact_spotting import train_lib
 from artifact_spotting.data import pipeline
 from artifact_spotting.data.sources import DEBIAN_FASHION_MNIST, idx_present
@@ -74,8 +75,7 @@ def learning_config(seed=SEED):
 
 
 def _scalars(workdir):
-  from benchmarks.summarize_run import read_events  # pylint: disable=g-import-not-at-top
-  scalars, _ = read_events(os.path.join(workdir, train_lib.TENSORBOARD_DIR))
+  scalars, _ = events.read_workdir(workdir)
   return {k: [v for _, v in sorted(points)] for k, points in scalars.items()}
 
 

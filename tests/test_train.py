@@ -10,17 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from artifact_spotting import events
 from artifact_spotting import train_lib
 from artifact_spotting.data.sources import idx_present, DEBIAN_FASHION_MNIST
 from conftest import tiny_idx_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _scalars(logdir):
-  """({tag: [(step, value)]}, {tag: [(step, image tensor)]}) from event files."""
-  from benchmarks.summarize_run import read_events
-  return read_events(logdir)
 
 
 def test_train_end_to_end_then_resume(idx_dir, tmp_path):
@@ -32,7 +27,7 @@ def test_train_end_to_end_then_resume(idx_dir, tmp_path):
   assert json.load(open(os.path.join(workdir, "config.json")))["spotter"]["steps"] == 4
   ckpts = tf.train.get_checkpoint_state(os.path.join(workdir, "checkpoints"))
   assert ckpts is not None
-  scalars, images = _scalars(os.path.join(workdir, "tensorboard"))
+  scalars, images = events.read_events(os.path.join(workdir, "tensorboard"))
   for tag in ("ae/loss", "c/class_loss", "c/mask_loss", "c/real_accuracy",
               "c/fake_accuracy", "c/mask_accuracy", "r/adversarial",
               "c/grad_norm", "r/grad_norm", "lr/discriminator", "lr/repair",
@@ -51,7 +46,7 @@ def test_train_end_to_end_then_resume(idx_dir, tmp_path):
   results = train_lib.train(c, workdir)
   assert "autoencoder" not in results
   assert results["spotter"]["steps"] == 6
-  scalars, _ = _scalars(os.path.join(workdir, "tensorboard"))
+  scalars, _ = events.read_events(os.path.join(workdir, "tensorboard"))
   assert [s for s, _ in scalars["c/class_loss"]] == [2, 4, 6]
   # Nothing left to do: a third run trains no step.
   assert train_lib.train(c, workdir) == {}
@@ -321,29 +316,6 @@ def test_init_from_reuses_a_finished_autoencoder(idx_dir, tmp_path):
                                            "autoencoder.steps": 9})
   with pytest.raises(train_lib.SetupError, match="has 4 steps, fewer than 9"):
     train_lib.train(unfinished, str(tmp_path / "unfinished"))
-
-
-@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
-def test_mixed_precision_tracks_float32(precision):
-  """Bounds: benchmarks/mixed_precision_drift.py measures their spread over
-  initialisations (results/mixed_precision_drift_*.md)."""
-  from benchmarks.mixed_precision_drift import drift
-  ref, got, ref_metrics, metrics, cosine = drift(precision, seed=0)
-  conv = got.model.discriminator.conv2.conv
-  assert conv.compute_dtype == precision.split("_")[1] and conv.kernel.dtype == "float32"
-  if precision == "mixed_float16":
-    assert isinstance(got.c_opt, keras.optimizers.LossScaleOptimizer)
-  assert got.adv_step == ref.adv_step == 3
-  # The first adversarial step's losses (weights apart only by the two
-  # autoencoder steps and rounding). Later steps' losses are not compared: a
-  # tiny GAN's trajectories part quickly.
-  for k in ("c/class_loss", "c/mask_loss", "r/adversarial"):
-    assert metrics[0][k] == pytest.approx(ref_metrics[0][k], rel=0.02), k
-  # C's and R's weights moved the same way over the three steps: their
-  # updates point in nearly the same direction (Adam's per-weight
-  # normalisation turns the rounding of near-zero gradients into full-size
-  # differences, so the check is on the whole update, not weight by weight).
-  assert cosine > 0.8
 
 
 def test_bf16_warning_on_cpus_without_bf16_units(tmp_path, monkeypatch):
