@@ -253,3 +253,29 @@ def test_loading_restores_only_the_network_asked_for(trained, tmp_path):
     loading.discriminator(str(tmp_path / "missing"))
   with pytest.raises(loading.LoadError, match="config.json is missing"):
     loading.discriminator(str(tmp_path))
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
+def test_restore_players_builds_the_model_and_step_counters_only(trained, tmp_path,
+                                                                 precision):
+  """restore_players restores what the trainer's Players restore (weights,
+  step counts) without building Players: no optimizer moments, and no
+  repair or probe optimizer. mixed_float16 wraps each optimizer in a
+  LossScaleOptimizer, whose step count is its inner optimizer's."""
+  workdir, root = trained
+  if precision != "float32":
+    workdir = str(tmp_path / "work")
+    train_lib.train(tiny_idx_config(str(root / "idx"),
+                                    **{"train.precision": precision}), workdir)
+  config, restored = export_lib.restore_players(workdir)
+  players = train_lib.Players(config, tf.distribute.get_strategy(),
+                              probe=bool(config.probe.enabled))
+  train_lib.restore_latest(players.checkpoint,
+                           os.path.join(workdir, train_lib.CHECKPOINT_DIR))
+  assert (restored.ae_step, restored.adv_step) == (players.ae_step, players.adv_step)
+  assert restored.adv_step == config.spotter.steps
+  assert len(restored.model.weights) == len(players.model.weights)
+  for a, b in zip(restored.model.weights, players.model.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+  assert restored.path == train_lib.newest_readable(
+      os.path.join(workdir, train_lib.CHECKPOINT_DIR))
