@@ -401,11 +401,6 @@ def spotter_kwargs(config, probe: bool = True) -> Dict[str, Any]:
   )
 
 
-# The former name: evaluation.random_discriminator reads
-# model_spec(config)["discriminator"], the same as discriminator_kwargs.
-model_spec = spotter_kwargs
-
-
 def make_tiny(c, conv_norms=("batch",) * 5):
   """Shrinks config ``c`` in place to the tiny model (returned): 16x16 with a
   4x4 grid, 8-filter discriminator convs with ``conv_norms``, batches of 8,
