@@ -4,10 +4,9 @@ Each function computes the same result and gradients as TensorFlow's plain
 op (up to float rounding; tests/test_models.py compares them) but with a
 backward pass that runs faster on CPUs at this project's shapes. Which one a
 layer uses, and when, is decided by the layers in models/blocks.py (by shape,
-dtype, XLA and whether TensorFlow's oneDNN kernels are on); the speed of each
-formulation is measured by ``python -m benchmarks.conv_input_grad`` and
-``python -m benchmarks.kernel_rates`` (results/conv_input_grad_*.md,
-results/kernel_rates_*.md; summary in docs/performance.md).
+dtype, XLA and whether TensorFlow's oneDNN kernels are on). The timings
+behind those choices, per formulation, layer shape and oneDNN state, are in
+docs/performance.md ("CPU kernels: oneDNN or not").
 """
 
 from __future__ import annotations
@@ -28,12 +27,12 @@ def conv2d_same(x, kernel):
 
   dL/dx of a stride-1 'same' convolution with an odd kernel is the 'same'
   convolution of dL/dy with the kernel flipped in space and with its in/out
-  channels swapped. TensorFlow's CPU Conv2DBackpropInput kernel is several
-  times slower than its forward Conv2D at the discriminator's shapes (4x4..16x16
-  maps, 64..256 channels; ``python -m benchmarks.kernel_rates``, see
-  docs/performance.md), so the input gradient is written as that forward
-  conv. The kernel gradient stays TF's. Unused halves are pruned from the
-  graph (R's loss needs only dL/dx).
+  channels swapped. Without oneDNN, TensorFlow's CPU Conv2DBackpropInput
+  kernel is 1.8 to 6.6 times slower than that forward conv at the
+  discriminator's shapes (4x4..16x16 maps, 64..256 input channels); with
+  oneDNN the two are about even (docs/performance.md), so the input gradient
+  is written as the forward conv. The kernel gradient stays TF's. Unused
+  halves are pruned from the graph (R's loss needs only dL/dx).
   """
   y = tf.nn.conv2d(x, kernel, 1, "SAME")
 
@@ -51,9 +50,11 @@ def conv2d_few_channels(x, kernel):
 
   dL/dx[n, a, b, c] = sum_{i, j} cols[n, a - i + p, b - j + q, i, j, c] with
   cols = dL/dy . kernel^T (a [N*H*W, O] x [O, kh*kw*C] matmul) and p, q half
-  the kernel. oneDNN's backward-data kernel is several times slower than
-  this when the input has one or three channels (the discriminator's conv1 on
-  grayscale or RGB images; ``python -m benchmarks.conv_input_grad``).
+  the kernel. For inputs with few channels (the discriminator's conv1 on
+  grayscale or RGB images) oneDNN's backward-data kernel is slower than this:
+  1.8 times for conv1 on one channel at 32x32 (docs/performance.md). Without
+  oneDNN, TF's own kernel is about as fast, so blocks.Conv2D uses this only with
+  oneDNN on.
   """
   y = tf.nn.conv2d(x, kernel, 1, "SAME")
 
