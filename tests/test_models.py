@@ -485,7 +485,8 @@ def test_argmax_max_pool_matches_keras(dtype, monkeypatch):
 def test_discriminator_views_match_their_concatenation():
   """C on a list of views == C on their concatenation (one batch norm over
   all rows), gradients included. That a view nobody differentiates gets no
-  conv1 input gradient is counted in FLOPs in tests/test_benchmarks.py."""
+  conv1 input gradient is a FLOP count, tested with the benchmark code
+  (test_discriminator_views_skip_the_input_gradient_of_undifferentiated_views)."""
   disc = Discriminator(config_lib.small_alexnet(), fc_units=16, dropout=0.0,
                        fc_norm=True)
   disc.build((None, 32, 32, 1))
