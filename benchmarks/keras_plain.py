@@ -228,15 +228,10 @@ def adam(lr, steps, o):
   return keras.optimizers.Adam(decay, beta_1=o.beta1, beta_2=o.beta2, epsilon=o.epsilon)
 
 
-def build(config, jit_compile=False, precision="float32", probe=True):
-  """The compiled plain model (built, optimizers not yet)."""
+def build(config, jit_compile=False, probe=True):
+  """The compiled plain model, float32 (built, optimizers not yet)."""
   keras.utils.set_random_seed(int(config.seed))
-  before = keras.config.dtype_policy()
-  keras.config.set_dtype_policy(precision)
-  try:
-    model = PlainSpotter(config, probe=probe, name="plain_spotter")
-  finally:
-    keras.config.set_dtype_policy(before)
+  model = PlainSpotter(config, probe=probe, name="plain_spotter")
   sp = config.spotter
   model.compile(c_optimizer=adam(sp.lr, sp.steps, config.optimizer),
                 r_optimizer=adam(sp.repair_lr, sp.steps, config.optimizer),
@@ -293,9 +288,11 @@ def timed_fit(model, dataset, warm, steps):
   return timer.ends[-1] - timer.ends[warm - 1]
 
 
-def forward_flops_per_image(model, batch=8):
-  """Forward FLOPs per image of each plain network (throughput.model_flops' keys)."""
-  from benchmarks.throughput import forward_flops  # pylint: disable=g-import-not-at-top
+def forward_flops_per_image(model, forward_flops, batch=8):
+  """Forward FLOPs per image of each plain network (throughput.model_flops'
+  keys), counted by ``forward_flops`` (throughput.forward_flops, passed in:
+  importing benchmarks.throughput here would define its flags twice when it
+  runs as __main__)."""
   res, ch = model.encoder.input_shape[1:3], model.encoder.input_shape[3]
   x = tf.TensorSpec([batch, *res, ch], tf.float32)
   phi = tf.TensorSpec([batch, *model.grid, model.encoder.output_shape[-1]], tf.float32)
@@ -313,9 +310,9 @@ def forward_flops_per_image(model, batch=8):
 def compare(config_spec="configs/fashion_mnist.py", batch=64):
   """Parameters and traced FLOPs per image of one step, plain against ours."""
   from artifact_spotting import train_lib  # pylint: disable=g-import-not-at-top
-  from artifact_spotting.evaluation import load_pretrain_config  # pylint: disable=g-import-not-at-top
+  from artifact_spotting.loading import pretrain_config  # pylint: disable=g-import-not-at-top
   from benchmarks.throughput import step_flops  # pylint: disable=g-import-not-at-top
-  config = load_pretrain_config(config_spec)
+  config = pretrain_config(config_spec)
   res, ch = config.resolution, config.channels
   data = {"image": tf.random.uniform([batch, res, res, ch], -1, 1),
           "label": tf.zeros([batch], tf.int32)}

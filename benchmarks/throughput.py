@@ -1,10 +1,10 @@
 r"""Throughput and hardware utilisation of pretraining and feature extraction.
 
-  python -m benchmarks.throughput                 # ~15 min on 2 CPU cores
-  python -m benchmarks.throughput --quick         # 5 variants, shorter windows
+  python -m benchmarks.throughput                 # ~25 min on 2 CPU cores
+  python -m benchmarks.throughput --quick         # 6 variants, shorter windows
 
-For each variant (phase x global batch x XLA x precision), in its own process:
-build the config's model, feed the config's real input pipeline, warm up
+For each variant (phase x global batch x XLA x precision x replicas), in its
+own process: build the config's model, feed the config's real input pipeline, warm up
 (trace / compile), then time ``--windows`` windows of ``--steps`` steps and take
 the median images/s; with ``--rounds`` (default 2) every variant runs once
 per round, interleaved, and its figure is the median over all its windows (on
@@ -53,6 +53,22 @@ in the same run on the same device, before and after the variants, the better
 of the two taken (a shared host can halve one measurement). Writes
 results/throughput_<machine>.json and .md; never mix figures of two machines
 in one ratio.
+
+Two kinds of rows beside our step on one device:
+
+- ``keras_fit``: the same adversarial step written the plain way a Keras
+  user would (benchmarks/keras_plain.py: stock layers, a ``train_step``
+  override, keras' Adam, ``Model.fit`` with its defaults), float32, the
+  spotter batch, timed by a callback over the same windows and rounds (each
+  window a ``fit`` call: ``steps // 2`` untimed steps, then ``--steps``
+  timed from the end of the last untimed batch). The report gives ours /
+  plain images/s for the same batch and precision on this machine: what the
+  kernels, the fused optimizer and the multi-step loop buy, measured. Same
+  parameters per network, traced FLOPs per image within about 1% of ours.
+- ``...:r2``: our step mirrored over 2 logical CPU devices of the same cores
+  (distribute.logical_cpus=2), batch norm per replica with XLA (train_lib's
+  "auto"), synchronized without; FLOPs counted on the replicas' steps traced
+  with the whole batch each, divided by the images they took.
 """
 
 from __future__ import annotations
@@ -63,11 +79,11 @@ import time
 
 from absl import app, flags
 
-from artifact_spotting.evaluation import load_pretrain_config as load_config
+from artifact_spotting.loading import pretrain_config as load_config
 from benchmarks import child
 from benchmarks.machine import (MATMUL_SIZES, best_matmul_rate, machine,
                                 machine_tag, write_report)
-from benchmarks.variants import build_variant, parse_variant
+from benchmarks.variants import Variant, build_variant, parse_row, variant_name
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "configs/fashion_mnist.py", "Pretraining config.")
@@ -81,8 +97,11 @@ flags.DEFINE_integer("rounds", 2, "Interleaved rounds over the variants (each "
 flags.DEFINE_string("variant", "", "Internal: run one variant (or 'pipeline': the "
                     "input pipeline alone), print JSON.")
 flags.DEFINE_list("only", [], "Run just these variants, each "
-                  "phase:batch:xla|noxla:precision, e.g. "
-                  "spotter:64:noxla:float32,features:256:noxla:float32.")
+                  "phase:batch:xla|noxla:precision[:rN] (phase spotter, "
+                  "autoencoder, features or keras_fit: the plain Keras step "
+                  "under Model.fit; rN: N logical CPU devices, mirrored), e.g. "
+                  "spotter:64:noxla:float32,keras_fit:64:noxla:float32,"
+                  "spotter:64:xla:float32:r2.")
 flags.DEFINE_string("tag", "", "Machine tag for the output name (default: "
                     "cpu<cores> or the GPU's name).")
 flags.DEFINE_string("out_dir", "results", "Output folder.")
@@ -121,6 +140,13 @@ def model_flops(model, resolution, channels, history_fraction, has_history,
   else:
     f["repair"] = 0.0
   f = {k: v / batch for k, v in f.items()}
+  return {"forward_per_image": f,
+          "step_per_image": step_flops_by_hand(f, history_fraction, has_history)}
+
+
+def step_flops_by_hand(f, history_fraction, has_history):
+  """FLOPs per image each phase's step needs, from the networks' forward
+  FLOPs per image ``f`` (model_flops' keys; see the module docstring)."""
   c, c1, e, d, r = (f["discriminator"], f["discriminator_conv1"], f["encoder"],
                     f["decoder"], f["repair"])
   views = 2.0 + (history_fraction if has_history else 0.0)  # real, fake, history
@@ -133,9 +159,7 @@ def model_flops(model, resolution, channels, history_fraction, has_history,
                                    # (batch norm statistics couple the rows)
       + d + 2 * r)                 # back through the decoder, R's gradients
   autoencoder = 3 * (e + d)        # forward, input and weight gradients
-  return {"forward_per_image": f,
-          "step_per_image": {"autoencoder": autoencoder,
-                             "spotter": adversarial, "features": c}}
+  return {"autoencoder": autoencoder, "spotter": adversarial, "features": c}
 
 
 # Ops whose work lives in another graph: a called function's body is counted
@@ -229,12 +253,15 @@ def step_flops(fn, batch):
 
 
 # ------------------------------------------------------------------ variant
-def run_variant(phase: str, batch: int, jit: bool, precision: str):
+def run_variant(phase: str, batch: int, jit: bool, precision: str,
+                replicas: int = 1):
+  if phase == "keras_fit":
+    return run_keras_fit(batch, jit, precision)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from artifact_spotting.data import pipeline  # pylint: disable=g-import-not-at-top
   config = load_config(FLAGS.config)
   model, loop, ds, (strategy, source, pp, step_fn) = build_variant(
-      config, phase, batch, jit, precision)
+      config, phase, batch, jit, precision, replicas)
   n = tf.constant(FLAGS.steps, tf.int32)
   settle = tf.constant(max(1, FLAGS.steps // 2), tf.int32)
 
@@ -263,14 +290,24 @@ def run_variant(phase: str, batch: int, jit: bool, precision: str):
   flops = model_flops(model, config.resolution, config.channels,
                       config.spotter.history_fraction, model.history is not None,
                       config.spotter.fakes)
-  traced, traced_by_type, nested = step_flops(step_fn, one)
+  if replicas == 1:
+    traced, traced_by_type, nested = step_flops(step_fn, one)
+  else:  # every replica's step on the whole batch (a mirrored variable
+    # updates from replica context only), per image of the replicas' batches
+    traced, traced_by_type, nested = step_flops(
+        lambda b: strategy.run(step_fn, args=(b,)), one)
+    traced /= replicas
+    traced_by_type = {k: v / replicas for k, v in traced_by_type.items()}
   params = {
       "autoencoder": int(sum(v.numpy().size for v in model.autoencoder_variables)),
       "discriminator": int(sum(v.numpy().size for v in model.discriminator_variables)),
       "repair": int(sum(v.numpy().size for v in model.generator_variables)),
+      "probe": int(sum(v.numpy().size for v in model.probe_variables)),
   }
   return {"phase": phase, "batch_size": batch, "jit_compile": jit,
-          "precision": precision, "resolution": config.resolution,
+          "precision": precision, "replicas": replicas,
+          "batch_norm": config.distribute.batch_norm,
+          "resolution": config.resolution,
           "images_per_second": statistics.median(rates), "window_rates": rates,
           "cached_batch_images_per_second": statistics.median(rates_cached),
           "cached_window_rates": rates_cached,
@@ -281,6 +318,54 @@ def run_variant(phase: str, batch: int, jit: bool, precision: str):
           "flops_uncounted_nested_ops": nested,
           "flops_per_image_by_hand": flops["step_per_image"][phase],
           "forward_flops_per_image": flops["forward_per_image"], "params": params}
+
+
+def run_keras_fit(batch: int, jit: bool, precision: str):
+  """The keras_fit row: benchmarks/keras_plain.py's plain step under
+  Model.fit (default steps_per_execution, verbose=0), timed by a callback
+  over the same windows as run_variant's: each real-input window is one fit
+  of ``steps // 2`` untimed steps then ``--steps`` timed ones, each cached
+  window one fit of 1 + ``--steps`` on one batch repeated, paired and
+  alternated as in run_variant; the warm-up is a first fit of ``--steps``."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from artifact_spotting.data import pipeline  # pylint: disable=g-import-not-at-top
+  from benchmarks import keras_plain  # pylint: disable=g-import-not-at-top
+  config = load_config(FLAGS.config)
+  source = pipeline.open_source(config.dataset, config.channels)
+  assert precision == "float32", precision  # variants.parse_row refuses others
+  model = keras_plain.build(config, jit, probe=source.has_label)
+  real = pipeline.make_dataset(source, config.pp, batch, training=True,
+                               shuffle_buffer=config.dataset.shuffle_buffer)
+  one = next(iter(pipeline.make_dataset(source, config.pp, batch, training=True,
+                                        shuffle_buffer=1000)))
+  cached = tf.data.Dataset.from_tensors(one).repeat()
+  t0 = time.perf_counter()
+  model.fit(real, epochs=1, steps_per_epoch=FLAGS.steps, verbose=0)
+  warm = time.perf_counter() - t0
+  keras_plain.timed_fit(model, cached, 1, 1)  # the cached input's own trace
+  settle = max(1, FLAGS.steps // 2)
+  rates, rates_cached = alternate_windows(
+      FLAGS.windows, FLAGS.steps * batch,
+      lambda: keras_plain.timed_fit(model, real, settle, FLAGS.steps),
+      lambda: keras_plain.timed_fit(model, cached, 1, FLAGS.steps))
+  forward = keras_plain.forward_flops_per_image(model, forward_flops)
+  hand = step_flops_by_hand(forward, config.spotter.history_fraction,
+                            config.spotter.history_size > 0)["spotter"]
+  traced, traced_by_type, nested = step_flops(model.train_step, one)
+  return {"phase": "keras_fit", "batch_size": batch, "jit_compile": jit,
+          "precision": precision, "replicas": 1, "batch_norm": "sync",
+          "resolution": config.resolution,
+          "images_per_second": statistics.median(rates), "window_rates": rates,
+          "cached_batch_images_per_second": statistics.median(rates_cached),
+          "cached_window_rates": rates_cached,
+          "input_wait_share": input_wait(rates, rates_cached),
+          "warmup_seconds": warm,
+          "flops_per_image": traced,
+          "flops_per_image_by_type": traced_by_type,
+          "flops_uncounted_nested_ops": nested,
+          "flops_per_image_by_hand": hand,
+          "forward_flops_per_image": forward,
+          "params": keras_plain.param_counts(model)}
 
 
 def alternate_windows(windows, images, real, cached):
@@ -311,13 +396,19 @@ def variants(config, quick):
   for prec in ("float32", "mixed_bfloat16"):
     for jit in (False, True):
       if prec == "float32" or not jit:  # XLA + mixed precision: see config.validate
-        out.append(("spotter", sp_b, jit, prec))
+        out.append(Variant("spotter", sp_b, jit, prec))
       if not quick and (prec == "float32" or not jit):
-        out.append(("autoencoder", ae_b, jit, prec))
-    out.append(("features", 256, False, prec))
+        out.append(Variant("autoencoder", ae_b, jit, prec))
+    out.append(Variant("features", 256, False, prec))
   if not quick:
     for b in (sp_b // 2, sp_b * 2):
-      out.append(("spotter", b, True, "float32"))
+      out.append(Variant("spotter", b, True, "float32"))
+  # The same step written the plain Keras way, under Model.fit.
+  out.append(Variant("keras_fit", sp_b, False, "float32"))
+  if not quick:  # two logical CPU devices, mirrored (distribute.logical_cpus=2)
+    for prec in ("float32", "mixed_bfloat16"):
+      for jit in (False, True):
+        out.append(Variant("spotter", sp_b, jit, prec, 2))
   return out
 
 
@@ -363,9 +454,9 @@ def main(argv):
     child.emit(pipeline_rate(config, config.autoencoder.batch_size))
     return
   if FLAGS.variant:
-    child.emit(run_variant(*parse_variant(FLAGS.variant)))
+    child.emit(run_variant(*parse_row(FLAGS.variant)))
     return
-  if FLAGS.quick:  # 5 variants, 3 windows of 5 steps: ~10 min on 2 cores
+  if FLAGS.quick:  # 6 variants, 3 windows of 5 steps: ~12 min on 2 cores
     FLAGS.windows = min(FLAGS.windows, 3)
     FLAGS.steps = min(FLAGS.steps, 5)
   config = load_config(FLAGS.config)
@@ -373,15 +464,14 @@ def main(argv):
   results = []
   chosen = variants(config, FLAGS.quick)
   if FLAGS.only:
-    chosen = [parse_variant(v) for v in FLAGS.only]
-    if not any(v[0] == "spotter" and v[1] == config.spotter.batch_size
-               and v[3] == "float32" for v in chosen):
+    chosen = [parse_row(v) for v in FLAGS.only]
+    if not any(v.phase == "spotter" and v.batch == config.spotter.batch_size
+               and v.precision == "float32" and v.replicas == 1 for v in chosen):
       raise SystemExit(f"--only must include spotter:{config.spotter.batch_size}:"
                        "noxla:float32 (or :xla:): the report's headline row")
   pipe = run_child("pipeline")
   print(f"input pipeline alone: {pipe:.0f} img/s", flush=True)
-  names = [f"{phase}:{batch}:{'xla' if jit else 'noxla'}:{prec}"
-           for phase, batch, jit, prec in chosen]
+  names = [variant_name(v) for v in chosen]
   rounds = {name: [] for name in names}
   for i in range(max(FLAGS.rounds, 1)):
     for name in names:
@@ -393,13 +483,14 @@ def main(argv):
   after = matmul_rates()
   rates = {k: max(before[k], after[k]) for k in before}
   rates["measured"] = {"before": before, "after": after}
-  for (phase, batch, jit, prec), name in zip(chosen, names):
+  for (phase, batch, jit, prec, replicas), name in zip(chosen, names):
     res = merge_rounds(rounds[name])
     peak = rates["bfloat16" if prec == "mixed_bfloat16" else "float32"]
     res["utilisation"] = res["images_per_second"] * res["flops_per_image"] / peak
     res["utilisation_vs_fp32_matmul"] = (
         res["images_per_second"] * res["flops_per_image"] / rates["float32"])
     print(f"{phase:11s} b={batch:4d} xla={'on ' if jit else 'off'} {prec:14s} "
+          f"r{replicas} "
           f"{res['images_per_second']:8.1f} img/s  util {res['utilisation']:.2f}  "
           f"input wait {res['input_wait_share']:.2f}", flush=True)
     results.append(res)
@@ -428,10 +519,40 @@ def run_child(variant):
                     f"--variant={variant}"], f"variant {variant}")
 
 
-def pick(results, phase, precision, batch):
+def pick(results, phase, precision, batch, jit=None):
+  """The fastest one-replica row of ``phase`` at ``precision`` and ``batch``
+  (with XLA as ``jit`` unless None), or None."""
   rows = [r for r in results if r["phase"] == phase and r["precision"] == precision
-          and r["batch_size"] == batch]
+          and r["batch_size"] == batch and r.get("replicas", 1) == 1
+          and (jit is None or r["jit_compile"] == jit)]
   return max(rows, key=lambda r: r["images_per_second"]) if rows else None
+
+
+def keras_fit_ratios(results, tag):
+  """Ours / plain Keras (Model.fit) images/s for each keras_fit row: against
+  our one-replica spotter row with the same batch, precision and XLA setting,
+  and against our fastest one at that batch and precision."""
+  out = []
+  for k in results:
+    if k["phase"] != "keras_fit":
+      continue
+    same = pick(results, "spotter", k["precision"], k["batch_size"], k["jit_compile"])
+    best = pick(results, "spotter", k["precision"], k["batch_size"])
+    if best is None:
+      continue
+    plain = k["images_per_second"]
+    out.append({
+        "machine": tag, "batch_size": k["batch_size"], "precision": k["precision"],
+        "keras_fit_jit_compile": k["jit_compile"], "keras_fit_img_s": plain,
+        "ours_same_xla_img_s": same["images_per_second"] if same else None,
+        "ours_over_keras_fit_same_xla": (same["images_per_second"] / plain
+                                         if same else None),
+        "ours_best_jit_compile": best["jit_compile"],
+        "ours_best_img_s": best["images_per_second"],
+        "ours_over_keras_fit": best["images_per_second"] / plain,
+        "flops_plain_over_ours": (k["flops_per_image"] / best["flops_per_image"]),
+        "params_equal": k["params"] == best["params"]})
+  return out
 
 
 def write(config, rates, results, pipe):
@@ -440,6 +561,8 @@ def write(config, rates, results, pipe):
   sp_b = config.spotter.batch_size
   fp32 = pick(results, "spotter", "float32", sp_b)
   mixed = pick(results, "spotter", "mixed_bfloat16", sp_b)
+  ratios = keras_fit_ratios(results, tag)
+  ours = [r for r in results if r["phase"] != "keras_fit"]
   report = {
       "machine": m, "tag": tag, "date": time.strftime("%Y-%m-%d"),
       "config": FLAGS.config, "resolution": config.resolution,
@@ -453,10 +576,12 @@ def write(config, rates, results, pipe):
       "adversarial_mixed_img_s": mixed["images_per_second"] if mixed else None,
       "adversarial_mixed_speedup": (mixed["images_per_second"] / fp32["images_per_second"]
                                     if mixed else None),
-      "input_wait_share": max(r["input_wait_share"] for r in results
+      "input_wait_share": max(r["input_wait_share"] for r in ours
                               if r["precision"] == "float32" and r["batch_size"] in (
                                   sp_b, config.autoencoder.batch_size)
-                              and r["phase"] != "features"),
+                              and r["phase"] != "features"
+                              and r.get("replicas", 1) == 1),
+      "ours_over_keras_fit": ratios,
       "input_pipeline_img_s": pipe,
       "results": results,
   }
@@ -485,22 +610,43 @@ def write(config, rates, results, pipe):
       f"Adversarial step, float32, batch {sp_b}: **{fp32['images_per_second']:.1f} img/s, "
       f"utilisation {fp32['utilisation']:.2f}** (XLA {'on' if fp32['jit_compile'] else 'off'}); "
       + (f"mixed bfloat16: **{mixed['images_per_second']:.1f} img/s** "
-         f"({report['adversarial_mixed_speedup']:.2f}x)." if mixed else ""), "",
+         f"({report['adversarial_mixed_speedup']:.2f}x)." if mixed else ""), ""]
+  for q in ratios:
+    same = (f"; with XLA {'on' if q['keras_fit_jit_compile'] else 'off'} on both "
+            f"{q['ours_over_keras_fit_same_xla']:.2f}x "
+            f"({q['ours_same_xla_img_s']:.1f} img/s)"
+            if q["ours_same_xla_img_s"] is not None
+            and q["ours_best_jit_compile"] != q["keras_fit_jit_compile"] else "")
+    lines += [
+        f"Ours / plain Keras on {tag}, {q['precision']}, batch {q['batch_size']}: "
+        f"**{q['ours_over_keras_fit']:.2f}x** (ours {q['ours_best_img_s']:.1f} img/s "
+        f"with XLA {'on' if q['ours_best_jit_compile'] else 'off'}, the same step "
+        f"written with stock Keras layers under Model.fit "
+        f"{q['keras_fit_img_s']:.1f} img/s with XLA "
+        f"{'on' if q['keras_fit_jit_compile'] else 'off'}{same}). The plain step "
+        f"(benchmarks/keras_plain.py) has "
+        f"{'the same' if q['params_equal'] else 'DIFFERENT'} parameters per network "
+        f"and {q['flops_plain_over_ours']:.3f}x our traced FLOPs per image.", ""]
+  lines += [
       f"Input pipeline alone (`{config.pp}`, batch {config.autoencoder.batch_size}, "
       f"no model): {pipe:.0f} img/s on the same cores; feeding a step at R img/s "
       "takes about R / that share of the CPU.", "",
-      "| phase | batch | XLA | precision | images/s | GFLOP/image (traced) | "
+      "Rows: keras_fit is the spotter step written the plain Keras way "
+      "(benchmarks/keras_plain.py) under Model.fit; replicas 2 mirror the step "
+      "over 2 logical CPU devices of the same cores (distribute.logical_cpus=2; "
+      "batch norm per replica with XLA, synchronized without).", "",
+      "| phase | batch | XLA | precision | replicas | images/s | GFLOP/image (traced) | "
       "GFLOP/image (by hand) | utilisation | input wait | warm-up s |",
-      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for r in results:
     lines.append(
         f"| {r['phase']} | {r['batch_size']} | {'on' if r['jit_compile'] else 'off'} | "
-        f"{r['precision']} | {r['images_per_second']:.1f} | "
+        f"{r['precision']} | {r.get('replicas', 1)} | {r['images_per_second']:.1f} | "
         f"{r['flops_per_image'] / 1e9:.3f} | "
         f"{r['flops_per_image_by_hand'] / 1e9:.3f} | {r['utilisation']:.2f} | "
         f"{r['input_wait_share']:.2f} | {r['warmup_seconds']:.0f} |")
-  f = results[0]["forward_flops_per_image"]
-  p = results[0]["params"]
+  f = ours[0]["forward_flops_per_image"]
+  p = ours[0]["params"]
   lines += ["", "Forward MFLOP per image: " + ", ".join(
       f"{k} {v / 1e6:.1f}" for k, v in f.items()) +
       f". Parameters: autoencoder {p['autoencoder']:,}, discriminator "
