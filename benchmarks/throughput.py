@@ -1,6 +1,6 @@
 r"""Throughput and hardware utilisation of pretraining and feature extraction.
 
-  python -m benchmarks.throughput                 # ~25 min on 2 CPU cores
+  python -m benchmarks.throughput                 # ~30 min on 2 idle CPU cores
   python -m benchmarks.throughput --quick         # 6 variants, shorter windows
 
 For each variant (phase x global batch x XLA x precision x replicas), in its
