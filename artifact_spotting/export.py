@@ -29,82 +29,15 @@ import shutil
 import tempfile
 
 import keras
-import ml_collections
 import tensorflow as tf
 
-from artifact_spotting import config as config_lib
-from artifact_spotting import train_lib
+from artifact_spotting import loading
 from artifact_spotting import workdir as workdir_lib
 from artifact_spotting.models.discriminator import Discriminator
-from artifact_spotting.models.spotter import ArtifactSpotter
 
 
-class ExportError(RuntimeError):
+class ExportError(loading.LoadError):
   """The workdir cannot be exported; the message names what is missing."""
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not tf.io.gfile.isdir(workdir):
-    raise ExportError(f"workdir {workdir!r} does not exist")
-  if not tf.io.gfile.exists(path):
-    raise ExportError(f"{path} is missing: {workdir!r} is not a pretraining "
-                      f"workdir (run trainers.pretrain first)")
-  try:
-    with tf.io.gfile.GFile(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
-  except (json.JSONDecodeError, ValueError) as e:
-    raise ExportError(f"{path} is not valid JSON ({e}); the workdir is "
-                      f"half-written") from e
-
-
-class Restored:
-  """A workdir's trained model and step counts, as restore_players gives
-  them. Only what they need is built: the model and the two optimizers'
-  step counters (the optimizers unbuilt, without their moment estimates),
-  not the trainer's Players."""
-
-  def __init__(self, model, ae_step: int, adv_step: int, path: str):
-    self.model = model
-    self.ae_step = int(ae_step)    # autoencoder steps done (phase 1)
-    self.adv_step = int(adv_step)  # adversarial steps done (phase 2)
-    self.path = path               # the checkpoint restored
-
-
-def restore_players(workdir: str, require_spotter: bool = True):
-  """(config, Restored): the model and step counts restored from the
-  workdir's newest readable checkpoint (an unreadable newer one is named in
-  a warning)."""
-  config = load_config(workdir)
-  ckpt_dir = os.path.join(workdir, train_lib.CHECKPOINT_DIR)
-  if not train_lib.checkpoint_paths(ckpt_dir):
-    raise ExportError(f"no checkpoint in {ckpt_dir}: pretraining has not "
-                      f"saved one yet")
-  # Built as train_lib.Players builds them (same seed, precision and names),
-  # so that the checkpoint's model and step counters match by name.
-  keras.utils.set_random_seed(int(config.seed))
-  precision = config.train.get("precision", "float32")
-  with train_lib.precision_policy(precision):
-    model = ArtifactSpotter(**config_lib.spotter_kwargs(
-        config, probe=bool(config.probe.enabled)), name="artifact_spotter")
-    model.build()
-  o = config.optimizer
-  ae_opt = train_lib.make_adam(config.autoencoder.lr, config.autoencoder.steps,
-                               o, "ae_optimizer", precision)
-  c_opt = train_lib.make_adam(config.spotter.lr, config.spotter.steps, o,
-                              "c_optimizer", precision)
-  checkpoint = tf.train.Checkpoint(model=model, ae_optimizer=ae_opt,
-                                   c_optimizer=c_opt)
-  try:
-    path = train_lib.restore_latest(checkpoint, ckpt_dir)
-  except ValueError as e:
-    raise ExportError(f"{workdir}: {e}") from e
-  restored = Restored(model, ae_opt.iterations.numpy(),
-                      c_opt.iterations.numpy(), path)
-  if require_spotter and restored.adv_step == 0:
-    raise ExportError(f"{workdir}: phase 2 has not run (adversarial step 0), "
-                      f"so the discriminator is untrained")
-  return config, restored
 
 
 class ServingModule(tf.Module):
@@ -174,7 +107,7 @@ def backbone_model(model, resolution: int, channels: int) -> keras.Model:
 
 def export(workdir: str, output: str, version: int | None = None) -> str:
   """Writes output/<version>/ and returns its path."""
-  config, restored = restore_players(workdir)
+  config, restored = loading.spotter(workdir)
   model = restored.model
   version = restored.adv_step if version is None else int(version)
   final = os.path.join(output, str(version))

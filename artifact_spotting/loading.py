@@ -5,8 +5,8 @@ Each loader restores only the network it is asked for from the workdir's
 newest readable checkpoint: ``discriminator`` builds a Discriminator and reads
 its variables alone, ``encoder`` the autoencoder's encoder alone, ``spotter``
 the whole model (export's ``repair`` signature needs every network) without
-the optimizers. Training progress is read from the checkpoint's step
-counters, not from optimizers built for the purpose.
+the optimizers' state. Networks compute in the run's training precision, as
+they did in training.
 
 ``backbone(init)`` is the fine-tuning and evaluation entry point: a
 functional Keras model images -> discriminator outputs from a ``.keras`` file,
@@ -19,8 +19,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from typing import Tuple
-
 import keras
 import ml_collections
 import tensorflow as tf
@@ -30,10 +28,6 @@ from artifact_spotting import train_lib
 from artifact_spotting.models.autoencoder import Encoder
 from artifact_spotting.models.discriminator import Discriminator
 from artifact_spotting.models.spotter import ArtifactSpotter
-
-# Keras 3 optimizers track their step counter as `_iterations`.
-_STEPS = "{}/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
-
 
 class LoadError(RuntimeError):
   """What was asked for cannot be loaded; the message names what is missing."""
@@ -70,39 +64,81 @@ def pretrain_config(spec: str) -> ml_collections.ConfigDict:
 
 
 # -------------------------------------------------------------- checkpoints
-def restore(workdir: str, **networks) -> Tuple[str, int, int]:
-  """Restores ``networks`` (attribute name on the ArtifactSpotter -> a built
-  network, e.g. ``discriminator=disc``) from the workdir's newest readable
-  checkpoint, leaving everything else in it unread. Returns (the checkpoint's
-  path, its autoencoder steps, its adversarial steps)."""
+class Restored:
+  """What a workdir's checkpoint gave: the networks restored, the step
+  counts (autoencoder steps done in phase 1, adversarial steps in phase 2)
+  and the checkpoint's path."""
+
+  def __init__(self, model, ae_step: int, adv_step: int, path: str):
+    self.model = model
+    self.ae_step = int(ae_step)
+    self.adv_step = int(adv_step)
+    self.path = path
+
+
+def restore(workdir: str, config, model=None, **networks) -> Restored:
+  """Restores ``model`` (a whole built ArtifactSpotter) or ``networks``
+  (attribute name on the ArtifactSpotter -> a built network, e.g.
+  ``discriminator=disc``) and the two phases' step counters
+  from the workdir's newest readable checkpoint (an unreadable newer one is
+  named in a warning), leaving everything else in it unread.
+
+  The step counters are read through optimizers built as the trainer builds
+  them (``train_lib.make_adam``, same precision) but never built for
+  variables, so no moment estimates are created; with mixed_float16 the
+  count lives in the loss-scale optimizer's inner optimizer, which this
+  finds by the same names the trainer saved."""
   ckpt_dir = os.path.join(workdir, train_lib.CHECKPOINT_DIR)
   if not train_lib.checkpoint_paths(ckpt_dir):
     raise LoadError(f"no checkpoint in {ckpt_dir}: pretraining has not "
                     f"saved one yet")
-  checkpoint = tf.train.Checkpoint(model=tf.train.Checkpoint(**networks))
+  precision = _precision(config)
+  o = config.optimizer
+  ae_opt = train_lib.make_adam(config.autoencoder.lr, config.autoencoder.steps,
+                               o, "ae_optimizer", precision)
+  c_opt = train_lib.make_adam(config.spotter.lr, config.spotter.steps, o,
+                              "c_optimizer", precision)
+  checkpoint = tf.train.Checkpoint(
+      model=model if model is not None else tf.train.Checkpoint(**networks),
+      ae_optimizer=ae_opt, c_optimizer=c_opt)
   try:
-    path, _ = train_lib.restore_newest(checkpoint, ckpt_dir)
+    path = train_lib.restore_latest(checkpoint, ckpt_dir)
   except ValueError as e:
     raise LoadError(f"{workdir}: {e}") from e
-  return (path, int(tf.train.load_variable(path, _STEPS.format("ae_optimizer"))),
-          int(tf.train.load_variable(path, _STEPS.format("c_optimizer"))))
+  return Restored(model if model is not None else networks,
+                  ae_opt.iterations.numpy(), c_opt.iterations.numpy(), path)
 
 
-def _require_spotter(workdir: str, adv_step: int):
-  if adv_step == 0:
+def _precision(config) -> str:
+  return config.train.get("precision", "float32")
+
+
+def _require_spotter(workdir: str, restored: Restored):
+  if restored.adv_step == 0:
     raise LoadError(f"{workdir}: phase 2 has not run (adversarial step 0), "
                     f"so the discriminator is untrained")
 
 
 def new_discriminator(config, seed: int = None) -> Discriminator:
   """A built Discriminator of a pretraining config (seeded when ``seed`` is
-  given)."""
+  given), computing in the config's training precision."""
   if seed is not None:
     keras.utils.set_random_seed(seed)
-  disc = Discriminator(**config_lib.discriminator_kwargs(config),
-                       name="discriminator")
-  disc(tf.zeros((1, config.resolution, config.resolution, config.channels)))
+  with train_lib.precision_policy(_precision(config)):
+    disc = Discriminator(**config_lib.discriminator_kwargs(config),
+                         name="discriminator")
+    disc(tf.zeros((1, config.resolution, config.resolution, config.channels)))
   return disc
+
+
+def _new_spotter(config, probe: bool) -> ArtifactSpotter:
+  """The whole model as the trainer builds it (seed, precision, name)."""
+  keras.utils.set_random_seed(int(config.seed))
+  with train_lib.precision_policy(_precision(config)):
+    model = ArtifactSpotter(**config_lib.spotter_kwargs(config, probe),
+                            name="artifact_spotter")
+    model.build()
+  return model
 
 
 def discriminator(workdir: str) -> Discriminator:
@@ -110,45 +146,33 @@ def discriminator(workdir: str) -> Discriminator:
   are read)."""
   config = workdir_config(workdir)
   disc = new_discriminator(config)
-  _, _, adv_step = restore(workdir, discriminator=disc)
-  _require_spotter(workdir, adv_step)
+  _require_spotter(workdir, restore(workdir, config, discriminator=disc))
   return disc
 
 
 def encoder(workdir: str) -> Encoder:
   """The trained autoencoder's encoder of a pretraining workdir."""
   config = workdir_config(workdir)
-  model = ArtifactSpotter(**config_lib.spotter_kwargs(config, probe=False))
-  model.build()
-  _, ae_step, _ = restore(workdir, encoder=model.encoder)
-  if ae_step == 0:
+  model = _new_spotter(config, probe=False)
+  if restore(workdir, config, encoder=model.encoder).ae_step == 0:
     raise LoadError(f"{workdir}: the autoencoder is untrained")
   return model.encoder
 
 
 def spotter(workdir: str, require_spotter: bool = True):
-  """(config, the whole ArtifactSpotter, its adversarial steps) of a
-  pretraining workdir; the optimizers are not built."""
+  """(config, Restored with ``model`` the whole ArtifactSpotter) of a
+  pretraining workdir; no optimizer is built for variables."""
   config = workdir_config(workdir)
-  model = ArtifactSpotter(**config_lib.spotter_kwargs(
-      config, probe=bool(config.probe.enabled)), name="artifact_spotter")
-  model.build()
-  _, _, adv_step = restore(workdir, **{
-      name: getattr(model, name) for name in model_parts(model)})
+  restored = restore(workdir, config,
+                     _new_spotter(config, probe=bool(config.probe.enabled)))
   if require_spotter:
-    _require_spotter(workdir, adv_step)
-  return config, model, adv_step
-
-
-def model_parts(model: ArtifactSpotter):
-  """The names of the model's tracked children that hold variables."""
-  return [name for name, child in model._trackable_children().items()  # pylint: disable=protected-access
-          if getattr(child, "variables", None)]
+    _require_spotter(workdir, restored)
+  return config, restored
 
 
 # ----------------------------------------------------------------- backbones
 def backbone_model(disc: Discriminator, resolution: int, channels: int,
-                   name: str = "discriminator_backbone") -> keras.Model:
+                   name: str = "artifact_spotting_discriminator") -> keras.Model:
   """images -> the discriminator's outputs, as a functional Keras model."""
   inputs = keras.Input((resolution, resolution, channels), name="images")
   return keras.Model(inputs, disc(inputs), name=name)

@@ -66,7 +66,7 @@ def test_export_loads_in_a_fresh_process_and_matches(trained, tmp_path):
   got = np.load(tmp_path / "out.npz")
 
   # In-process reference from the restored model.
-  _, players = export_lib.restore_players(workdir)
+  _, players = loading.spotter(workdir)
   module = export_lib.ServingModule(players.model, 16, 1)
   ref = {}
   for name, out in (("serving_default", module.serve(tf.constant(images))),
@@ -113,7 +113,7 @@ def test_keras_file_loads_in_safe_mode(trained, tmp_path):
   path = export_lib.export(workdir, str(tmp_path / "serving"))
   model = keras.saving.load_model(os.path.join(path, "discriminator.keras"),
                                   safe_mode=True)
-  _, players = export_lib.restore_players(workdir)
+  _, players = loading.spotter(workdir)
   x = tf.random.uniform([2, 16, 16, 1], -1, 1)
   a = model(x)
   b = players.model.discriminator(x, training=False)
@@ -138,17 +138,17 @@ def test_bad_inputs_fail_at_the_signature(trained, tmp_path):
 
 def test_bad_workdirs_name_what_is_missing(trained, tmp_path):
   workdir, _ = trained
-  with pytest.raises(export_lib.ExportError, match="does not exist"):
+  with pytest.raises(loading.LoadError, match="does not exist"):
     export_lib.export(str(tmp_path / "nope"), str(tmp_path / "out"))
   half = tmp_path / "half"
   half.mkdir()
-  with pytest.raises(export_lib.ExportError, match="config.json is missing"):
+  with pytest.raises(loading.LoadError, match="config.json is missing"):
     export_lib.export(str(half), str(tmp_path / "out"))
   shutil.copy(os.path.join(workdir, "config.json"), half / "config.json")
-  with pytest.raises(export_lib.ExportError, match="no checkpoint in"):
+  with pytest.raises(loading.LoadError, match="no checkpoint in"):
     export_lib.export(str(half), str(tmp_path / "out"))
   (half / "config.json").write_text('{"resolution": 16, "chan')
-  with pytest.raises(export_lib.ExportError, match="not valid JSON"):
+  with pytest.raises(loading.LoadError, match="not valid JSON"):
     export_lib.export(str(half), str(tmp_path / "out"))
   # An existing version is never overwritten, and nothing half-written is left.
   out = tmp_path / "serving"
@@ -229,7 +229,12 @@ def test_finetune_starts_from_export_or_workdir(trained, tmp_path, source):
 
 def test_loading_restores_only_the_network_asked_for(trained, tmp_path):
   workdir, _ = trained
-  _, restored = export_lib.restore_players(workdir)
+  # The reference: everything restored the way the trainer restores it.
+  config = loading.workdir_config(workdir)
+  restored = train_lib.Players(config, tf.distribute.get_strategy(),
+                               probe=bool(config.probe.enabled))
+  train_lib.restore_latest(restored.checkpoint,
+                           os.path.join(workdir, train_lib.CHECKPOINT_DIR))
   full = restored.model
   same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(
       a.get_weights(), b.get_weights())) and len(a.get_weights()) == len(b.get_weights())
@@ -238,16 +243,17 @@ def test_loading_restores_only_the_network_asked_for(trained, tmp_path):
   fresh = loading.new_discriminator(loading.workdir_config(workdir), seed=0)
   assert not same(fresh, full.discriminator)  # so the check above can fail
   assert same(loading.encoder(workdir), full.encoder)
-  _, model, adv_step = loading.spotter(workdir)
-  assert adv_step == restored.adv_step == 4
+  _, spotter = loading.spotter(workdir)
+  assert spotter.adv_step == 4
   for name in ("encoder", "decoder", "discriminator"):
-    assert same(getattr(model, name), getattr(full, name)), name
+    assert same(getattr(spotter.model, name), getattr(full, name)), name
   backbone = loading.backbone(workdir)
   assert same(loading.discriminator_of(backbone), full.discriminator)
   # Nothing else is read: a checkpoint holds optimizers, history, probe.
-  path, ae_step, adv = loading.restore(workdir, discriminator=fresh)
-  assert (ae_step, adv) == (restored.ae_step, 4)
-  assert os.path.basename(path).startswith("ckpt-")
+  alone = loading.restore(workdir, loading.workdir_config(workdir),
+                          discriminator=fresh)
+  assert (alone.ae_step, alone.adv_step) == (restored.ae_step, 4)
+  assert alone.path == spotter.path
   assert same(fresh, full.discriminator)
   with pytest.raises(loading.LoadError, match="does not exist"):
     loading.discriminator(str(tmp_path / "missing"))
@@ -256,9 +262,9 @@ def test_loading_restores_only_the_network_asked_for(trained, tmp_path):
 
 
 @pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
-def test_restore_players_builds_the_model_and_step_counters_only(trained, tmp_path,
+def test_loading_spotter_builds_the_model_and_step_counters_only(trained, tmp_path,
                                                                  precision):
-  """restore_players restores what the trainer's Players restore (weights,
+  """loading.spotter restores what the trainer's Players restore (weights,
   step counts) without building Players: no optimizer moments, and no
   repair or probe optimizer. mixed_float16 wraps each optimizer in a
   LossScaleOptimizer, whose step count is its inner optimizer's."""
@@ -267,7 +273,7 @@ def test_restore_players_builds_the_model_and_step_counters_only(trained, tmp_pa
     workdir = str(tmp_path / "work")
     train_lib.train(tiny_idx_config(str(root / "idx"),
                                     **{"train.precision": precision}), workdir)
-  config, restored = export_lib.restore_players(workdir)
+  config, restored = loading.spotter(workdir)
   players = train_lib.Players(config, tf.distribute.get_strategy(),
                               probe=bool(config.probe.enabled))
   train_lib.restore_latest(players.checkpoint,
@@ -279,3 +285,8 @@ def test_restore_players_builds_the_model_and_step_counters_only(trained, tmp_pa
     np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
   assert restored.path == train_lib.newest_readable(
       os.path.join(workdir, train_lib.CHECKPOINT_DIR))
+  # The discriminator alone (evaluation, fine-tuning), in the run's precision.
+  disc = loading.discriminator(workdir)
+  assert disc.compute_dtype == players.model.discriminator.compute_dtype
+  for a, b in zip(disc.weights, players.model.discriminator.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from artifact_spotting import events
+from artifact_spotting import loading
 from artifact_spotting import train_lib
 from artifact_spotting.data.sources import idx_present, DEBIAN_FASHION_MNIST
 from conftest import tiny_idx_config
@@ -300,8 +301,8 @@ def test_init_from_reuses_a_finished_autoencoder(idx_dir, tmp_path):
                                    "train.jit_compile": "spotter"})
   results = train_lib.train(c2, str(tmp_path / "k"))
   assert list(results) == ["spotter"] and results["spotter"]["steps"] == 4
-  _, a = export.restore_players(source, require_spotter=False)
-  _, b = export.restore_players(str(tmp_path / "k"))
+  _, a = loading.spotter(source, require_spotter=False)
+  _, b = loading.spotter(str(tmp_path / "k"))
   assert b.ae_step == c2.autoencoder.steps
   for va, vb in zip(a.model.encoder.variables + a.model.decoder.variables,
                     b.model.encoder.variables + b.model.decoder.variables):

@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from artifact_spotting import config as config_lib
+from artifact_spotting import loading
 from artifact_spotting import export as export_lib
 from artifact_spotting import train_lib
 from artifact_spotting import workdir as workdir_lib
@@ -665,7 +666,7 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_one_before(trained, tmp_
   workdir = _copy(trained, tmp_path / "run")
   broken = _break(workdir, "ckpt-4", how)
   caplog.set_level("WARNING")
-  _, players = export_lib.restore_players(workdir)
+  _, players = loading.spotter(workdir)
   assert players.adv_step == 2  # ckpt-3
   assert f"Checkpoint {broken} cannot be read" in caplog.text
   path = export_lib.export(workdir, str(tmp_path / "serving"))
@@ -688,8 +689,8 @@ def test_resume_skips_an_unreadable_checkpoint_and_refuses_another_model(trained
   recorded["discriminator"]["fc_units"] = 32
   with open(os.path.join(other, "config.json"), "w") as f:
     json.dump(recorded, f)
-  with pytest.raises(export_lib.ExportError, match="ckpt-4 does not match"):
-    export_lib.restore_players(other)
+  with pytest.raises(loading.LoadError, match="ckpt-4 does not match"):
+    loading.spotter(other)
   # No readable checkpoint at all: refused, nothing trained from scratch.
   paths = train_lib.checkpoint_paths(_ckpt_dir(workdir))
   assert len(paths) == 3

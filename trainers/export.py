@@ -23,8 +23,8 @@ flags.mark_flags_as_required(["workdir", "output"])
 
 
 def setup_errors():
-  from artifact_spotting import export as export_lib  # pylint: disable=g-import-not-at-top
-  return (export_lib.ExportError,)
+  from artifact_spotting.loading import LoadError  # pylint: disable=g-import-not-at-top
+  return (LoadError,)  # export.ExportError is one
 
 
 def main(argv):
