@@ -128,7 +128,8 @@ def base_config() -> ml_collections.ConfigDict:
       split="train",
       data_dir="",                 # tfds data_dir ("" = tfds default)
       manual_dir="",               # tfds manual download dir (imagenet2012)
-      auto_install=True,           # idx: apt-get install dataset-fashion-mnist
+      auto_install=True,           # not read (nothing is installed); kept so
+                                   # workdirs whose config.json has it resume
       tfds_fallback=True,          # idx: fall back to tfds when files are missing
       shuffle_buffer=10_000,
       cache=False,
