@@ -304,20 +304,31 @@ def run_variant(phase: str, batch: int, jit: bool, precision: str,
       "repair": int(sum(v.numpy().size for v in model.generator_variables)),
       "probe": int(sum(v.numpy().size for v in model.probe_variables)),
   }
+  return row_result(
+      phase, batch, jit, precision, replicas, config.distribute.batch_norm,
+      config.resolution, rates, rates_cached, warm,
+      (traced, traced_by_type, nested), flops["step_per_image"][phase],
+      flops["forward_per_image"], params)
+
+
+def row_result(phase, batch, jit, precision, replicas, batch_norm, resolution,
+               rates, rates_cached, warm, traced, by_hand, forward, params):
+  """One row's result: its timed windows' rates and the FLOP counts
+  (``traced``: step_flops' (per image, by op type, uncounted nested ops))."""
+  flops, by_type, nested = traced
   return {"phase": phase, "batch_size": batch, "jit_compile": jit,
-          "precision": precision, "replicas": replicas,
-          "batch_norm": config.distribute.batch_norm,
-          "resolution": config.resolution,
+          "precision": precision, "replicas": replicas, "batch_norm": batch_norm,
+          "resolution": resolution,
           "images_per_second": statistics.median(rates), "window_rates": rates,
           "cached_batch_images_per_second": statistics.median(rates_cached),
           "cached_window_rates": rates_cached,
           "input_wait_share": input_wait(rates, rates_cached),
           "warmup_seconds": warm,
-          "flops_per_image": traced,
-          "flops_per_image_by_type": traced_by_type,
+          "flops_per_image": flops,
+          "flops_per_image_by_type": by_type,
           "flops_uncounted_nested_ops": nested,
-          "flops_per_image_by_hand": flops["step_per_image"][phase],
-          "forward_flops_per_image": flops["forward_per_image"], "params": params}
+          "flops_per_image_by_hand": by_hand,
+          "forward_flops_per_image": forward, "params": params}
 
 
 def run_keras_fit(batch: int, jit: bool, precision: str):
@@ -351,21 +362,10 @@ def run_keras_fit(batch: int, jit: bool, precision: str):
   forward = keras_plain.forward_flops_per_image(model, forward_flops)
   hand = step_flops_by_hand(forward, config.spotter.history_fraction,
                             config.spotter.history_size > 0)["spotter"]
-  traced, traced_by_type, nested = step_flops(model.train_step, one)
-  return {"phase": "keras_fit", "batch_size": batch, "jit_compile": jit,
-          "precision": precision, "replicas": 1, "batch_norm": "sync",
-          "resolution": config.resolution,
-          "images_per_second": statistics.median(rates), "window_rates": rates,
-          "cached_batch_images_per_second": statistics.median(rates_cached),
-          "cached_window_rates": rates_cached,
-          "input_wait_share": input_wait(rates, rates_cached),
-          "warmup_seconds": warm,
-          "flops_per_image": traced,
-          "flops_per_image_by_type": traced_by_type,
-          "flops_uncounted_nested_ops": nested,
-          "flops_per_image_by_hand": hand,
-          "forward_flops_per_image": forward,
-          "params": keras_plain.param_counts(model)}
+  return row_result("keras_fit", batch, jit, precision, 1, "sync",
+                    config.resolution, rates, rates_cached, warm,
+                    step_flops(model.train_step, one), hand, forward,
+                    keras_plain.param_counts(model))
 
 
 def alternate_windows(windows, images, real, cached):
