@@ -20,6 +20,7 @@ import time
 from typing import Callable, Dict, Optional
 
 import keras
+import ml_collections
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -254,9 +255,15 @@ def init_autoencoder(players: Players, config):
       raise ValueError(
           f"config.autoencoder.init_from={source!r} has {key}={other}, this "
           f"config {key}={mine}; the autoencoders must match")
-  # Keras 3 optimizers track their step counter as `_iterations`.
-  steps = int(tf.train.load_variable(
-      latest, "ae_optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"))
+  # The step count, read through an optimizer made as that run made its own
+  # (never built for variables): with mixed_float16 it lives in the
+  # loss-scale optimizer's inner optimizer.
+  other = ml_collections.ConfigDict(theirs)
+  counter = make_adam(other.autoencoder.lr, other.autoencoder.steps,
+                      other.optimizer, "ae_optimizer",
+                      other.train.get("precision", "float32"))
+  tf.train.Checkpoint(ae_optimizer=counter).restore(latest).expect_partial()
+  steps = int(counter.iterations.numpy())
   done = max(int(theirs["autoencoder"]["steps"]), int(config.autoencoder.steps))
   if steps < done:
     raise ValueError(

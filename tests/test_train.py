@@ -317,6 +317,14 @@ def test_init_from_reuses_a_finished_autoencoder(idx_dir, tmp_path):
                                            "autoencoder.steps": 9})
   with pytest.raises(train_lib.SetupError, match="has 4 steps, fewer than 9"):
     train_lib.train(unfinished, str(tmp_path / "unfinished"))
+  # A mixed_float16 autoencoder keeps its step count in the loss-scale
+  # optimizer's inner optimizer; it is read there (not taken for 0 steps).
+  source16 = str(tmp_path / "ae16")
+  train_lib.train(tiny_idx_config(idx_dir, **{"spotter.steps": 0,
+                                              "train.precision": "mixed_float16"}),
+                  source16)
+  from16 = tiny_idx_config(idx_dir, **{"autoencoder.init_from": source16})
+  assert list(train_lib.train(from16, str(tmp_path / "from16"))) == ["spotter"]
 
 
 def test_bf16_warning_on_cpus_without_bf16_units(tmp_path, monkeypatch):
