@@ -99,10 +99,9 @@ class ServingModule(tf.Module):
 def backbone_model(model, resolution: int, channels: int) -> keras.Model:
   """A functional keras.Model around a copy of the trained discriminator."""
   disc = Discriminator.from_config(model.discriminator.get_config())
-  inputs = keras.Input((resolution, resolution, channels), name="images")
-  outputs = disc(inputs)
+  backbone = loading.backbone_model(disc, resolution, channels)
   disc.set_weights(model.discriminator.get_weights())
-  return keras.Model(inputs, outputs, name="artifact_spotting_discriminator")
+  return backbone
 
 
 def export(workdir: str, output: str, version: int | None = None) -> str:

@@ -29,6 +29,7 @@ import numpy as np
 
 from artifact_spotting import evaluation
 from artifact_spotting import loading
+from artifact_spotting import workdir as workdir_lib
 from artifact_spotting.data import pipeline
 from artifact_spotting.models.discriminator import FEATURE_NAMES
 
@@ -127,16 +128,10 @@ class BestEpoch(keras.callbacks.Callback):
       self.model.save(tmp)
       os.replace(tmp, os.path.join(self.workdir, "best.keras"))
       self.state.update(best_epoch=epoch + 1, best=value)
-    _write_json(self.path, self.state)
+    workdir_lib.atomic_write(self.path, json.dumps(self.state, indent=2))
     if self.patience and epoch + 1 - self.state["best_epoch"] >= self.patience:
       self.model.stop_training = True
 
-
-def _write_json(path, obj):
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
 
 
 def validate_finetune_config(config):

@@ -83,21 +83,14 @@ def restore(workdir: str, config, model=None, **networks) -> Restored:
   from the workdir's newest readable checkpoint (an unreadable newer one is
   named in a warning), leaving everything else in it unread.
 
-  The step counters are read through optimizers built as the trainer builds
-  them (``train_lib.make_adam``, same precision) but never built for
-  variables, so no moment estimates are created; with mixed_float16 the
-  count lives in the loss-scale optimizer's inner optimizer, which this
-  finds by the same names the trainer saved."""
+  The step counters are read through ``train_lib.player_optimizer``s, never
+  built for variables, so no moment estimates are created."""
   ckpt_dir = os.path.join(workdir, train_lib.CHECKPOINT_DIR)
   if not train_lib.checkpoint_paths(ckpt_dir):
     raise LoadError(f"no checkpoint in {ckpt_dir}: pretraining has not "
                     f"saved one yet")
-  precision = _precision(config)
-  o = config.optimizer
-  ae_opt = train_lib.make_adam(config.autoencoder.lr, config.autoencoder.steps,
-                               o, "ae_optimizer", precision)
-  c_opt = train_lib.make_adam(config.spotter.lr, config.spotter.steps, o,
-                              "c_optimizer", precision)
+  ae_opt = train_lib.player_optimizer(config, "ae_optimizer")
+  c_opt = train_lib.player_optimizer(config, "c_optimizer")
   checkpoint = tf.train.Checkpoint(
       model=model if model is not None else tf.train.Checkpoint(**networks),
       ae_optimizer=ae_opt, c_optimizer=c_opt)

@@ -93,6 +93,21 @@ def warn_slow_precision(precision: str) -> Optional[str]:
   return msg
 
 
+def player_optimizer(config, name: str):
+  """The optimizer the trainer makes for ``name`` (ae_optimizer: the
+  autoencoder; c_optimizer / r_optimizer: the discriminator / the repair
+  network) from ``config``, unbuilt. Reading a checkpoint's step counts
+  through one (never built for variables) finds them under the names and
+  wrappers the trainer saved them with (mixed_float16: the loss-scale
+  optimizer's inner optimizer)."""
+  lr, steps = {"ae_optimizer": (config.autoencoder.lr, config.autoencoder.steps),
+               "c_optimizer": (config.spotter.lr, config.spotter.steps),
+               "r_optimizer": (config.spotter.repair_lr, config.spotter.steps),
+               }[name]
+  return make_adam(lr, steps, config.optimizer, name,
+                   config.train.get("precision", "float32"))
+
+
 class Players:
   """The model and one optimizer per player, built inside the strategy scope.
 
@@ -112,13 +127,9 @@ class Players:
         self.model = ArtifactSpotter(**config_lib.spotter_kwargs(config, probe),
                                      name="artifact_spotter")
         self.model.build()
-      o = config.optimizer
-      self.ae_opt = make_adam(config.autoencoder.lr, config.autoencoder.steps, o,
-                              "ae_optimizer", precision)
-      self.c_opt = make_adam(config.spotter.lr, config.spotter.steps, o,
-                             "c_optimizer", precision)
-      self.r_opt = make_adam(config.spotter.repair_lr, config.spotter.steps, o,
-                             "r_optimizer", precision)
+      self.ae_opt = player_optimizer(config, "ae_optimizer")
+      self.c_opt = player_optimizer(config, "c_optimizer")
+      self.r_opt = player_optimizer(config, "r_optimizer")
       self.probe_opt = FusedAdam(config.probe.lr, name="probe_optimizer")
       m = self.model
       self.ae_opt.build(m.autoencoder_variables)
@@ -258,10 +269,7 @@ def init_autoencoder(players: Players, config):
   # The step count, read through an optimizer made as that run made its own
   # (never built for variables): with mixed_float16 it lives in the
   # loss-scale optimizer's inner optimizer.
-  other = ml_collections.ConfigDict(theirs)
-  counter = make_adam(other.autoencoder.lr, other.autoencoder.steps,
-                      other.optimizer, "ae_optimizer",
-                      other.train.get("precision", "float32"))
+  counter = player_optimizer(ml_collections.ConfigDict(theirs), "ae_optimizer")
   tf.train.Checkpoint(ae_optimizer=counter).restore(latest).expect_partial()
   steps = int(counter.iterations.numpy())
   done = max(int(theirs["autoencoder"]["steps"]), int(config.autoencoder.steps))
