@@ -236,7 +236,6 @@ def _fresh_start(workdir):
 
 
 def finetune_one(config, init: str, workdir: str, fold_indices=None):
-  os.makedirs(workdir, exist_ok=True)
   keras.utils.set_random_seed(config.seed)
   multilabel = bool(config.get("multilabel", False))
   backbone = loading.backbone(init, config.seed)
@@ -245,6 +244,9 @@ def finetune_one(config, init: str, workdir: str, fold_indices=None):
   train_src, val_src = training_sources(config, fold_indices)
   eval_src = pipeline.open_source(config.dataset, config.channels,
                                   split=config.dataset.eval_split, training=False)
+  # Only once the backbone and the data are known good: a bad --init or a
+  # missing dataset leaves no workdir behind.
+  os.makedirs(workdir, exist_ok=True)
   train = _supervised(pipeline.make_dataset(
       train_src, config.pp_train, config.batch_size, training=True,
       shuffle_buffer=config.dataset.shuffle_buffer, seed=config.seed,

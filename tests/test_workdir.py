@@ -474,6 +474,8 @@ def test_binaries_end_user_mistakes_in_one_line(trained, tmp_path):
       _one_line_error(rc, err, *cases[name][1])
     except AssertionError as e:
       raise AssertionError(f"{name}: {e}") from None
+  # A fine-tune refused for its --init made no workdir.
+  assert not os.path.exists(tmp_path / "ft")
   # The full-disk start wrote nothing: no config.json, no checkpoint.
   assert not os.path.exists(full / "config.json")
   assert not os.path.exists(full / ".config.json.tmp")
