@@ -45,8 +45,11 @@ flags.DEFINE_string("report", "results/feature_diagnostics_fashion_mnist",
                     "Report path without extension (.json and .md).")
 flags.DEFINE_string("eval_config", "configs/eval/fashion_mnist_folds.py:folds_only",
                     "Evaluation config (folds protocol).")
-flags.DEFINE_list("views", ["as_trained", "pre_activation", "bn_raw", "autoencoded"],
-                  "Views of each discriminator.")
+VIEWS = ("as_trained", "pre_activation", "bn_raw", "autoencoded")
+flags.DEFINE_list("views", list(VIEWS), "Views of the workdir's discriminator.")
+flags.DEFINE_list("random_views", list(VIEWS), "Views of the random-init "
+                  "discriminator (empty: none, e.g. for a second run of the "
+                  "same architecture).")
 flags.DEFINE_list("steps", [], "Adversarial steps of earlier checkpoints to "
                   "evaluate (as_trained).")
 flags.DEFINE_integer("random_seed", 0, "Seed of the random-init discriminator.")
@@ -174,8 +177,8 @@ def make_extractor(model, view, eval_config):
 def evaluations():
   """name -> (model, view)."""
   out = {}
-  for model in ("ours", "random"):
-    for view in FLAGS.views:
+  for model, views in (("ours", FLAGS.views), ("random", FLAGS.random_views)):
+    for view in views:
       out[f"{model}_{view}"] = (model, view)
   for step in FLAGS.steps:
     out[f"ours_step{int(step)}_as_trained"] = (f"ours@{int(step)}", "as_trained")
@@ -241,13 +244,24 @@ def build_report(results, eval_config_spec):
     pretrain = json.load(f)
   return {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
           "workdir_label": FLAGS.label, "eval_config": eval_config_spec,
-          "views": list(FLAGS.views), "steps": [int(s) for s in FLAGS.steps],
-          "spotter": pretrain.get("spotter"), "precision":
-          pretrain.get("train", {}).get("precision"),
+          "views": list(FLAGS.views), "random_views": list(FLAGS.random_views),
+          "steps": [int(s) for s in FLAGS.steps],
+          "precision": pretrain.get("train", {}).get("precision"),
+          "pretrain_config": pretrain,
           "recalibrate_images": FLAGS.recalibrate_images,
           "bound_report": FLAGS.bound_report if b else None,
           "bound": b[0] if b else None, "random_report": b[1] if b else None,
           "bound_report_date": b[2] if b else None, "rows": rows}
+
+
+def run_words(c):
+  """The pretraining settings that matter here, from a workdir's config.json."""
+  a, s = c.get("autoencoder", {}), c.get("spotter", {})
+  return (f"autoencoder {a.get('steps')} steps x {a.get('batch_size')}, "
+          f"{s.get('steps')} adversarial steps x {s.get('batch_size')}, C lr "
+          f"{s.get('lr')}, R lr {s.get('repair_lr')}, drop rate "
+          f"{s.get('drop_rate')}, pp `{c.get('pp')}`, precision "
+          f"{c.get('train', {}).get('precision')}")
 
 
 def write_markdown(rep, path):
@@ -257,9 +271,10 @@ def write_markdown(rep, path):
       f"Machine: {m['cpu']} (ISA {isa_tag(m) or 'unknown'}), {m['cores']} cores, "
       f"{m['gpus']} GPUs, TensorFlow {m['tensorflow']}; {rep['date']}. "
       f"Evaluation: `{rep['eval_config']}`. Run evaluated: "
-      f"{rep['workdir_label'] or 'see the JSON'} (precision {rep['precision']}).", "",
+      f"{rep['workdir_label'] or 'see the JSON'}; {run_words(rep['pretrain_config'])}.", "",
       "Reproduce: `python -m benchmarks.feature_diagnostics --workdir=W "
       f"--root=R --views={','.join(rep['views'])}"
+      f" --random_views={','.join(rep['random_views'])}"
       + (f" --steps={','.join(map(str, rep['steps']))}" if rep["steps"] else "")
       + "`, W being the pretraining workdir described above.", ""]
   if rep["bound"]:
