@@ -703,6 +703,7 @@ def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
   if chief:
     summary = {k: v for k, v in results.items() if v}
     if summary:
-      with tf.io.gfile.GFile(os.path.join(workdir, "train_summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, sort_keys=True)
+      # Atomic: a run killed while writing keeps the previous summary whole.
+      workdir_lib.atomic_write(os.path.join(workdir, "train_summary.json"),
+                               json.dumps(summary, indent=2, sort_keys=True))
   return results
