@@ -58,6 +58,9 @@ flags.DEFINE_integer("recalibrate_images", 10000,
 flags.DEFINE_string("bound_report", "results/quality_fashion_mnist.json",
                     "Quality report whose bound and random rows give closures.")
 flags.DEFINE_string("label", "", "What the workdir's run is, for the report.")
+flags.DEFINE_multi_string("also", [], "name=workdir: another pretraining run "
+                          "(e.g. a variation of the recipe) whose discriminator "
+                          "is evaluated as trained, row <name>_as_trained.")
 flags.mark_flag_as_required("workdir")
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
@@ -124,6 +127,17 @@ def raw_training_images(eval_config, count):
   return np.concatenate(batches)
 
 
+def also_runs():
+  """--also as {name: workdir}."""
+  out = {}
+  for spec in FLAGS.also:
+    name, sep, workdir = spec.partition("=")
+    if not sep or not name or not workdir:
+      raise ValueError(f"--also={spec!r} must be name=workdir")
+    out[name] = workdir
+  return out
+
+
 def discriminator_at(workdir, step):
   """The workdir's discriminator at adversarial step ``step`` (a kept
   checkpoint), or its newest one when step is None."""
@@ -150,6 +164,8 @@ def make_extractor(model, view, eval_config):
   if model == "random":
     disc = loading.new_discriminator(loading.workdir_config(FLAGS.workdir),
                                      FLAGS.random_seed)
+  elif model.startswith("run:"):
+    disc = loading.discriminator(also_runs()[model[len("run:"):]])
   else:
     step = int(model.split("@")[1]) if "@" in model else None
     disc = discriminator_at(FLAGS.workdir, step)
@@ -182,6 +198,8 @@ def evaluations():
       out[f"{model}_{view}"] = (model, view)
   for step in FLAGS.steps:
     out[f"ours_step{int(step)}_as_trained"] = (f"ours@{int(step)}", "as_trained")
+  for name in also_runs():
+    out[f"{name}_as_trained"] = (f"run:{name}", "as_trained")
   return out
 
 
@@ -240,14 +258,23 @@ def build_report(results, eval_config_spec):
       row["closure_best_vs_best"] = (lin[best][0] - random_best) / (
           bound_best - random_best)
     rows[name] = row
-  with open(os.path.join(FLAGS.workdir, "config.json")) as f:
-    pretrain = json.load(f)
+  runs = {}
+  for name, workdir in [("ours", FLAGS.workdir)] + list(also_runs().items()):
+    with open(os.path.join(workdir, "config.json")) as f:
+      runs[name] = json.load(f)
+    # benchmarks.quality's marker: the wall time of the run's last start.
+    marker = os.path.join(workdir, "train_done.json")
+    if os.path.exists(marker):
+      with open(marker) as f:
+        runs[name]["wall_seconds"] = round(json.load(f)["seconds_last_run"])
+  pretrain = runs["ours"]
   return {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
           "workdir_label": FLAGS.label, "eval_config": eval_config_spec,
           "views": list(FLAGS.views), "random_views": list(FLAGS.random_views),
           "steps": [int(s) for s in FLAGS.steps],
           "precision": pretrain.get("train", {}).get("precision"),
-          "pretrain_config": pretrain,
+          "pretrain_config": pretrain, "also": {
+              n: c for n, c in runs.items() if n != "ours"},
           "recalibrate_images": FLAGS.recalibrate_images,
           "bound_report": FLAGS.bound_report if b else None,
           "bound": b[0] if b else None, "random_report": b[1] if b else None,
@@ -261,7 +288,8 @@ def run_words(c):
           f"{s.get('steps')} adversarial steps x {s.get('batch_size')}, C lr "
           f"{s.get('lr')}, R lr {s.get('repair_lr')}, drop rate "
           f"{s.get('drop_rate')}, pp `{c.get('pp')}`, precision "
-          f"{c.get('train', {}).get('precision')}")
+          f"{c.get('train', {}).get('precision')}"
+          + (f", trained in {c['wall_seconds']} s" if "wall_seconds" in c else ""))
 
 
 def write_markdown(rep, path):
@@ -271,12 +299,16 @@ def write_markdown(rep, path):
       f"Machine: {m['cpu']} (ISA {isa_tag(m) or 'unknown'}), {m['cores']} cores, "
       f"{m['gpus']} GPUs, TensorFlow {m['tensorflow']}; {rep['date']}. "
       f"Evaluation: `{rep['eval_config']}`. Run evaluated: "
-      f"{rep['workdir_label'] or 'see the JSON'}; {run_words(rep['pretrain_config'])}.", "",
+      f"{rep['workdir_label'] or 'see the JSON'}; {run_words(rep['pretrain_config'])}.", ""]
+  for name, c in rep.get("also", {}).items():
+    lines += [f"Run `{name}`: {run_words(c)}.", ""]
+  lines += [
       "Reproduce: `python -m benchmarks.feature_diagnostics --workdir=W "
       f"--root=R --views={','.join(rep['views'])}"
       f" --random_views={','.join(rep['random_views'])}"
       + (f" --steps={','.join(map(str, rep['steps']))}" if rep["steps"] else "")
-      + "`, W being the pretraining workdir described above.", ""]
+      + "".join(f" --also={n}=W_{n}" for n in rep.get("also", {}))
+      + "`, W (and W_<name>) being the pretraining workdirs described above.", ""]
   if rep["bound"]:
     lines += [f"Closure: share of the gap from random init's best layer to the "
               f"supervised bound's best layer in `{rep['bound_report']}` "

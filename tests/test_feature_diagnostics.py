@@ -70,16 +70,19 @@ def test_feature_diagnostics_end_to_end(tmp_path):
   subprocess.run([sys.executable, "-m", "benchmarks.feature_diagnostics",
                   f"--workdir={wd}", f"--root={tmp_path / 'root'}",
                   f"--report={report}", f"--eval_config={evals}", "--steps=2",
-                  "--recalibrate_images=64"], cwd=ROOT, env=env, check=True,
+                  "--recalibrate_images=64", f"--also=again={wd}"], cwd=ROOT, env=env, check=True,
                  capture_output=True)
   rep = json.loads((tmp_path / "rep.json").read_text())
   names = set(rep["rows"])
   assert names == {f"{m}_{v}" for m in ("ours", "random") for v in
                    ("as_trained", "pre_activation", "bn_raw", "autoencoded")
-                   } | {"ours_step2_as_trained"}
+                   } | {"ours_step2_as_trained", "again_as_trained"}
   assert "ours_bn_raw" in (tmp_path / "rep.md").read_text()
   rows = rep["rows"]
   assert rows["ours_step2_as_trained"]["linear"] != rows["ours_as_trained"]["linear"]
+  # --also: the same workdir under another name reads the same discriminator.
+  assert rows["again_as_trained"]["linear"] == rows["ours_as_trained"]["linear"]
+  assert "Run `again`" in (tmp_path / "rep.md").read_text()
   out = tmp_path / "le"
   subprocess.run([sys.executable, "-m", "trainers.linear_eval", f"--workdir={wd}",
                   f"--config={evals}", f"--output={out}"], cwd=ROOT, env=env,
