@@ -246,6 +246,7 @@ def bound_rows(path):
 
 
 def build_report(results, eval_config_spec):
+  import numpy as np  # pylint: disable=g-import-not-at-top
   b = bound_rows(FLAGS.bound_report)
   rows = {}
   for name, r in results.items():
@@ -257,6 +258,14 @@ def build_report(results, eval_config_spec):
       bound_best, random_best = max(b[0].values()), max(b[1].values())
       row["closure_best_vs_best"] = (lin[best][0] - random_best) / (
           bound_best - random_best)
+    base = results.get("ours_as_trained")
+    if base is not None and name != "ours_as_trained":
+      # Same folds and test images: the per-fold difference is paired.
+      row["minus_ours"] = {}
+      for l in LAYERS:
+        d = np.subtract(r["folds"][l]["linear"]["per_fold"],
+                        base["folds"][l]["linear"]["per_fold"])
+        row["minus_ours"][l] = (float(d.mean()), float(d.std()))
     rows[name] = row
   runs = {}
   for name, workdir in [("ours", FLAGS.workdir)] + list(also_runs().items()):
@@ -316,15 +325,30 @@ def write_markdown(rep, path):
               f"bound per layer " + ", ".join(
                   f"{l} {v:.4f}" for l, v in rep["bound"].items()) + ".", ""]
   lines += ["Linear (folds) accuracy per layer, mean +- std over folds:", "",
-            "| run / view | " + " | ".join(LAYERS) + " | best | closure (best vs best) | kNN best |",
-            "|---|" + "---|" * (len(LAYERS) + 3)]
+            "| run / view | " + " | ".join(LAYERS) + " | best | closure (best vs best) |",
+            "|---|" + "---|" * (len(LAYERS) + 2)]
   for name, row in rep["rows"].items():
     cells = [f"{row['linear'][l][0]:.4f} +- {row['linear'][l][1]:.4f}"
              if l in row["linear"] else "" for l in LAYERS]
-    knn = max((v[0] for v in row["knn"].values()), default=float("nan"))
     clo = row.get("closure_best_vs_best")
     lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['best_layer']} "
-                 f"{row['best']:.4f} | {'' if clo is None else f'{clo:.2f}'} | {knn:.4f} |")
+                 f"{row['best']:.4f} | {'' if clo is None else f'{clo:.2f}'} |")
+  lines += ["", "Linear accuracy minus ours_as_trained's, paired over the same "
+            "folds (mean +- std over folds):", "",
+            "| run / view | " + " | ".join(LAYERS) + " |",
+            "|---|" + "---|" * len(LAYERS)]
+  for name, row in rep["rows"].items():
+    if "minus_ours" in row:
+      lines.append(f"| {name} | " + " | ".join(
+          f"{row['minus_ours'][l][0]:+.4f} +- {row['minus_ours'][l][1]:.4f}"
+          for l in LAYERS) + " |")
+  lines += ["", "kNN (folds) accuracy per layer:", "",
+            "| run / view | " + " | ".join(LAYERS) + " |",
+            "|---|" + "---|" * len(LAYERS)]
+  for name, row in rep["rows"].items():
+    lines.append(f"| {name} | " + " | ".join(
+        f"{row['knn'][l][0]:.4f} +- {row['knn'][l][1]:.4f}" if l in row["knn"]
+        else "" for l in LAYERS) + " |")
   lines += ["", "Seconds per evaluation: " + ", ".join(
       f"{n} {r['seconds']}" for n, r in rep["rows"].items()) + "."]
   with open(path, "w") as f:
