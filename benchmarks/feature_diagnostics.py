@@ -39,29 +39,36 @@ from absl import app, flags
 from benchmarks.machine import isa_tag, machine
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Pretraining workdir (phase 2 done).")
-flags.DEFINE_string("root", "/tmp/as_diagnostics", "Where evaluations go.")
-flags.DEFINE_string("report", "results/feature_diagnostics_fashion_mnist",
-                    "Report path without extension (.json and .md).")
-flags.DEFINE_string("eval_config", "configs/eval/fashion_mnist_folds.py:folds_only",
-                    "Evaluation config (folds protocol).")
 VIEWS = ("as_trained", "pre_activation", "bn_raw", "autoencoded")
-flags.DEFINE_list("views", list(VIEWS), "Views of the workdir's discriminator.")
-flags.DEFINE_list("random_views", list(VIEWS), "Views of the random-init "
-                  "discriminator (empty: none, e.g. for a second run of the "
-                  "same architecture).")
-flags.DEFINE_list("steps", [], "Adversarial steps of earlier checkpoints to "
-                  "evaluate (as_trained).")
-flags.DEFINE_integer("random_seed", 0, "Seed of the random-init discriminator.")
-flags.DEFINE_integer("recalibrate_images", 10000,
-                     "Raw training images for the bn_raw view.")
-flags.DEFINE_string("bound_report", "results/quality_fashion_mnist.json",
-                    "Quality report whose bound and random rows give closures.")
-flags.DEFINE_string("label", "", "What the workdir's run is, for the report.")
-flags.DEFINE_multi_string("also", [], "name=workdir: another pretraining run "
-                          "(e.g. a variation of the recipe) whose discriminator "
-                          "is evaluated as trained, row <name>_as_trained.")
-flags.mark_flag_as_required("workdir")
+
+
+def define_flags():
+  """The command-line flags, defined only when run as a program: the
+  functions here are imported by tests beside other benchmarks whose flags
+  share names (--root, --report)."""
+  flags.DEFINE_string("workdir", None, "Pretraining workdir (phase 2 done).")
+  flags.DEFINE_string("root", "/tmp/as_diagnostics", "Where evaluations go.")
+  flags.DEFINE_string("report", "results/feature_diagnostics_fashion_mnist",
+                      "Report path without extension (.json and .md).")
+  flags.DEFINE_string("eval_config", "configs/eval/fashion_mnist_folds.py:folds_only",
+                      "Evaluation config (folds protocol).")
+  flags.DEFINE_list("views", list(VIEWS), "Views of the workdir's discriminator.")
+  flags.DEFINE_list("random_views", list(VIEWS), "Views of the random-init "
+                    "discriminator (empty: none, e.g. for a second run of the "
+                    "same architecture).")
+  flags.DEFINE_list("steps", [], "Adversarial steps of earlier checkpoints to "
+                    "evaluate (as_trained).")
+  flags.DEFINE_integer("random_seed", 0, "Seed of the random-init discriminator.")
+  flags.DEFINE_integer("recalibrate_images", 10000,
+                       "Raw training images for the bn_raw view.")
+  flags.DEFINE_string("bound_report", "results/quality_fashion_mnist.json",
+                      "Quality report whose bound and random rows give closures.")
+  flags.DEFINE_string("label", "", "What the workdir's run is, for the report.")
+  flags.DEFINE_multi_string("also", [], "name=workdir: another pretraining run "
+                            "(e.g. a variation of the recipe) whose discriminator "
+                            "is evaluated as trained, row <name>_as_trained.")
+  flags.mark_flag_as_required("workdir")
+
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
@@ -370,4 +377,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

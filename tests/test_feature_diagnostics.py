@@ -22,6 +22,9 @@ def _tiny_disc(seed=0):
 
 def test_pre_activation_is_the_features_before_the_leaky_relu():
   import tensorflow as tf
+  # Imported beside another benchmark that defines --root and --report, as
+  # in one pytest process: the diagnostics' flags must not clash with them.
+  from benchmarks import quality  # noqa: F401  pylint: disable=unused-import
   from benchmarks import feature_diagnostics as fd
   disc = _tiny_disc()
   x = tf.random.stateless_uniform((4, 16, 16, 1), (1, 2), -1, 1)
