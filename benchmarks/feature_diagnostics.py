@@ -305,7 +305,8 @@ def run_words(c):
           f"{s.get('lr')}, R lr {s.get('repair_lr')}, drop rate "
           f"{s.get('drop_rate')}, pp `{c.get('pp')}`, precision "
           f"{c.get('train', {}).get('precision')}"
-          + (f", trained in {c['wall_seconds']} s" if "wall_seconds" in c else ""))
+          + (f", adversarial phase {c['wall_seconds']} s of wall time"
+             if "wall_seconds" in c else ""))
 
 
 def write_markdown(rep, path):
