@@ -166,7 +166,7 @@ def discriminator_at(workdir, step):
 def make_extractor(model, view, eval_config):
   """model: 'ours' | 'random' | 'ours@<step>' -> an evaluation Extractor."""
   from artifact_spotting import loading  # pylint: disable=g-import-not-at-top
-  from artifact_spotting.evaluation.features import Extractor  # pylint: disable=g-import-not-at-top
+  from artifact_spotting.evaluation.features import Extractor, discriminator_extractor  # pylint: disable=g-import-not-at-top
   dims = eval_config.pooled_dims
   if model == "random":
     disc = loading.new_discriminator(loading.workdir_config(FLAGS.workdir),
@@ -176,15 +176,16 @@ def make_extractor(model, view, eval_config):
   else:
     step = int(model.split("@")[1]) if "@" in model else None
     disc = discriminator_at(FLAGS.workdir, step)
-  keep = [disc]
-  if view == "as_trained":
-    fn = lambda x: _pool(disc.features(x, training=False), dims)
-  elif view == "pre_activation":
-    fn = lambda x: _pool(pre_activation_features(disc, x), dims)
-  elif view == "bn_raw":
+  name = f"{model}/{view}"
+  if view == "as_trained":  # exactly trainers.linear_eval's extractor
+    return discriminator_extractor(disc, dims, name)
+  if view == "bn_raw":
     recalibrate_batch_norm(disc, raw_training_images(eval_config,
                                                      FLAGS.recalibrate_images))
-    fn = lambda x: _pool(disc.features(x, training=False), dims)
+    return discriminator_extractor(disc, dims, name)
+  keep = [disc]
+  if view == "pre_activation":
+    fn = lambda x: _pool(pre_activation_features(disc, x), dims)
   elif view == "autoencoded":
     _, restored = loading.spotter(FLAGS.workdir)
     spotter = restored.model
@@ -194,7 +195,7 @@ def make_extractor(model, view, eval_config):
                                        training=False), dims)
   else:
     raise ValueError(f"view {view!r} is unknown")
-  return Extractor(f"{model}/{view}", LAYERS, fn, keep=keep)
+  return Extractor(name, LAYERS, fn, keep=keep)
 
 
 def evaluations():
@@ -211,6 +212,7 @@ def evaluations():
 
 
 def evaluate_all(eval_config):
+  from artifact_spotting import workdir  # pylint: disable=g-import-not-at-top
   from artifact_spotting.evaluation import protocol  # pylint: disable=g-import-not-at-top
   os.makedirs(FLAGS.root, exist_ok=True)
   results = {}
@@ -224,9 +226,7 @@ def evaluate_all(eval_config):
       r = protocol.evaluate(eval_config, make_extractor(model, view, eval_config),
                             log=lambda m: log("  " + m))
       r["seconds"] = time.time() - t0
-      with open(path + ".tmp", "w") as f:
-        json.dump(r, f)
-      os.replace(path + ".tmp", path)
+      workdir.atomic_write(path, json.dumps(r))
     with open(path) as f:
       results[name] = json.load(f)
   return results
