@@ -309,6 +309,17 @@ def run_words(c):
              if "wall_seconds" in c else ""))
 
 
+def _pm(value, fmt=".4f"):
+  """(mean, std) -> 'mean +- std'; None -> an empty cell."""
+  return "" if value is None else f"{value[0]:{fmt}} +- {value[1]:.4f}"
+
+
+def _md_table(head, rows):
+  """Markdown lines of a table: the head's cells, then one line per row."""
+  return (["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+          + ["| " + " | ".join(r) + " |" for r in rows])
+
+
 def write_markdown(rep, path):
   m = rep["machine"]
   lines = [
@@ -332,33 +343,26 @@ def write_markdown(rep, path):
               f"({rep['bound_report_date']}; same evaluation and architecture), "
               f"bound per layer " + ", ".join(
                   f"{l} {v:.4f}" for l, v in rep["bound"].items()) + ".", ""]
-  lines += ["Linear (folds) accuracy per layer, mean +- std over folds:", "",
-            "| run / view | " + " | ".join(LAYERS) + " | best | closure (best vs best) |",
-            "|---|" + "---|" * (len(LAYERS) + 2)]
-  for name, row in rep["rows"].items():
-    cells = [f"{row['linear'][l][0]:.4f} +- {row['linear'][l][1]:.4f}"
-             if l in row["linear"] else "" for l in LAYERS]
-    clo = row.get("closure_best_vs_best")
-    lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['best_layer']} "
-                 f"{row['best']:.4f} | {'' if clo is None else f'{clo:.2f}'} |")
+  rows = rep["rows"]
+  lines += ["Linear (folds) accuracy per layer, mean +- std over folds:", ""]
+  lines += _md_table(
+      ("run / view",) + LAYERS + ("best", "closure (best vs best)"),
+      [[name] + [_pm(row["linear"].get(l)) for l in LAYERS]
+       + [f"{row['best_layer']} {row['best']:.4f}",
+          "" if row.get("closure_best_vs_best") is None
+          else f"{row['closure_best_vs_best']:.2f}"]
+       for name, row in rows.items()])
   lines += ["", "Linear accuracy minus ours_as_trained's, paired over the same "
-            "folds (mean +- std over folds):", "",
-            "| run / view | " + " | ".join(LAYERS) + " |",
-            "|---|" + "---|" * len(LAYERS)]
-  for name, row in rep["rows"].items():
-    if "minus_ours" in row:
-      lines.append(f"| {name} | " + " | ".join(
-          f"{row['minus_ours'][l][0]:+.4f} +- {row['minus_ours'][l][1]:.4f}"
-          for l in LAYERS) + " |")
-  lines += ["", "kNN (folds) accuracy per layer:", "",
-            "| run / view | " + " | ".join(LAYERS) + " |",
-            "|---|" + "---|" * len(LAYERS)]
-  for name, row in rep["rows"].items():
-    lines.append(f"| {name} | " + " | ".join(
-        f"{row['knn'][l][0]:.4f} +- {row['knn'][l][1]:.4f}" if l in row["knn"]
-        else "" for l in LAYERS) + " |")
+            "folds (mean +- std over folds):", ""]
+  lines += _md_table(("run / view",) + LAYERS, [
+      [name] + [_pm(row["minus_ours"][l], "+.4f") for l in LAYERS]
+      for name, row in rows.items() if "minus_ours" in row])
+  lines += ["", "kNN (folds) accuracy per layer:", ""]
+  lines += _md_table(("run / view",) + LAYERS, [
+      [name] + [_pm(row["knn"].get(l)) for l in LAYERS]
+      for name, row in rows.items()])
   lines += ["", "Seconds per evaluation: " + ", ".join(
-      f"{n} {r['seconds']}" for n, r in rep["rows"].items()) + "."]
+      f"{n} {r['seconds']}" for n, r in rows.items()) + "."]
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")
 
