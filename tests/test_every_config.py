@@ -217,3 +217,37 @@ def test_finetune_config_trains_from_an_export(path, root):
   value = result[metric] if metric in result else result[metric + "_mean"]
   assert 0.0 <= value <= 1.0
   assert glob.glob(os.path.join(workdir, "**", "final.keras"), recursive=True)
+
+
+def test_fashion_mnist_grid8_pretrains_and_its_bound_trains(root):
+  """``configs/fashion_mnist.py:grid=8`` (no pool after conv3: conv3-conv5 on
+  8x8, an 8x8 mask grid), the stack of docs/results.md's depth-and-pooling
+  report: both phases through trainers.pretrain, and its supervised bound
+  through trainers.finetune from random weights, as benchmarks.quality runs
+  them."""
+  import tensorflow as tf
+  from artifact_spotting import loading
+  path = "configs/fashion_mnist.py"
+  config = _load(path, "smoke,grid=8")
+  flags, uses_tfds = _data_flags(config.dataset, root)
+  workdir = os.path.join(root, "pretrain_fashion_mnist_grid8")
+  _run("trainers.pretrain", [f"--config={path}:smoke,grid=8",
+                             f"--workdir={workdir}"] + flags, uses_tfds)
+  with open(os.path.join(workdir, "train_summary.json")) as f:
+    summary = json.load(f)
+  assert summary["spotter"]["steps"] == config.spotter.steps
+  feats = loading.discriminator(workdir).features(tf.zeros([1, 32, 32, 1]))
+  assert [tuple(feats[l].shape[1:3]) for l in ("conv2", "conv3", "conv4", "conv5")
+          ] == [(16, 16), (8, 8), (8, 8), (8, 8)]
+
+  finetune = "configs/finetune/fashion_mnist.py"
+  ft_flags, ft_tfds = _data_flags(_load(finetune).dataset, root)
+  bound = os.path.join(root, "supervised_grid8")
+  _run("trainers.finetune", [f"--config={finetune}:supervised,smoke",
+                             f"--init=random:{path}:grid=8",
+                             f"--workdir={bound}"] + ft_flags, ft_tfds)
+  with open(os.path.join(bound, "finetune_results.json")) as f:
+    result = json.load(f)
+  assert 1 <= result["selected_epoch"] <= result["epochs_run"]
+  assert 0.0 <= result["eval_accuracy"] <= 1.0
+  assert os.path.exists(os.path.join(bound, "best.keras"))
