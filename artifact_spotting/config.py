@@ -43,6 +43,7 @@ PATH_FIELDS = ("dataset.path", "dataset.data_dir", "dataset.manual_dir",
 ABLATIONS: Dict[str, Dict[str, Any]] = {
     "full": {},
     "a": {"spotter.real_input": "raw"},                 # input image as real
+    "baseline": {"spotter.drop_rate": 0.5},             # the paper's baseline
     "b": {"spotter.repair_placement": "local"},         # local repair
     "c": {"spotter.drop_rate": 0.1},
     "d": {"spotter.drop_rate": 0.3},
@@ -148,7 +149,7 @@ def base_config() -> ml_collections.ConfigDict:
       init_from="",
   ))
   c.spotter = ml_collections.ConfigDict(dict(
-      drop_rate=0.7, fill="average",
+      drop_rate=0.7, fill="blur",
       repair=True, gated=True, repair_placement="distributed", repair_hidden=0,
       fakes="repair", real_input="autoencoded", noise_dim=128,
       history_size=1024, history_fraction=0.5,
@@ -274,7 +275,8 @@ def check_ranges(config):
   need(ae + "l2_weight", real(lambda v: v >= 0), ">= 0")
   sp = "spotter."
   need(sp + "drop_rate", real(lambda v: 0 <= v < 1), "in [0, 1)")
-  need(sp + "fill", lambda v: v in ("zeros", "average"), "'zeros' or 'average'")
+  need(sp + "fill", lambda v: v in ("blur", "average", "zeros"),
+       "'blur' (the paper's), 'average' or 'zeros'")
   need(sp + "repair_placement", lambda v: v in ("distributed", "local"),
        "'distributed' or 'local'")
   need(sp + "repair_hidden", whole(0), "an integer >= 0 (0: the block's width)")

@@ -109,6 +109,8 @@ class PlainSpotter(keras.Model):
     phi = keras.Input((g, g, width))
     keep = keras.Input((g, g, 1))
     kept = phi * keep
+    if sp.fill == "blur":  # the 3x3 average of the clean features
+      kept = kept + (1.0 - keep) * layers.AveragePooling2D(3, 1, padding="same")(phi)
     if sp.fill == "average":  # the mean of the kept cells of the 3x3 neighbourhood
       avg = lambda t: layers.AveragePooling2D(3, 1, padding="same")(t) * 9.0
       kept = kept + (1.0 - keep) * avg(kept) / ops.maximum(avg(keep), 1.0)

@@ -198,6 +198,19 @@ def test_damage_fill_modes():
     w = k[b, i0:i1, j0:j1, 0]
     expect = (p[b, i0:i1, j0:j1] * w[..., None]).sum((0, 1)) / max(w.sum(), 1)
     np.testing.assert_allclose(avg[b, i, j], expect, rtol=1e-5, atol=1e-6)
+  # The paper's damage: a dropped cell is the 3x3 average of the clean
+  # features, its own included (border cells average the cells inside).
+  blur = Damage("blur")(phi, keep).numpy()
+  for b, i, j in zip(*np.nonzero(k[..., 0] == 0)):
+    i0, i1, j0, j1 = max(i - 1, 0), min(i + 2, 4), max(j - 1, 0), min(j + 2, 4)
+    np.testing.assert_allclose(blur[b, i, j], p[b, i0:i1, j0:j1].mean((0, 1)),
+                               rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(blur * k, p * k)
+  # Unlike "average", an isolated dropped cell keeps its own content.
+  one = np.ones([1, 4, 4, 1], np.float32)
+  one[0, 1, 1, 0] = 0
+  ramp = np.arange(16, dtype=np.float32).reshape([1, 4, 4, 1])
+  assert Damage("blur")(ramp, one).numpy()[0, 1, 1, 0] == ramp[0, :3, :3].mean()
   with pytest.raises(ValueError, match="fill"):
     Damage("noise")
 

@@ -380,7 +380,7 @@ def test_half_written_config_json_is_refused_not_overwritten(trained, tmp_path):
     ("spotter.drop_rate", 1.0, r"config.spotter.drop_rate=1.0 must be in \[0, 1\)"),
     ("spotter.history_fraction", 1.5, r"history_fraction=1.5 must be in \[0, 1\]"),
     ("spotter.history_size", -1, "config.spotter.history_size=-1"),
-    ("spotter.fill", "mean", "config.spotter.fill='mean' must be 'zeros' or 'average'"),
+    ("spotter.fill", "mean", "config.spotter.fill='mean' must be 'blur' \\(the paper's\\), 'average' or 'zeros'"),
     ("autoencoder.widths", (8, 0), r"config.autoencoder.widths=\(8, 0\)"),
     ("autoencoder.stem_filters", 0, "config.autoencoder.stem_filters=0"),
     ("discriminator.fc_units", 0, "config.discriminator.fc_units=0"),

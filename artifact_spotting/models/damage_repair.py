@@ -8,7 +8,7 @@ from keras import layers, ops
 
 from artifact_spotting.models.blocks import PACKAGE, Conv2D, ConvBlock
 
-FILL_MODES = ("zeros", "average")
+FILL_MODES = ("blur", "average", "zeros")
 
 
 def sample_keep_mask(seed, batch_size, grid, drop_rate, offset=0,
@@ -42,12 +42,16 @@ def upsample_mask(mask, size):
 
 @keras.saving.register_keras_serializable(PACKAGE)
 class Damage(layers.Layer):
-  """Drops the feature vector of every cell where keep_mask == 0.
+  """Replaces the feature vector of every cell where keep_mask == 0.
 
-  fill="zeros": dropped cells become 0 (the paper).
-  fill="average": dropped cells become the mean of the *kept* cells in their
-  3x3 neighbourhood (the released code fills with a 3x3 average; averaging
-  only kept cells keeps the dropped content from leaking back in).
+  fill="blur" (the paper's damage, and the released code's
+  ``pixel_dropout_avg``): ``keep * phi + (1 - keep) * avg3x3(phi)``, the 3x3
+  box average of the *clean* features, the dropped cell's own included, so a
+  dropped cell becomes a local blur of its content and its neighbours'.
+  fill="average": the mean of the *kept* cells of the 3x3 neighbourhood
+  (zeros where none is kept): the cell's own content is deleted.
+  fill="zeros": dropped cells become 0 (a hole).
+  The 3x3 averages leave out cells beyond the grid's border.
   """
 
   def __init__(self, fill: str, **kwargs):
@@ -61,6 +65,8 @@ class Damage(layers.Layer):
     kept = phi * keep_mask
     if self.fill == "zeros":
       return kept
+    if self.fill == "blur":
+      return kept + (1.0 - keep_mask) * ops.average_pool(phi, 3, 1, padding="same")
     total = ops.average_pool(kept, 3, 1, padding="same") * 9.0
     count = ops.average_pool(keep_mask, 3, 1, padding="same") * 9.0
     average = total / ops.maximum(count, 1.0)
