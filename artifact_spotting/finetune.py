@@ -55,8 +55,30 @@ def build_classifier(backbone: keras.Model, num_classes: int, freeze_up_to: str,
   return keras.Model(inputs, logits, name="finetune")
 
 
+TASKS = ("labels", "rotation")
+ROTATIONS = 4
+
+
 def _supervised(ds):
   return ds.map(lambda ex: (ex["image"], ex["label"]))
+
+
+def rotations(images):
+  """(images, labels) for rotation prediction (RotNet, Gidaris et al. 2018):
+  every image of the batch in each of the four rotations by k * 90 degrees
+  (counter-clockwise), labelled k; the batch grows four-fold, k-major."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rotated = [tf.image.rot90(images, k) for k in range(ROTATIONS)]
+  n = tf.shape(images)[0]
+  labels = tf.repeat(tf.range(ROTATIONS, dtype=tf.int64), n)
+  return tf.concat(rotated, 0), labels
+
+
+def _examples(ds, task):
+  """A batched dataset of examples as (inputs, targets) for ``task``."""
+  if task == "rotation":
+    return ds.map(lambda ex: rotations(ex["image"]))
+  return _supervised(ds)
 
 
 @keras.saving.register_keras_serializable("artifact_spotting")
@@ -142,6 +164,7 @@ def validate_finetune_config(config):
   fold = config.get("fold", "")
   evaluation.check_fields(config, [
       ("seed", whole(0), "an integer >= 0"),
+      ("task", lambda v: v in TASKS, f"one of {TASKS}"),
       ("channels", lambda v: v in (1, 3), "1 or 3"),
       ("num_classes", whole(2), "an integer >= 2"),
       ("multilabel", lambda v: isinstance(v, bool), "True or False"),
@@ -161,6 +184,12 @@ def validate_finetune_config(config):
       ("early_stopping_patience", whole(0), "an integer >= 0 (0: off)"),
       ("dataset.shuffle_buffer", whole(1), positive),
   ])
+  if config.get("task", "labels") == "rotation" and (config.num_classes != ROTATIONS
+                                    or config.multilabel):
+    raise ValueError(f"config.task='rotation' predicts one of {ROTATIONS} "
+                     f"rotations: it needs config.num_classes={ROTATIONS} and "
+                     f"config.multilabel=False (got {config.num_classes}, "
+                     f"{config.multilabel})")
   if config.early_stopping_patience and not config.validation_size:
     raise ValueError(
         f"config.early_stopping_patience={config.early_stopping_patience} "
@@ -212,7 +241,7 @@ def training_sources(config, fold_indices=None):
   pick = fold_indices is not None or size > 0
   src = pipeline.open_source(config.dataset, config.channels,
                              split=config.dataset.train_split, training=not pick)
-  if not src.has_label:
+  if not src.has_label and config.get("task", "labels") == "labels":
     raise ValueError(f"config.dataset {config.dataset.name}:"
                      f"{config.dataset.train_split} has no labels to fine-tune on")
   if not pick:
@@ -247,16 +276,17 @@ def finetune_one(config, init: str, workdir: str, fold_indices=None):
   # Only once the backbone and the data are known good: a bad --init or a
   # missing dataset leaves no workdir behind.
   os.makedirs(workdir, exist_ok=True)
-  train = _supervised(pipeline.make_dataset(
+  task = config.get("task", "labels")
+  train = _examples(pipeline.make_dataset(
       train_src, config.pp_train, config.batch_size, training=True,
       shuffle_buffer=config.dataset.shuffle_buffer, seed=config.seed,
-      repeat=bool(config.steps_per_epoch)))
-  test = _supervised(pipeline.make_dataset(
+      repeat=bool(config.steps_per_epoch)), task)
+  test = _examples(pipeline.make_dataset(
       eval_src, config.pp_eval, config.batch_size, training=False,
-      drop_remainder=False))
-  validation = None if val_src is None else _supervised(pipeline.make_dataset(
+      drop_remainder=False), task)
+  validation = None if val_src is None else _examples(pipeline.make_dataset(
       val_src, config.pp_eval, config.batch_size, training=False,
-      drop_remainder=False))
+      drop_remainder=False), task)
   if multilabel:
     model.compile(optimizer=keras.optimizers.Adam(config.lr),
                   loss=masked_binary_crossentropy)
@@ -279,7 +309,7 @@ def finetune_one(config, init: str, workdir: str, fold_indices=None):
                       steps_per_epoch=config.steps_per_epoch or None,
                       callbacks=callbacks, verbose=2)
   model.save(os.path.join(workdir, "final.keras"))
-  result = {"init": init, "freeze_up_to": config.freeze_up_to,
+  result = {"init": init, "task": task, "freeze_up_to": config.freeze_up_to,
             "eval_split": config.dataset.eval_split,
             "epochs_run": len(history.history["loss"])}
   if chooser is not None:

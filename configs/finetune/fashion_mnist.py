@@ -11,6 +11,19 @@ training (a seeded draw; never the test split), with early stopping after
 ``early_stopping_patience`` epochs without improvement; the test split is
 scored once, on the chosen epoch's model (``best.keras``).
 
+``:rotnet`` is the peer pretext task: RotNet (Gidaris et al., 2018), the
+same discriminator trained from scratch to tell which of four rotations
+(0, 90, 180, 270 degrees) each training image is shown in, with the
+pretraining config's preprocessing and as many images as
+``configs/fashion_mnist.py``'s adversarial phase sees (``:steps=N`` batches
+of 64 images, default 1500, each shown in all four rotations); no epoch is
+chosen, the last one is the result, evaluated like any backbone:
+
+  python -m trainers.finetune --config=configs/finetune/fashion_mnist.py:rotnet \
+      --init=random:configs/fashion_mnist.py --workdir=/tmp/as_rotnet
+  python -m trainers.linear_eval --features=keras \
+      --keras_file=/tmp/as_rotnet/final.keras --config=configs/eval/fashion_mnist_folds.py
+
 ``:supervised`` trains the whole discriminator from scratch on the other
 55,000 labelled images until the held-out accuracy stops improving (at most
 ``:epochs=N``, default 60; the upper bound of benchmarks/quality.py):
@@ -27,10 +40,11 @@ from configs import datasets
 
 def get_config(arg: str = ""):
   args = config_lib.parse_arg(arg)
-  config_lib.check_args(args, ("supervised", "epochs", "smoke"),
+  config_lib.check_args(args, ("supervised", "rotnet", "epochs", "steps", "smoke"),
                         "configs/finetune/fashion_mnist.py")
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.task = "labels"              # "labels" | "rotation" (RotNet: 4 classes)
   c.dataset = datasets.fashion_mnist(train_split="train", eval_split="test")
   c.channels = 1
   c.num_classes = 10
@@ -51,9 +65,26 @@ def get_config(arg: str = ""):
     c.freeze_up_to = "none"
     c.epochs = int(args.get("epochs", 60))
     c.early_stopping_patience = 4
+  if args.get("supervised") and args.get("rotnet"):
+    raise ValueError("configs/finetune/fashion_mnist.py: supervised and rotnet "
+                     "are two different trainings; pick one")
+  if "steps" in args and not args.get("rotnet"):
+    raise ValueError("configs/finetune/fashion_mnist.py: steps= applies to "
+                     "rotnet only")
+  if args.get("rotnet"):
+    # Images seen as in configs/fashion_mnist.py's adversarial phase (steps
+    # x 64), with its preprocessing and its players' Adam learning rate.
+    steps = args.get("steps", 1500)
+    if not (isinstance(steps, int) and steps > 0 and steps % 100 == 0):
+      raise ValueError(f"configs/finetune/fashion_mnist.py: steps={steps!r} "
+                       f"must be a positive multiple of 100 (epochs of 100 steps)")
+    c.task, c.num_classes, c.freeze_up_to = "rotation", 4, "none"
+    c.batch_size, c.lr = 64, 1e-3
+    c.epochs, c.steps_per_epoch = steps // 100, 100
+    c.validation_size, c.early_stopping_patience = 0, 0
   if args.get("smoke"):
     c.epochs, c.steps_per_epoch, c.batch_size = 2, 5, 32
-    c.validation_size = 16
+    c.validation_size = 16 if c.validation_size else 0
   return c
 
 
