@@ -75,8 +75,10 @@ flags.DEFINE_integer("supervised_max_epochs", 60, "Most epochs of the "
                      "5,000 held-out training images has not improved for 4 "
                      "epochs, and the best such epoch is the bound "
                      "(configs/finetune/fashion_mnist.py:supervised).")
-flags.DEFINE_integer("full_epochs", 1, "Epochs of the full-label probe.")
-flags.DEFINE_string("stages", "pretrain,ours,supervised,evaluate,report",
+flags.DEFINE_bool("peer", True, "Train and evaluate the peer pretext task, "
+                  "RotNet (configs/finetune/fashion_mnist.py:rotnet): the same "
+                  "discriminator, preprocessing and number of images as ours.")
+flags.DEFINE_string("stages", "pretrain,ours,peer,supervised,evaluate,report",
                     "Comma-separated stages to run.")
 
 CONFIG = "configs/fashion_mnist.py"
@@ -193,6 +195,26 @@ def stage_ours(root):
        ("train.checkpoint_every", 100)], FLAGS.override), wd, root)
 
 
+def ours_steps():
+  return max(FLAGS.ours_steps, FLAGS.spotter_steps)
+
+
+def peer_dir(root):
+  return os.path.join(root, "rotnet")
+
+
+def stage_peer(root):
+  """RotNet from scratch on the same discriminator, shown as many images as
+  ours (ours' adversarial steps x 64, each image in its four rotations)."""
+  if not FLAGS.peer:
+    return
+  wd = peer_dir(root)
+  train_once("rotnet", [
+      sys.executable, "-m", "trainers.finetune",
+      f"--config=configs/finetune/fashion_mnist.py:rotnet,steps={ours_steps()}",
+      f"--init=random:{config_spec()}", f"--workdir={wd}"], wd, root)
+
+
 def stage_supervised(root):
   wd = os.path.join(root, "supervised")
   train_once("supervised", [
@@ -227,6 +249,10 @@ def models(root):
                          f"--workdir={autoencoder_dir(root)}"], "",
                         done_marker(autoencoder_dir(root)))
   out["pixels"] = (["--features=pixels"], "", None)
+  if FLAGS.peer:
+    out["rotnet"] = (["--features=keras",
+                      f"--keras_file={os.path.join(peer_dir(root), 'final.keras')}"],
+                     "", done_marker(peer_dir(root)))
   # The epoch chosen on held-out training images (never the test split).
   keras_file = os.path.join(root, "supervised", "best.keras")
   out["supervised"] = (["--features=keras", f"--keras_file={keras_file}"], "",
@@ -256,8 +282,8 @@ def stage_evaluate(root):
       continue
     run_logged(f"eval_{name}", [
         sys.executable, "-m", "trainers.linear_eval",
-        f"--config={EVAL_CONFIG}{arg}", f"--output={os.path.dirname(path)}",
-        f"--config.full.epochs={FLAGS.full_epochs}"] + flags_, root)
+        f"--config={EVAL_CONFIG}{arg}", f"--output={os.path.dirname(path)}"]
+        + flags_, root)
 
 
 # ------------------------------------------------------------------ report
@@ -387,7 +413,7 @@ def build_report(root):
           "autoencoder_steps": FLAGS.ae_steps,
           "autoencoder_batch": pre["autoencoder"]["batch_size"],
           "spotter_steps": FLAGS.spotter_steps,
-          "ours_spotter_steps": max(FLAGS.ours_steps, FLAGS.spotter_steps),
+          "ours_spotter_steps": ours_steps(),
           "spotter_batch": pre["spotter"]["batch_size"],
           "spotter_lr": pre["spotter"]["lr"],
           "repair_lr": pre["spotter"]["repair_lr"],
@@ -397,7 +423,8 @@ def build_report(root):
           "row_seeds": max(FLAGS.row_seeds, 1),
           "replicated_rows": [r for r in FLAGS.ablations if len(row_seeds(r)) > 1],
           "supervised_max_epochs": FLAGS.supervised_max_epochs,
-          "full_probe_epochs": FLAGS.full_epochs,
+          "full_probe": {k: results["ours"]["full"].get(k) for k in (
+              "max_epochs", "patience", "validation_size", "train_images")},
           "resolution": pre["resolution"],
           "train_seconds": _train_seconds(markers),
       },
@@ -616,7 +643,11 @@ def write_markdown(report, path):
       f"features, penalty chosen on {r['protocol']['validation_size']} training "
       f"images in no fold, tested on {r['protocol']['test_images']} test images; "
       "mean +- std over folds. kNN: cosine, k=20, T=0.07, fold as memory bank. "
-      f"Full: softmax probe on all 60k labels ({b['full_probe_epochs']} epoch(s)).", "",
+      f"Full: softmax probe per layer on {b['full_probe']['train_images']} "
+      f"labelled training images, its epoch chosen on "
+      f"{b['full_probe']['validation_size']} held out (early stopping, "
+      f"patience {b['full_probe']['patience']}, at most "
+      f"{b['full_probe']['max_epochs']} epochs).", "",
       "## Targets", "",
       f"- closure, best layer against best layer: (best of ours - best of "
       f"random) / (best of supervised - best of random) = "
@@ -798,6 +829,8 @@ def main(argv):
     stage_pretrain(FLAGS.root)
   if "pretrain" in stages or "ours" in stages:
     stage_ours(FLAGS.root)
+  if "peer" in stages:
+    stage_peer(FLAGS.root)
   if "supervised" in stages:
     stage_supervised(FLAGS.root)
   if "evaluate" in stages:

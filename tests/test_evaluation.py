@@ -289,8 +289,7 @@ def _eval_flags(idx_dir):
   return ["--config=configs/eval/fashion_mnist_folds.py:smoke",
           f"--config.dataset.path={idx_dir}", "--config.dataset.auto_install=False",
           "--config.dataset.tfds_fallback=False",
-          "--config.pp_eval=resize(16)|value_range(-1, 1)",
-          "--config.pp_train=resize(16)|value_range(-1, 1)"]
+          "--config.pp_eval=resize(16)|value_range(-1, 1)"]
 
 
 def test_linear_eval_binary_writes_per_layer_results(idx_dir, tmp_path):
@@ -306,7 +305,13 @@ def test_linear_eval_binary_writes_per_layer_results(idx_dir, tmp_path):
     assert len(folds["linear"]["per_fold"]) == 2 and len(folds["knn"]["per_fold"]) == 2
     assert 0.0 <= folds["linear"]["mean"] <= 1.0
     assert folds["linear"]["mean"] == pytest.approx(np.mean(folds["linear"]["per_fold"]))
-    assert 0.0 <= res["full"]["accuracy"][layer] <= 1.0
+    full = res["full"]
+    scores = full["validation_accuracy"][layer]
+    # The kept epoch is the best held-out one; it stops at max_epochs or
+    # one epoch (patience 1) after the best.
+    assert full["selected_epoch"][layer] == 1 + int(np.argmax(scores))
+    assert len(scores) == 3 or len(scores) == full["selected_epoch"][layer] + 1
+  assert (res["full"]["train_images"], res["full"]["validation_size"]) == (224, 32)
   assert res["folds_setup"] == {"num_folds": 2, "fold_size": 30,
                                 "validation_size": 20, "test_images": 64}
   assert any(p.name.startswith("events") for p in (out / "tensorboard").iterdir())
@@ -517,7 +522,9 @@ def _eval_config():
     ("folds.kind", "nope", "config.folds.kind='nope'"),
     ("ridge_penalties", (1.0, 0.0), "config.ridge_penalties=(1.0, 0.0)"),
     ("ridge_penalties", (), "config.ridge_penalties=()"),
-    ("full.epochs", 0, "config.full.epochs=0"),
+    ("full.max_epochs", 0, "config.full.max_epochs=0"),
+    ("full.patience", -1, "config.full.patience=-1"),
+    ("full.validation_size", 0, "config.full.validation_size=0"),
     ("full.batch_size", 0, "config.full.batch_size=0"),
     ("full.lr", float("inf"), "config.full.lr=inf"),
     ("full.weight_decay", -1.0, "config.full.weight_decay=-1.0"),
@@ -525,7 +532,6 @@ def _eval_config():
     ("max_test_images", -1, "config.max_test_images=-1"),
     ("protocols", ("folds", "nope"), "config.protocols="),
     ("pp_eval", "resize(-1)", "config.pp_eval='resize(-1)'"),
-    ("pp_train", "resize(16)|to_rgb", "config.pp_train="),
 ])
 def test_eval_config_fields_are_range_checked(field, value, needle):
   c = _eval_config()
@@ -611,3 +617,32 @@ def test_eval_and_finetune_binaries_reject_bad_fields_in_one_line(idx_dir, tmp_p
             "--config.batch_size=0"])
   _one_error_line(r, "config.batch_size=0 must be an integer >= 1")
   assert not ft.exists()
+
+
+# ------------------------------------------------ the full-label probe
+def test_full_probe_chooses_the_epoch_on_held_out_images_and_stops():
+  from artifact_spotting.evaluation import probe
+  train, held = probe.held_out_split(100, 20, seed=3)
+  assert len(train) == 80 and len(held) == 20 and not set(train) & set(held)
+  np.testing.assert_array_equal(np.sort(np.concatenate([train, held])), np.arange(100))
+  with pytest.raises(ValueError, match="validation_size=100"):
+    probe.held_out_split(100, 100, seed=0)
+  # Two Gaussian classes: held-out accuracy climbs from the first epoch.
+  rng = np.random.default_rng(0)
+  centers = rng.normal(size=(2, 16)).astype(np.float32)
+  def data(n):
+    y = rng.integers(0, 2, n)
+    return (centers[y] + 1.5 * rng.normal(size=(n, 16))).astype(np.float16), y
+  x, y = data(2000)
+  xv, yv = data(500)
+  xt, yt = data(500)
+  accuracy, scores, kept = probe.train_layer(
+      x, y, xv, yv, 2, max_epochs=40, patience=3, batch_size=64, lr=1e-2,
+      weight_decay=0.0)
+  assert kept == 1 + int(np.argmax(scores))
+  assert len(scores) < 40 and len(scores) == kept + 3   # stopped early
+  assert max(scores) > 0.8
+  # The test split is scored with the kept epoch's weights.
+  assert accuracy(xv, yv) == max(scores)
+  assert accuracy(xt, yt) > 0.8
+

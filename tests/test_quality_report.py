@@ -19,7 +19,9 @@ def _fake_eval(path, layer_means, full=True, std=0.01):
          "folds_setup": {"num_folds": 2, "fold_size": 1000, "validation_size": 50,
                          "test_images": 100}}
   if full:
-    res["full"] = {"accuracy": {l: m + 0.05 for l, m in layer_means.items()}}
+    res["full"] = {"accuracy": {l: m + 0.05 for l, m in layer_means.items()},
+                   "max_epochs": 50, "patience": 5, "validation_size": 5000,
+                   "train_images": 55000}
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w") as f:
     json.dump(res, f)
@@ -40,6 +42,7 @@ def test_quality_report_arithmetic(tmp_path):
              {"stem": .7, "stage1": .75, "stage2": .78, "stage3": .77})
   _fake_eval(quality.eval_path(root, "pixels"), {"pixels": .72})
   _fake_eval(quality.eval_path(root, "supervised"), conv(.75, .85, .90, .92, .93))
+  _fake_eval(quality.eval_path(root, "rotnet"), conv(.70, .79, .82, .80, .78))
   os.makedirs(quality.ablation_dir(root, "full"))
   with open(os.path.join(quality.ablation_dir(root, "full"), "config.json"), "w") as f:
     json.dump({"autoencoder": {"batch_size": 128},
@@ -214,6 +217,7 @@ def test_quality_report_seed_replicates(tmp_path):
     _fake_eval(quality.eval_path(root, "autoencoder"), {"stem": .7})
     _fake_eval(quality.eval_path(root, "pixels"), {"pixels": .72})
     _fake_eval(quality.eval_path(root, "supervised"), conv(.90))
+    _fake_eval(quality.eval_path(root, "rotnet"), conv(.82))
     assert "ablation_a_s1" not in quality.models(root) and "ablation_k_s1" in quality.models(root)
     for name, c3 in [("ablation_k", .76), ("ablation_l", .76), ("ablation_a", .85),
                      ("ablation_full_s1", .83), ("ablation_l_s1", .81)]:

@@ -97,9 +97,10 @@ def make_extractor(kind: str, source: str, pooled_dims: int, seed: int = 0) -> E
 
 
 def extract(extractor: Extractor, source: pipeline.Source, pp: str,
-            indices: Optional[np.ndarray] = None, batch_size: int = 256):
+            indices: Optional[np.ndarray] = None, batch_size: int = 256,
+            dtype=np.float32):
   """Features of the split's images (only ``indices``, in their order, when
-  given) -> ({layer: float32 [N, D]}, labels [N])."""
+  given) -> ({layer: ``dtype`` [N, D]}, labels [N])."""
   ds = source.dataset
   order = None
   if indices is not None:
@@ -114,10 +115,10 @@ def extract(extractor: Extractor, source: pipeline.Source, pp: str,
                                      drop_remainder=False):
     out = extractor(batch["image"])
     for k in extractor.layers:
-      feats[k].append(out[k].numpy())
+      feats[k].append(out[k].numpy().astype(dtype, copy=False))
     if "label" in batch:
       labels.append(batch["label"].numpy())
-  result = {k: np.concatenate(v) for k, v in feats.items()}
+  result = {k: np.concatenate(feats.pop(k)) for k in extractor.layers}
   labels = np.concatenate(labels) if labels else None
   if order is not None:
     result = {k: v[order] for k, v in result.items()}

@@ -1,87 +1,117 @@
-"""Full-label evaluation: one softmax classifier per layer on frozen features."""
+"""Full-label evaluation: one softmax classifier per layer on frozen features,
+trained until its accuracy on held-out training images stops improving.
+
+The features of every training, held-out and test image are computed once
+(``pp_eval``, no augmentation) and kept in memory as float16; each layer's
+classifier (standardised features, one dense layer with an L2 penalty, Adam)
+then trains on them epoch by epoch. After every epoch it is scored on
+``validation_size`` training images held out from its training (a seeded
+draw; never the test split); the epoch with the best held-out accuracy is
+kept, training stops after ``patience`` epochs without improvement (at most
+``max_epochs``), and the test split is scored once, on the kept epoch.
+"""
 
 from __future__ import annotations
 
 from typing import Callable, Dict
 
+import numpy as np
 import tensorflow as tf
 
-from artifact_spotting.data import pipeline
-from artifact_spotting.evaluation.features import Extractor
+from artifact_spotting.evaluation.features import Extractor, extract
 
 
-def full_probe(extractor: Extractor, train_source, test_source, pp_train: str,
-               pp_eval: str, num_classes: int, epochs: int, batch_size: int,
-               lr: float, weight_decay: float, seed: int = 0,
-               log: Callable = print, writer=None) -> Dict:
-  """One softmax classifier per layer on frozen features, all trained in one
-  pass per epoch (the backbone runs once per batch); test accuracy per layer.
+def held_out_split(n: int, size: int, seed: int):
+  """(train, held-out) positions of ``n`` images: ``size`` drawn with
+  ``seed`` are held out, each part in ascending order."""
+  if not 0 < size < n:
+    raise ValueError(f"config.full.validation_size={size} must be between 1 and "
+                     f"{n - 1} (the training images available)")
+  order = np.random.default_rng(seed).permutation(n)
+  return np.sort(order[size:]), np.sort(order[:size])
 
-  A hand-written loop rather than Model.fit on a multi-output model: that
-  port (heads as a keras.Model, stop-gradient features, the same data order
-  and schedule) moved the committed report's full-probe accuracies by up to
-  0.0017 (float32 summation order), so adopting it means re-evaluating every
-  model of a report, not a refactor."""
+
+def train_layer(x_train, y_train, x_val, y_val, num_classes: int, *,
+                max_epochs: int, patience: int, batch_size: int, lr: float,
+                weight_decay: float, seed: int = 0):
+  """One layer's classifier on cached features; returns (predict function of
+  the kept epoch, held-out accuracy per epoch, kept epoch (1-based))."""
   import keras  # pylint: disable=g-import-not-at-top
   keras.utils.set_random_seed(seed)
-  probe = {}
-  for layer in extractor.layers:
-    norm = keras.layers.BatchNormalization(center=False, scale=False,
-                                           name=f"{layer}_norm")
-    dense = keras.layers.Dense(num_classes, name=f"{layer}_linear",
-                               kernel_regularizer=keras.regularizers.L2(weight_decay))
-    probe[layer] = (norm, dense)
-  train = pipeline.make_dataset(train_source, pp_train, batch_size, training=True,
-                                seed=seed, repeat=False)
-  steps_per_epoch = None
-  total = None
-  optimizer = None
-  variables = None
+  x_train = np.asarray(x_train)
+  mean = x_train.mean(0, dtype=np.float64).astype(np.float32)
+  std = x_train.std(0, dtype=np.float64).astype(np.float32) + 1e-6
+  dense = keras.layers.Dense(num_classes)
+  dense.build((None, x_train.shape[1]))
+  optimizer = keras.optimizers.Adam(lr)
+  optimizer.build(dense.trainable_variables)
 
-  def heads(feats, training):
-    return {k: n_d[1](n_d[0](feats[k], training=training))
-            for k, n_d in probe.items()}
+  def logits(x):
+    return dense((tf.cast(x, tf.float32) - mean) / std)
 
-  @tf.function
-  def step(images, labels):
-    feats = extractor._fn(images)  # pylint: disable=protected-access
+  @tf.function(reduce_retracing=True)
+  def step(x, y):
     with tf.GradientTape() as tape:
-      logits = heads(feats, True)
-      losses = {k: tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
-          labels, v, from_logits=True)) for k, v in logits.items()}
-      reg = tf.add_n([tf.add_n(p[1].losses) for p in probe.values()])
-      loss = tf.add_n(list(losses.values())) + reg
-    grads = tape.gradient(loss, variables)
-    optimizer.apply_gradients(zip(grads, variables))
-    return losses
+      loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+          y, logits(x), from_logits=True))
+      loss += weight_decay * tf.reduce_sum(tf.square(dense.kernel))
+    grads = tape.gradient(loss, dense.trainable_variables)
+    optimizer.apply_gradients(zip(grads, dense.trainable_variables))
 
-  history = []
-  for epoch in range(epochs):
-    losses = None
-    for batch in train:
-      if optimizer is None:
-        heads(extractor(batch["image"]), False)  # build the heads
-        variables = [v for n, d in probe.values() for v in d.trainable_variables]
-        steps_per_epoch = steps_per_epoch or sum(1 for _ in train)
-        total = steps_per_epoch * epochs
-        optimizer = keras.optimizers.Adam(
-            keras.optimizers.schedules.CosineDecay(lr, total))
-      losses = step(batch["image"], batch["label"])
-    history.append({k: float(v) for k, v in losses.items()})
-    log(f"  full probe epoch {epoch + 1}/{epochs}: " +
-        " ".join(f"{k}={v:.3f}" for k, v in history[-1].items()))
-  correct = {k: 0 for k in probe}
-  count = 0
-  for batch in pipeline.make_dataset(test_source, pp_eval, batch_size,
-                                     training=False, drop_remainder=False):
-    logits = heads(extractor(batch["image"]), False)
-    for k, v in logits.items():
-      correct[k] += int(tf.reduce_sum(tf.cast(
-          tf.argmax(v, -1) == tf.cast(batch["label"], tf.int64), tf.int32)))
-    count += int(batch["image"].shape[0])
-  accuracy = {k: correct[k] / count for k in probe}
+  predict = tf.function(lambda x: tf.argmax(logits(x), -1), reduce_retracing=True)
+
+  def accuracy(x, y):
+    hits = sum(int(np.sum(predict(x[i:i + 4096]).numpy() == y[i:i + 4096]))
+               for i in range(0, len(y), 4096))
+    return hits / len(y)
+
+  rng = np.random.default_rng(seed)
+  scores, best, best_weights = [], -1.0, None
+  for epoch in range(max_epochs):
+    order = rng.permutation(len(y_train))
+    for i in range(0, len(order) - batch_size + 1, batch_size):
+      idx = np.sort(order[i:i + batch_size])
+      step(x_train[idx], y_train[idx])
+    scores.append(accuracy(x_val, y_val))
+    if scores[-1] > best:
+      best, best_weights = scores[-1], [w.numpy() for w in dense.weights]
+      kept = epoch + 1
+    elif patience and epoch + 1 - kept >= patience:
+      break
+  dense.set_weights(best_weights)
+  return accuracy, scores, kept
+
+
+def full_probe(extractor: Extractor, train_source, test_source, pp_eval: str,
+               num_classes: int, *, max_epochs: int, patience: int,
+               validation_size: int, batch_size: int, lr: float,
+               weight_decay: float, seed: int = 0, log: Callable = print,
+               writer=None, extract_batch: int = 256) -> Dict:
+  """Test accuracy per layer of classifiers trained on every training label
+  but ``validation_size`` held out to choose each layer's epoch."""
+  feats, labels = extract(extractor, train_source, pp_eval, None, extract_batch,
+                          dtype=np.float16)
+  train, held = held_out_split(len(labels), validation_size, seed)
+  test_feats, test_labels = extract(extractor, test_source, pp_eval, None,
+                                    extract_batch, dtype=np.float16)
+  out = {"accuracy": {}, "selected_epoch": {}, "validation_accuracy": {},
+         "train_images": int(len(train)), "validation_size": int(len(held)),
+         "test_images": int(len(test_labels)), "max_epochs": max_epochs,
+         "patience": patience}
+  for layer in extractor.layers:
+    x = feats.pop(layer)
+    accuracy, scores, kept = train_layer(
+        x[train], labels[train], x[held], labels[held], num_classes,
+        max_epochs=max_epochs, patience=patience, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, seed=seed)
+    del x
+    out["accuracy"][layer] = accuracy(test_feats.pop(layer), test_labels)
+    out["selected_epoch"][layer] = kept
+    out["validation_accuracy"][layer] = scores
+    log(f"  full probe {layer}: epoch {kept} of {len(scores)} (held-out "
+        f"{max(scores):.4f}), test {out['accuracy'][layer]:.4f}")
   if writer is not None:
-    with writer.as_default(step=epochs):
-      for k, v in accuracy.items():
+    with writer.as_default(step=0):
+      for k, v in out["accuracy"].items():
         tf.summary.scalar(f"full_probe/{k}", v)
-  return {"accuracy": accuracy, "train_loss": history, "test_images": count}
+  return out

@@ -2,9 +2,8 @@
 
 - ``folds``: few labels (see ``folds``).
 - ``full``: all training labels. One softmax classifier per layer on the
-  frozen, average-pooled features (behind a non-affine batch norm), all
-  trained together in each pass over the data, so the backbone runs once per
-  batch for every layer (see ``probe``).
+  frozen, average-pooled features, its epoch chosen on training images held
+  out from its training (see ``probe``).
 """
 
 from __future__ import annotations
@@ -73,7 +72,9 @@ def validate_eval_config(config):
       ("knn.enabled", lambda v: isinstance(v, bool), "True or False"),
       ("knn.k", whole(1), positive),
       ("knn.temperature", real(lambda v: v > 0), "a finite number > 0"),
-      ("full.epochs", whole(1), positive),
+      ("full.max_epochs", whole(1), positive),
+      ("full.patience", whole(0), "an integer >= 0 (0: train max_epochs)"),
+      ("full.validation_size", whole(1), positive),
       ("full.batch_size", whole(1), positive),
       ("full.lr", real(lambda v: v > 0), "a finite number > 0"),
       ("full.weight_decay", real(lambda v: v >= 0), "a finite number >= 0"),
@@ -156,15 +157,15 @@ def evaluate(config, extractor: Extractor, log: Callable = print,
           if "knn" in r:
             tf.summary.scalar(f"folds_knn/{layer}", r["knn"]["mean"])
   if "full" in config.protocols:
-    train_src = pipeline.open_source(config.dataset, config.channels,
-                                     split=config.dataset.train_split)
     if config.full.get("max_train_images", 0):
       train_src = train_src.take(config.full.max_train_images)
     f = config.full
-    result["full"] = full_probe(extractor, train_src, test_src, config.pp_train,
-                                config.pp_eval, config.num_classes, f.epochs,
-                                f.batch_size, f.lr, f.weight_decay, config.seed,
-                                log, writer)
+    result["full"] = full_probe(
+        extractor, train_src, test_src, config.pp_eval, config.num_classes,
+        max_epochs=f.max_epochs, patience=f.patience,
+        validation_size=f.validation_size, batch_size=f.batch_size, lr=f.lr,
+        weight_decay=f.weight_decay, seed=config.seed, log=log, writer=writer,
+        extract_batch=config.batch_size)
     log("  full probe: " + " ".join(
         f"{k}={v:.4f}" for k, v in result["full"]["accuracy"].items()))
   return result

@@ -8,7 +8,9 @@ Folds: 10 seeded, disjoint, class-balanced folds of 100 labelled images per
 class (1,000 per fold) from the 60k training split; every fold's classifier is
 tested on the 10,000 test images; mean and std over folds. The ridge penalty
 is chosen on 5,000 training images in no fold. Full: one softmax classifier
-per layer on all 60k labels. Arguments after ':' (comma separated):
+per layer on the 60k labels, 5,000 of them held out to choose each layer's
+epoch (early stopping; the test split is scored once, on that epoch).
+Arguments after ':' (comma separated):
 ``folds_only``, ``full_only``, ``smoke`` (tiny sizes, for tests).
 """
 
@@ -27,7 +29,6 @@ def get_config(arg: str = "", where="configs/eval/fashion_mnist_folds.py"):
   c.channels = 1
   c.num_classes = 10
   c.pp_eval = "resize(32)|value_range(-1, 1)"
-  c.pp_train = "resize(32)|flip_lr|value_range(-1, 1)"   # full-label probe
   c.protocols = ("folds", "full")
   c.pooled_dims = 9216            # per layer, after adaptive average pooling
   c.batch_size = 256              # feature extraction
@@ -37,7 +38,11 @@ def get_config(arg: str = "", where="configs/eval/fashion_mnist_folds.py"):
   c.ridge_penalties = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
   c.knn = ml_collections.ConfigDict(dict(enabled=True, k=20, temperature=0.07))
   c.full = ml_collections.ConfigDict(dict(
-      epochs=2, batch_size=256, lr=1e-3, weight_decay=5e-4,
+      # Features of pp_eval images, cached; a layer's classifier trains
+      # until its accuracy on validation_size held-out training images has
+      # not improved for `patience` epochs, and the best epoch is kept.
+      max_epochs=50, patience=5, validation_size=5000,
+      batch_size=256, lr=1e-3, weight_decay=5e-4,
       max_train_images=0))        # 0 = the whole training split
   c.max_test_images = 0           # 0 = the whole test split
   if args.get("folds_only"):
@@ -46,7 +51,8 @@ def get_config(arg: str = "", where="configs/eval/fashion_mnist_folds.py"):
     c.protocols = ("full",)
   if args.get("smoke"):
     c.folds.update(num_folds=2, per_class=3, validation_size=20)
-    c.full.update(epochs=1, batch_size=32, max_train_images=256)
+    c.full.update(max_epochs=3, patience=1, validation_size=32, batch_size=32,
+                  max_train_images=256)
     c.max_test_images = 200
     c.batch_size = 32
   return c

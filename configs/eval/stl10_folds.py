@@ -22,7 +22,6 @@ def get_config(arg: str = ""):
   c.dataset = datasets.tfds("stl10", train_split="train", test_split="test")
   c.channels = 3
   c.pp_eval = "resize(96)|value_range(-1, 1)"
-  c.pp_train = "random_resized_crop(96)|flip_lr|value_range(-1, 1)"
   c.folds.update(kind="file", file="", validation_size=1000)  # set .file
   c.protocols = ("folds",)
   return c
