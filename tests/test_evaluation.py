@@ -627,6 +627,10 @@ def test_full_probe_chooses_the_epoch_on_held_out_images_and_stops():
   np.testing.assert_array_equal(np.sort(np.concatenate([train, held])), np.arange(100))
   with pytest.raises(ValueError, match="validation_size=100"):
     probe.held_out_split(100, 100, seed=0)
+  x = np.random.default_rng(1).normal(3, 2, (1000, 7)).astype(np.float16)
+  mean, std = probe._moments(x, chunk=99)
+  np.testing.assert_allclose(mean, x.astype(np.float64).mean(0), rtol=1e-6)
+  np.testing.assert_allclose(std, x.astype(np.float64).std(0), rtol=1e-5)
   # Two Gaussian classes: held-out accuracy climbs from the first epoch.
   rng = np.random.default_rng(0)
   centers = rng.normal(size=(2, 16)).astype(np.float32)

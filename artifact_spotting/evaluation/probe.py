@@ -31,6 +31,20 @@ def held_out_split(n: int, size: int, seed: int):
   return np.sort(order[size:]), np.sort(order[:size])
 
 
+def _moments(x, chunk: int = 4096):
+  """Per-feature mean and std (+1e-6) of ``x`` [N, D], in float64 over
+  chunks of rows, so no float64 copy of ``x`` is made."""
+  total = np.zeros(x.shape[1], np.float64)
+  square = np.zeros(x.shape[1], np.float64)
+  for i in range(0, len(x), chunk):
+    part = x[i:i + chunk].astype(np.float64)
+    total += part.sum(0)
+    square += np.square(part).sum(0)
+  mean = total / len(x)
+  var = np.maximum(square / len(x) - np.square(mean), 0.0)
+  return mean.astype(np.float32), (np.sqrt(var) + 1e-6).astype(np.float32)
+
+
 def train_layer(x_train, y_train, x_val, y_val, num_classes: int, *,
                 max_epochs: int, patience: int, batch_size: int, lr: float,
                 weight_decay: float, seed: int = 0):
@@ -39,15 +53,14 @@ def train_layer(x_train, y_train, x_val, y_val, num_classes: int, *,
   import keras  # pylint: disable=g-import-not-at-top
   keras.utils.set_random_seed(seed)
   x_train = np.asarray(x_train)
-  mean = x_train.mean(0, dtype=np.float64).astype(np.float32)
-  std = x_train.std(0, dtype=np.float64).astype(np.float32) + 1e-6
+  mean, std = _moments(x_train)
   dense = keras.layers.Dense(num_classes)
   dense.build((None, x_train.shape[1]))
   optimizer = keras.optimizers.Adam(lr)
   optimizer.build(dense.trainable_variables)
 
-  def logits(x):
-    return dense((tf.cast(x, tf.float32) - mean) / std)
+  def logits(x):  # x: float32 (float16 batches are widened by numpy)
+    return dense((x - mean) / std)
 
   @tf.function(reduce_retracing=True)
   def step(x, y):
@@ -61,7 +74,8 @@ def train_layer(x_train, y_train, x_val, y_val, num_classes: int, *,
   predict = tf.function(lambda x: tf.argmax(logits(x), -1), reduce_retracing=True)
 
   def accuracy(x, y):
-    hits = sum(int(np.sum(predict(x[i:i + 4096]).numpy() == y[i:i + 4096]))
+    hits = sum(int(np.sum(predict(x[i:i + 4096].astype(np.float32)).numpy()
+                          == y[i:i + 4096]))
                for i in range(0, len(y), 4096))
     return hits / len(y)
 
@@ -71,7 +85,7 @@ def train_layer(x_train, y_train, x_val, y_val, num_classes: int, *,
     order = rng.permutation(len(y_train))
     for i in range(0, len(order) - batch_size + 1, batch_size):
       idx = np.sort(order[i:i + batch_size])
-      step(x_train[idx], y_train[idx])
+      step(x_train[idx].astype(np.float32), y_train[idx])
     scores.append(accuracy(x_val, y_val))
     if scores[-1] > best:
       best, best_weights = scores[-1], [w.numpy() for w in dense.weights]
