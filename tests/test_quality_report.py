@@ -42,7 +42,7 @@ def test_quality_report_arithmetic(tmp_path):
              {"stem": .7, "stage1": .75, "stage2": .78, "stage3": .77})
   _fake_eval(quality.eval_path(root, "pixels"), {"pixels": .72})
   _fake_eval(quality.eval_path(root, "supervised"), conv(.75, .85, .90, .92, .93))
-  _fake_eval(quality.eval_path(root, "rotnet"), conv(.70, .79, .82, .80, .78))
+  _fake_eval(quality.eval_path(root, "rotnet"), conv(.70, .79, .81, .80, .78))
   os.makedirs(quality.ablation_dir(root, "full"))
   with open(os.path.join(quality.ablation_dir(root, "full"), "config.json"), "w") as f:
     json.dump({"autoencoder": {"batch_size": 128},
@@ -85,7 +85,31 @@ def test_quality_report_arithmetic(tmp_path):
   # (l) was not asked for: the ablation target is not measured, not "met".
   assert rep["targets"] == {"beats_random_and_autoencoder_by_3_std": True,
                             "best_vs_best_closure_at_least_0.71": False,
-                            "k_and_l_clearly_below_full": None}
+                            "k_and_l_clearly_below_full": None,
+                            "beats_peer_by_3_std_under_every_probe": True,
+                            "full_probe_best_vs_best_closure_at_least_0.71": False}
+  # Every probe: fakes give full = linear + .05 and kNN = linear - .05; the
+  # random row's full and kNN come from seed 0 (conv3 .74), the only one
+  # evaluated with them.
+  probes = rep["probes"]
+  assert rep["headline_probe"] == "full" and set(probes) == {"full", "linear", "knn"}
+  assert probes["linear"]["closure_best_vs_best"] == pytest.approx(rep["closure_best_vs_best"])
+  assert probes["full"]["closure_best_vs_best"] == pytest.approx((.90 - .79) / (.98 - .79))
+  assert probes["knn"]["closure_per_layer"]["conv3"] == pytest.approx((.80 - .69) / (.85 - .69))
+  assert probes["full"]["best_layer"] == {"ours": "conv3", "rotnet": "conv3",
+                                          "random": "conv3", "autoencoder": "stage2",
+                                          "pixels": "pixels", "supervised": "conv5"}
+  # Ours .85 against RotNet .81 at conv3 under every probe: 0.04 in fold
+  # stds of 0.01 (the full probe borrows the linear probe's).
+  for p in probes.values():
+    assert p["ours_vs_peer"]["difference"] == pytest.approx(0.04)
+    assert p["ours_vs_peer"]["in_noise_units"] == pytest.approx(4.0)
+  assert probes["full"]["ours_vs_peer"]["noise_unit_from"] == "linear"
+  assert probes["full"]["ours_vs_peer"]["peer_closure_best_vs_best"] == pytest.approx(
+      (.86 - .79) / (.98 - .79))
+  md = open(out + ".md").read()
+  assert "Headline probe: **full**" in md
+  assert "| rotnet | 0.7500 | 0.8400 | **0.8600** | 0.8500 | 0.8300 | conv3 0.8600 |" in md
   # k's best layer is conv4 (.77): 0.08 below ours' best.
   assert rep["ablations"]["k"]["below_full_in_stds"] == pytest.approx(0.08 / 0.01)
   # kNN at ours' best kNN layer (conv3: .80), k there .71.
