@@ -17,6 +17,7 @@ JIT_MODES = ("auto", "off", "on", "spotter")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 BATCH_NORM_MODES = ("auto", "sync", "per_replica")  # see distribute.batch_norm
+REPAIR_INITS = ("zeros", "glorot_uniform")
 
 # What a rerun on an existing workdir may change (workdir.resume_changes):
 # fields that decide how a run is logged, checkpointed, executed or where its
@@ -31,7 +32,7 @@ RESUME_SAFE_FIELDS = (
 )
 # What a run whose config.json predates a field trained with, where that is
 # not the field's default: batch norm was synchronized before it was a choice.
-RECORD_DEFAULTS = {"distribute.batch_norm": "sync"}
+RECORD_DEFAULTS = {"distribute.batch_norm": "sync", "spotter.repair_init": "zeros"}
 # Step counts a rerun may raise (extending the run), never lower.
 EXTENDABLE_FIELDS = ("autoencoder.steps", "spotter.steps")
 # Fields holding a folder: two spellings of one folder are the same value.
@@ -58,6 +59,16 @@ ABLATIONS: Dict[str, Dict[str, Any]] = {
     # The released TF1 code's extra loss terms.
     "released_code": {"spotter.generator_adds_c_losses": True,
                       "spotter.mask_real_weight": 0.1},
+    # One design point each set as elsewhere (docs/method.md, "Every
+    # design point"): the released code's mask loss (weight 0.1, reals as
+    # all-kept), its generator terms alone, R's output conv not starting at
+    # zero, the two other fills, the paper's learning rate for both players.
+    "released_mask": {"spotter.mask_weight": 0.1, "spotter.mask_real_weight": 0.1},
+    "released_terms": {"spotter.generator_adds_c_losses": True},
+    "repair_init": {"spotter.repair_init": "glorot_uniform"},
+    "fill_average": {"spotter.fill": "average"},
+    "fill_zeros": {"spotter.fill": "zeros"},
+    "paper_lr": {"spotter.lr": 3e-4, "spotter.repair_lr": 3e-4},
 }
 
 
@@ -151,6 +162,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.spotter = ml_collections.ConfigDict(dict(
       drop_rate=0.7, fill="blur",
       repair=True, gated=True, repair_placement="distributed", repair_hidden=0,
+      # The repair blocks' output conv: "zeros" (an untrained block changes
+      # nothing) | "glorot_uniform" (as the released code's convs start).
+      repair_init="zeros",
       fakes="repair", real_input="autoencoded", noise_dim=128,
       history_size=1024, history_fraction=0.5,
       mask_weight=1.0, mask_real_weight=0.0, recon_weight=30.0,
@@ -280,6 +294,8 @@ def check_ranges(config):
   need(sp + "repair_placement", lambda v: v in ("distributed", "local"),
        "'distributed' or 'local'")
   need(sp + "repair_hidden", whole(0), "an integer >= 0 (0: the block's width)")
+  if "repair_init" in config.spotter:
+    need(sp + "repair_init", lambda v: v in REPAIR_INITS, f"one of {REPAIR_INITS}")
   need(sp + "fakes", lambda v: v in ("repair", "gan"), "'repair' or 'gan'")
   need(sp + "real_input", lambda v: v in ("autoencoded", "raw"),
        "'autoencoded' or 'raw'")
@@ -392,6 +408,7 @@ def spotter_kwargs(config, probe: bool = True) -> Dict[str, Any]:
       drop_rate=sp.drop_rate, fill=sp.fill,
       repair=sp.repair, gated=sp.gated, repair_placement=sp.repair_placement,
       repair_hidden=sp.repair_hidden,
+      repair_init=sp.get("repair_init", RECORD_DEFAULTS["spotter.repair_init"]),
       fakes=sp.fakes, real_input=sp.real_input, noise_dim=sp.noise_dim,
       discriminator=discriminator_kwargs(config),
       history_size=sp.history_size, history_fraction=sp.history_fraction,

@@ -70,6 +70,23 @@ def test_repair_block_gating_leaves_kept_cells_untouched():
   assert diff[np.broadcast_to(up, diff.shape) == 1].max() > 1e-3
 
 
+def test_repair_block_output_init():
+  h = tf.random.normal([2, 8, 8, 6])
+  keep = sample_keep_mask([1, 2], 2, (4, 4), 0.5)
+  fresh = RepairBlock(6, 5, gated=True)
+  np.testing.assert_array_equal(fresh(h, keep).numpy(), h.numpy())  # identity
+  glorot = RepairBlock(6, 5, gated=True, out_initializer="glorot_uniform")
+  assert np.abs(glorot(h, keep).numpy() - h.numpy()).max() > 1e-3
+  again = RepairBlock.from_config(glorot.get_config())
+  assert again.out_initializer == "glorot_uniform"
+  c = tiny_config(**{"spotter.repair_init": "glorot_uniform"})
+  model = ArtifactSpotter(**config_lib.spotter_kwargs(c))
+  assert model.get_config()["repair_init"] == "glorot_uniform"
+  assert all(b.out_initializer == "glorot_uniform" for b in model.repair_blocks)
+  with pytest.raises(ValueError, match="repair_init"):
+    config_lib.validate(tiny_config(**{"spotter.repair_init": "ones"}), pp=False)
+
+
 def test_gating_at_every_decoder_stage_of_the_model():
   model = ArtifactSpotter(**config_lib.spotter_kwargs(tiny_config()))
   model.build()

@@ -84,20 +84,23 @@ class RepairBlock(layers.Layer):
 
   R = conv3x3 + BN + leaky ReLU, then a linear conv3x3 back to h's width.
   With gated=False (ablation (i)) the residual is added everywhere.
-  The last conv starts at zero so an untrained block is the identity.
+  out_initializer="zeros" starts the last conv at zero, so an untrained
+  block is the identity; "glorot_uniform" starts it as any other conv.
   """
 
   def __init__(self, filters: int, hidden: int, gated: bool,
-               negative_slope: float = 0.2, **kwargs):
+               negative_slope: float = 0.2, out_initializer: str = "zeros",
+               **kwargs):
     super().__init__(**kwargs)
     self.filters = int(filters)
     self.hidden = int(hidden)
     self.gated = bool(gated)
     self.negative_slope = float(negative_slope)
+    self.out_initializer = out_initializer
     self.body = ConvBlock(self.hidden, 3, 1, "batch", self.negative_slope,
                           name="body", dtype=self.dtype_policy)
     self.out = Conv2D(self.filters, 3, padding="same", name="out",
-                             kernel_initializer="zeros",
+                             kernel_initializer=out_initializer,
                              dtype=self.dtype_policy)
 
   def build(self, h_shape, keep_mask_shape=None):
@@ -118,5 +121,6 @@ class RepairBlock(layers.Layer):
   def get_config(self):
     config = super().get_config()
     config.update(filters=self.filters, hidden=self.hidden, gated=self.gated,
-                  negative_slope=self.negative_slope)
+                  negative_slope=self.negative_slope,
+                  out_initializer=self.out_initializer)
     return config

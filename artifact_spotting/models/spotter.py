@@ -93,6 +93,8 @@ class ArtifactSpotter(keras.Model):
   mask_weight, mask_real_weight, generator_adds_c_losses: the adversarial
   losses (see adversarial_step).
   probe_classes: a linear probe on C's conv5 (0: none).
+  repair_init: the initializer of each repair block's output conv ("zeros":
+    an untrained block changes nothing; "glorot_uniform": as any other conv).
   """
 
   def __init__(self, *, resolution: Union[int, Sequence[int]], channels: int,
@@ -104,7 +106,8 @@ class ArtifactSpotter(keras.Model):
                history_size: int, history_fraction: float,
                ae_recon_weight: float, l2_weight: float, recon_weight: float,
                mask_weight: float, mask_real_weight: float,
-               generator_adds_c_losses: bool, probe_classes: int, **kwargs):
+               generator_adds_c_losses: bool, probe_classes: int,
+               repair_init: str = "zeros", **kwargs):
     super().__init__(**kwargs)
     if isinstance(resolution, int):
       resolution = (resolution, resolution)
@@ -116,6 +119,7 @@ class ArtifactSpotter(keras.Model):
     self.gated = bool(gated)
     self.repair_placement = repair_placement
     self.repair_hidden = int(repair_hidden or 0)
+    self.repair_init = repair_init
     self.fakes = fakes
     self.real_input = real_input
     self.noise_dim = int(noise_dim)
@@ -161,7 +165,8 @@ class ArtifactSpotter(keras.Model):
         widths = [encoder_widths[-1]] * len(widths)
       for i, w in enumerate(widths):
         blocks.append(RepairBlock(
-            w, self.repair_hidden or w, gated=self.gated, name=f"repair{i + 1}"))
+            w, self.repair_hidden or w, gated=self.gated,
+            out_initializer=repair_init, name=f"repair{i + 1}"))
     # R1..Rn as attributes repair1.. (see autoencoder.set_indexed).
     self._num_repair = set_indexed(self, "repair", blocks)
     self.generator = None
@@ -503,7 +508,8 @@ class ArtifactSpotter(keras.Model):
         drop_rate=self.drop_rate, fill=self.damage.fill,
         repair=self.use_repair, gated=self.gated,
         repair_placement=self.repair_placement,
-        repair_hidden=self.repair_hidden, fakes=self.fakes,
+        repair_hidden=self.repair_hidden, repair_init=self.repair_init,
+        fakes=self.fakes,
         real_input=self.real_input, noise_dim=self.noise_dim,
         discriminator=dict(convs=[dict(c) for c in disc.convs],
                            fc_units=disc.fc_units, dropout=disc.dropout,
