@@ -14,7 +14,7 @@ import ml_collections
 
 DATASET_SOURCES = ("idx", "tfds", "image_folder")
 JIT_MODES = ("auto", "off", "on", "spotter")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 BATCH_NORM_MODES = ("auto", "sync", "per_replica")  # see distribute.batch_norm
 REPAIR_INITS = ("zeros", "glorot_uniform")
@@ -183,9 +183,12 @@ def base_config() -> ml_collections.ConfigDict:
       # only) | "auto": the measured faster choice for the device, see
       # train_lib.resolve_jit (so far "off" everywhere).
       keep_checkpoints=3, jit_compile="auto", montage_size=8,
-      # "float32" | "mixed_bfloat16" (CPUs with bf16 units, TPUs) |
-      # "mixed_float16" (GPUs; adds dynamic loss scaling).
-      precision="float32"))
+      # "auto" (the default: mixed_float16 on GPUs, mixed_bfloat16 on TPUs
+      # and CPUs with bf16 units, float32 on other CPUs; resolved at a
+      # run's first start and recorded in config.json, see
+      # train_lib.auto_precision) | "float32" | "mixed_bfloat16" |
+      # "mixed_float16" (adds dynamic loss scaling).
+      precision="auto"))
   c.distribute = ml_collections.ConfigDict(dict(
       strategy="default", devices=(), tpu="",
       # mirrored: split the host CPU into this many logical devices, one
@@ -435,6 +438,9 @@ def make_tiny(c, conv_norms=("batch",) * 5):
                   for i, norm in enumerate(conv_norms)),
       fc_units=16, dropout=0.0)
   c.train.update(log_every=2, summary_every=2, checkpoint_every=2, montage_size=2)
+  # float32 on every machine: the tiny model's numerical checks must not
+  # depend on whether the CPU has bfloat16 units (what "auto" picks).
+  c.train.precision = "float32"
   c.dataset.shuffle_buffer = 64
   return c
 

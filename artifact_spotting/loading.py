@@ -103,7 +103,9 @@ def restore(workdir: str, config, model=None, **networks) -> Restored:
 
 
 def _precision(config) -> str:
-  return config.train.get("precision", "float32")
+  """A workdir's recorded precision; for a config file's "auto", what a new
+  run on this machine would train in."""
+  return train_lib.resolve_precision(config.train.get("precision", "float32"))
 
 
 def _require_spotter(workdir: str, restored: Restored):

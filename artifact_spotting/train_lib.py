@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import keras
 import ml_collections
@@ -75,20 +75,54 @@ def precision_policy(name: str):
     keras.config.set_dtype_policy(before)
 
 
+def _accelerator() -> Optional[str]:
+  """"GPU" or "TPU" when TensorFlow sees one, else None (CPU only)."""
+  for kind in ("TPU", "GPU"):
+    if tf.config.list_logical_devices(kind):
+      return kind
+  return None
+
+
+def auto_precision() -> Tuple[str, str]:
+  """(precision, why) that train.precision="auto" picks on this machine:
+  mixed_float16 on GPUs, mixed_bfloat16 on TPUs and on CPUs with bfloat16
+  units, float32 on other CPUs."""
+  kind = _accelerator()
+  if kind == "GPU":
+    return "mixed_float16", "a GPU (TensorFlow's mixed-precision recipe for GPUs)"
+  if kind == "TPU":
+    return "mixed_bfloat16", "a TPU"
+  if hardware.cpu_has_bf16_units():
+    return "mixed_bfloat16", ("a CPU with bfloat16 units (adversarial step 1.46x "
+                              "float32's, results/throughput_cpu2_avx512_bf16.md)")
+  return "float32", ("a CPU without bfloat16 units (mixed_bfloat16 ran at 0.20x "
+                     "float32's there, results/throughput_cpu2_avx2.md)")
+
+
+def resolve_precision(requested: str, recorded: Optional[str] = None) -> str:
+  """The precision a run trains in: ``requested`` unless it is "auto"; then
+  ``recorded`` (what the workdir's config.json says the run trained in, so
+  a resumed run keeps its precision) or, for a new run, auto_precision()."""
+  if requested != "auto":
+    return requested
+  if recorded is not None:
+    return recorded
+  return auto_precision()[0]
+
+
 def warn_slow_precision(precision: str) -> Optional[str]:
   """The warning logged for mixed_bfloat16 on a CPU without bf16 units."""
   if precision != "mixed_bfloat16":
     return None
-  if any(d.device_type in ("GPU", "TPU") for d in
-         (tf.config.list_logical_devices("GPU") + tf.config.list_logical_devices("TPU"))):
+  if _accelerator() is not None:
     return None
   if hardware.cpu_has_bf16_units() is not False:
     return None
   msg = ("train.precision=mixed_bfloat16 on a CPU without bfloat16 units "
          "(no avx512_bf16/amx_bf16 in /proc/cpuinfo): TensorFlow emulates "
-         "bfloat16 there and the adversarial step runs several times slower "
-         "than in float32 (docs/performance.md, results/throughput_cpu2_avx2.md). "
-         "Use float32 on this machine.")
+         "bfloat16 there; the adversarial step measured 0.20x its float32 "
+         "speed, about 5x slower (results/throughput_cpu2_avx2.md). Use "
+         "float32 or auto on this machine.")
   logging.warning(msg)
   return msg
 
@@ -105,7 +139,7 @@ def player_optimizer(config, name: str):
                "r_optimizer": (config.spotter.repair_lr, config.spotter.steps),
                }[name]
   return make_adam(lr, steps, config.optimizer, name,
-                   config.train.get("precision", "float32"))
+                   resolve_precision(config.train.get("precision", "float32")))
 
 
 class Players:
@@ -120,7 +154,7 @@ class Players:
 
   def __init__(self, config, strategy, probe: bool = True):
     keras.utils.set_random_seed(int(config.seed))
-    precision = config.train.get("precision", "float32")
+    precision = resolve_precision(config.train.get("precision", "float32"))
     warn_slow_precision(precision)
     with strategy.scope():
       with precision_policy(precision):
@@ -607,6 +641,18 @@ def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
     # resume whose XLA setting or replica count would resolve "auto" to the
     # other mode is then refused by the comparison below.
     config.distribute.batch_norm = batch_norm
+    # Likewise the precision: "auto" is resolved once, when the run starts,
+    # and a resume keeps what config.json recorded (float32 for a workdir
+    # made before "auto" was the default).
+    recorded = (workdir_lib.read_config(workdir) or {}).get("train", {})
+    requested = config.train.precision
+    config.train.precision = resolve_precision(
+        requested, recorded.get("precision", "float32") if recorded else None)
+    logging.info("Precision: %s%s.", config.train.precision,
+                 f" (train.precision=auto: {auto_precision()[1]})"
+                 if requested == "auto" and not recorded else
+                 " (train.precision=auto: as this run recorded)"
+                 if requested == "auto" else "")
     chief = distribute.is_chief(strategy)
     changes, claim = open_workdir(config, workdir, chief, held)
     source = pipeline.open_source(config.dataset, config.channels)

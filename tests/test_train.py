@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from artifact_spotting import config as config_lib
 from artifact_spotting import events
 from artifact_spotting import loading
 from artifact_spotting import train_lib
@@ -340,3 +341,34 @@ def test_bf16_warning_on_cpus_without_bf16_units(tmp_path, monkeypatch):
   assert train_lib.warn_slow_precision("float32") is None
   monkeypatch.setattr(hardware, "cpu_has_bf16_units", lambda: True)
   assert train_lib.warn_slow_precision("mixed_bfloat16") is None
+
+
+def test_auto_precision_resolves_once_and_resumes_as_recorded(idx_dir, tmp_path,
+                                                             monkeypatch):
+  from artifact_spotting import hardware
+  monkeypatch.setattr(hardware, "cpu_has_bf16_units", lambda: False)
+  assert train_lib.auto_precision()[0] == "float32"
+  monkeypatch.setattr(hardware, "cpu_has_bf16_units", lambda: True)
+  assert train_lib.auto_precision()[0] == "mixed_bfloat16"
+  assert train_lib.resolve_precision("auto", "float32") == "float32"
+  assert train_lib.resolve_precision("mixed_float16", "float32") == "mixed_float16"
+  assert config_lib.base_config().train.precision == "auto"
+  # A new run records what auto picked on this machine ...
+  new = str(tmp_path / "new")
+  c = tiny_idx_config(idx_dir, **{"train.precision": "auto", "spotter.steps": 2})
+  train_lib.train(c, new)
+  with open(os.path.join(new, "config.json")) as f:
+    assert json.load(f)["train"]["precision"] == "mixed_bfloat16"
+  # ... and a run recorded in float32 (as every workdir made before auto
+  # was the default) resumes in float32 under auto, where this CPU would
+  # pick mixed_bfloat16 for a new run.
+  old = str(tmp_path / "old")
+  train_lib.train(tiny_idx_config(idx_dir, **{"spotter.steps": 2}), old)
+  more = tiny_idx_config(idx_dir, **{"train.precision": "auto", "spotter.steps": 4})
+  assert list(train_lib.train(more, old)) == ["spotter"]
+  with open(os.path.join(old, "config.json")) as f:
+    assert json.load(f)["train"]["precision"] == "float32"
+  # An explicit other precision is another run: refused, naming the field.
+  with pytest.raises(train_lib.SetupError, match="train.precision"):
+    train_lib.train(tiny_idx_config(idx_dir, **{"train.precision": "mixed_bfloat16",
+                                                "spotter.steps": 6}), old)
