@@ -63,3 +63,26 @@ def tiny_idx_config(idx_path, **overrides):
                    auto_install=False, tfds_fallback=False)
   c.pp = "resize(16)|flip_lr|value_range(-1, 1)"
   return c
+
+
+def require_fashion_mnist():
+  """Skips the calling test when Debian's Fashion-MNIST IDX files are not
+  installed, naming the command that installs them; under CI (CI set) it
+  fails instead, so a machine without the data never looks green."""
+  from artifact_spotting.data import sources
+  from trainers._cli import FASHION_MNIST_INSTALL
+  path = sources.DEBIAN_FASHION_MNIST
+  if sources.idx_present(path, "train") and sources.idx_present(path, "test"):
+    return
+  msg = (f"Fashion-MNIST IDX files not in {path}; install them "
+         f"with: {FASHION_MNIST_INSTALL}")
+  if os.environ.get("CI"):
+    pytest.fail(msg, pytrace=False)
+  pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist():
+  """Use in a test that reads the real Fashion-MNIST (require_fashion_mnist)."""
+  require_fashion_mnist()
+

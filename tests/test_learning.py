@@ -43,7 +43,7 @@ from artifact_spotting import evaluation
 from artifact_spotting import events
 from artifact_spotting import train_lib
 from artifact_spotting.data import pipeline
-from artifact_spotting.data.sources import DEBIAN_FASHION_MNIST, idx_present
+from artifact_spotting.data.sources import DEBIAN_FASHION_MNIST
 from artifact_spotting.models.damage_repair import sample_keep_mask
 from artifact_spotting.optimizers import FusedAdam
 from configs import fashion_mnist
@@ -53,11 +53,7 @@ DROP_RATE = 0.5
 LOG_EVERY = 50
 EVAL_PP = "resize(16)|value_range(-1, 1)"
 
-pytestmark = pytest.mark.skipif(
-    not (idx_present(DEBIAN_FASHION_MNIST, "train")
-         and idx_present(DEBIAN_FASHION_MNIST, "test")),
-    reason=f"Fashion-MNIST IDX files not in {DEBIAN_FASHION_MNIST} "
-           f"(apt-get install dataset-fashion-mnist; CI installs them)")
+pytestmark = pytest.mark.usefixtures("fashion_mnist")
 
 
 def learning_config(seed=SEED):

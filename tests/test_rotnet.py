@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from artifact_spotting import finetune
-from artifact_spotting.data.sources import DEBIAN_FASHION_MNIST, idx_present
+from artifact_spotting.data.sources import DEBIAN_FASHION_MNIST
 from configs.finetune import fashion_mnist as ft_config
 from tests.conftest import write_idx
 
@@ -63,10 +63,7 @@ def _read_idx(path):
   return np.frombuffer(data[4 + 4 * dims:], np.uint8).reshape(shape)
 
 
-@pytest.mark.skipif(not (idx_present(DEBIAN_FASHION_MNIST, "train")
-                         and idx_present(DEBIAN_FASHION_MNIST, "test")),
-                    reason=f"Fashion-MNIST IDX files not in {DEBIAN_FASHION_MNIST}")
-def test_rotnet_learns_rotations_through_the_finetune_binary(tmp_path):
+def test_rotnet_learns_rotations_through_the_finetune_binary(tmp_path, fashion_mnist):
   # 2,000 real training images and 500 test images, so the run takes seconds.
   data = tmp_path / "idx"
   data.mkdir()

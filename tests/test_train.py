@@ -14,7 +14,7 @@ from artifact_spotting import config as config_lib
 from artifact_spotting import events
 from artifact_spotting import loading
 from artifact_spotting import train_lib
-from artifact_spotting.data.sources import idx_present, DEBIAN_FASHION_MNIST
+from artifact_spotting.data.sources import DEBIAN_FASHION_MNIST
 from conftest import tiny_idx_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -183,9 +183,7 @@ def test_mirrored_step_matches_single_device(idx_dir):
   assert checked == len(p1.model.weights)
 
 
-@pytest.mark.skipif(not idx_present(DEBIAN_FASHION_MNIST),
-                    reason="Debian dataset-fashion-mnist not installed (.ci/run installs it)")
-def test_smoke_config_end_to_end_binary(tmp_path):
+def test_smoke_config_end_to_end_binary(tmp_path, fashion_mnist):
   """The README command with the smoke config on real Fashion-MNIST."""
   workdir = str(tmp_path / "smoke")
   cmd = [sys.executable, "-m", "trainers.pretrain",
@@ -372,3 +370,17 @@ def test_auto_precision_resolves_once_and_resumes_as_recorded(idx_dir, tmp_path,
   with pytest.raises(train_lib.SetupError, match="train.precision"):
     train_lib.train(tiny_idx_config(idx_dir, **{"train.precision": "mixed_bfloat16",
                                                 "spotter.steps": 6}), old)
+
+
+def test_missing_fashion_mnist_fails_under_ci_and_skips_elsewhere(monkeypatch):
+  from artifact_spotting.data import sources
+  from conftest import require_fashion_mnist
+  monkeypatch.setattr(sources, "idx_present", lambda path, split="train": False)
+  monkeypatch.setenv("CI", "true")
+  with pytest.raises(pytest.fail.Exception,
+                     match="sudo apt-get install dataset-fashion-mnist"):
+    require_fashion_mnist()
+  monkeypatch.delenv("CI")
+  with pytest.raises(pytest.skip.Exception, match="dataset-fashion-mnist"):
+    require_fashion_mnist()
+
