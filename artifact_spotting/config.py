@@ -26,13 +26,15 @@ REPAIR_INITS = ("zeros", "glorot_uniform")
 RESUME_SAFE_FIELDS = (
     "train.log_every", "train.summary_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.montage_size", "train.jit_compile",
+    "train.deterministic",
     "dataset.auto_install", "dataset.tfds_fallback", "dataset.cache",
     "dataset.manual_dir", "distribute.strategy", "distribute.devices",
     "distribute.tpu", "distribute.logical_cpus",
 )
 # What a run whose config.json predates a field trained with, where that is
 # not the field's default: batch norm was synchronized before it was a choice.
-RECORD_DEFAULTS = {"distribute.batch_norm": "sync", "spotter.repair_init": "zeros"}
+RECORD_DEFAULTS = {"distribute.batch_norm": "sync", "spotter.repair_init": "zeros",
+                   "train.deterministic": False}
 # Step counts a rerun may raise (extending the run), never lower.
 EXTENDABLE_FIELDS = ("autoencoder.steps", "spotter.steps")
 # Fields holding a folder: two spellings of one folder are the same value.
@@ -188,7 +190,14 @@ def base_config() -> ml_collections.ConfigDict:
       # run's first start and recorded in config.json, see
       # train_lib.auto_precision) | "float32" | "mixed_bfloat16" |
       # "mixed_float16" (adds dynamic loss scaling).
-      precision="auto"))
+      precision="auto",
+      # True: TensorFlow's op determinism for the process, and a resumed
+      # phase replays its input up to the step it resumes at, so a run
+      # killed and resumed ends with the uninterrupted run's weights (the
+      # replay decodes the batches already trained on: seconds for
+      # Fashion-MNIST, long for a far-advanced large run). False: a resumed
+      # phase draws a fresh data order seeded by its step.
+      deterministic=False))
   c.distribute = ml_collections.ConfigDict(dict(
       strategy="default", devices=(), tpu="",
       # mirrored: split the host CPU into this many logical devices, one
@@ -331,6 +340,8 @@ def check_ranges(config):
        "an integer >= 0 (0: a checkpoint at each phase's end only)")
   need(t + "keep_checkpoints", whole(1), "an integer >= 1")
   need(t + "montage_size", whole(1), "an integer >= 1")
+  if "deterministic" in config.train:
+    need(t + "deterministic", lambda v: isinstance(v, bool), "True or False")
 
 
 def validate(config, pp: bool = True):

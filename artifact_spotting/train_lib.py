@@ -613,6 +613,10 @@ def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
   # --- setup, strategy, workdir, input, model and optimizers, restore
   try:
     config_lib.validate(config, pp=False)
+    if config.train.get("deterministic", False):
+      # Process-wide, before any op runs: the same seed gives the same
+      # weights, and a resumed run the uninterrupted run's.
+      tf.config.experimental.enable_op_determinism()
     strategy = strategy or distribute.make_strategy(config.distribute)
     config_lib.check_pp(config)  # after the devices are set up: it starts TF
     jit = resolve_jit(config.train.jit_compile, strategy)
@@ -688,11 +692,20 @@ def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
                  restored, players.ae_step, players.adv_step)
   model = players.model
 
-  def dataset(global_batch, seed):
+  deterministic = bool(config.train.get("deterministic", False))
+
+  def dataset(global_batch, seed, done):
+    """The phase's input from step ``done`` on. train.deterministic: the
+    batches an uninterrupted run sees from that step (the pipeline replays
+    the ``done`` batches before it, decoding but not training); otherwise a
+    fresh order seeded by the step, so a resume does not see the phase's
+    first batches again."""
+    if done and not deterministic:
+      seed = seed + 1_000_003 * done
     return pipeline.distributed_dataset(
         strategy, source, config.pp, global_batch,
         shuffle_buffer=config.dataset.shuffle_buffer, seed=seed,
-        cache=config.dataset.cache)
+        cache=config.dataset.cache, skip=done if deterministic else 0)
 
   writer = (tf.summary.create_file_writer(os.path.join(workdir, TENSORBOARD_DIR))
             if chief else None)
@@ -704,7 +717,7 @@ def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
   if players.ae_step < config.autoencoder.steps:
     ae_loop = make_loop(strategy, lambda b: model.autoencoder_step(b, players.ae_opt),
                         jit == "on", batch_norm)
-    it = iter(dataset(ae_batch, config.seed))
+    it = iter(dataset(ae_batch, config.seed, players.ae_step))
     results["autoencoder"] = run_phase(
         name="autoencoder", loop=ae_loop, iterator=it,
         step_of=lambda: players.ae_step, total=config.autoencoder.steps,
@@ -733,7 +746,7 @@ def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
         strategy,
         lambda b: model.adversarial_step(b, players.c_opt, players.r_opt, probe_opt),
         jit != "off", batch_norm)
-    it = iter(dataset(adv_batch, config.seed + 1))
+    it = iter(dataset(adv_batch, config.seed + 1, players.adv_step))
     if players.adv_step == 0:
       on_summary(0)
     results["spotter"] = run_phase(

@@ -110,14 +110,18 @@ def make_dataset(source: Source, pp: str, batch_size: int, *, training: bool,
 
 
 def distributed_dataset(strategy, source: Source, pp: str, global_batch: int,
-                        *, shuffle_buffer: int, seed=None, cache=False):
-  """Per-replica batches through distribute_datasets_from_function."""
+                        *, shuffle_buffer: int, seed=None, cache=False,
+                        skip: int = 0):
+  """Per-replica batches through distribute_datasets_from_function; the
+  first ``skip`` steps' batches are produced and dropped (a resumed run
+  continues with the batch an uninterrupted one would see next)."""
   if global_batch % strategy.num_replicas_in_sync:
     raise ValueError(f"global batch {global_batch} is not divisible by the "
                      f"{strategy.num_replicas_in_sync} replicas")
 
   def dataset_fn(ctx):
-    return make_dataset(source, pp, ctx.get_per_replica_batch_size(global_batch),
-                        training=True, shuffle_buffer=shuffle_buffer,
-                        input_context=ctx, seed=seed, cache=cache)
+    ds = make_dataset(source, pp, ctx.get_per_replica_batch_size(global_batch),
+                      training=True, shuffle_buffer=shuffle_buffer,
+                      input_context=ctx, seed=seed, cache=cache)
+    return ds.skip(skip) if skip else ds
   return strategy.distribute_datasets_from_function(dataset_fn)
