@@ -16,9 +16,11 @@ workdir>`` (fresh weights, seeded).
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import os
+
 import keras
 import ml_collections
 import tensorflow as tf
@@ -57,7 +59,8 @@ def pretrain_config(spec: str) -> ml_collections.ConfigDict:
   path, _, arg = spec.partition(":")
   module_spec = importlib.util.spec_from_file_location("pretrain_config", path)
   if module_spec is None:
-    raise FileNotFoundError(f"pretraining config {path!r} does not exist")
+    raise FileNotFoundError(errno.ENOENT,
+                            f"pretraining config {path!r} does not exist")
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg)
@@ -182,7 +185,7 @@ def backbone(init: str, seed: int = 0) -> keras.Model:
                           config.channels, name="random_discriminator")
   if init.endswith(".keras"):
     if not os.path.exists(init):
-      raise FileNotFoundError(f"--init {init} does not exist")
+      raise FileNotFoundError(errno.ENOENT, f"--init {init} does not exist")
     return keras.saving.load_model(init, safe_mode=True)
   keras_file = os.path.join(init, "discriminator.keras")
   if os.path.exists(keras_file):

@@ -758,3 +758,34 @@ def test_exports_are_readable_by_other_users(trained, tmp_path):
   bad = {p: oct(m) for p, m in modes.items()
          if m != (0o755 if os.path.isdir(p) else 0o644)}
   assert not bad
+
+
+def test_missing_input_paths_are_one_line(tmp_path):
+  """A path a binary reads that does not exist (a .keras --init, a workdir,
+  a pretraining config, a fold file): `error: ...` naming it, exit 2, no
+  traceback, and no output folder made."""
+  missing = "/nonexistent"
+  finetune = [sys.executable, "-m", "trainers.finetune",
+              "--config=configs/finetune/fashion_mnist.py:smoke"]
+  linear_eval = [sys.executable, "-m", "trainers.linear_eval",
+                 "--config=configs/eval/fashion_mnist_folds.py"]
+  out = tmp_path / "out"
+  cases = {
+      "finetune_keras": (finetune + [f"--init={missing}.keras", f"--workdir={out}"],
+                         [f"{missing}.keras", "does not exist"]),
+      "finetune_random": (finetune + [f"--init=random:{missing}.py", f"--workdir={out}"],
+                          [f"{missing}.py"]),
+      "eval_workdir": (linear_eval + [f"--workdir={missing}"], [missing, "does not exist"]),
+      "eval_random": (linear_eval + ["--features=random",
+                                     f"--pretrain_config={missing}.py", f"--output={out}"],
+                      [f"{missing}.py"]),
+      "eval_fold_file": (linear_eval + ["--features=pixels", f"--output={out}",
+                                        "--config.folds.kind=file",
+                                        f"--config.folds.file={missing}/folds.txt"],
+                         [f"config.folds.file='{missing}/folds.txt' does not exist"]),
+      "export_workdir": ([sys.executable, "-m", "trainers.export", f"--workdir={missing}",
+                          f"--output={out}"], [missing, "does not exist"]),
+  }
+  _each_one_line_error(cases, timeout=300,
+                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  assert not os.path.exists(out)

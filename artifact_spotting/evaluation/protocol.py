@@ -80,6 +80,15 @@ def validate_eval_config(config):
       ("full.max_train_images", whole(0),
        "an integer >= 0 (0: the whole training split)"),
   ])
+  folds = config.get("folds", None)
+  if ("folds" in config.get("protocols", ()) and folds is not None
+      and folds.get("kind", "") == "file" and folds.get("file", "")
+      and not tf.io.gfile.exists(folds.file)):
+    # Checked here, before any output folder or data: read_fold_indices
+    # would find it missing only after the training labels are read.
+    raise ValueError(f"config.folds.file={folds.file!r} does not exist; "
+                     f"STL-10's fold_indices.txt comes with the binary "
+                     f"release (stl10_binary.tar.gz, see README)")
   check_pp(config)
   return config
 
