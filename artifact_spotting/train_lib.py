@@ -529,16 +529,25 @@ def open_workdir(config, workdir: str, chief: bool, held: contextlib.ExitStack):
   closes; see workdir.WorkdirLock); every task checks the config against the
   recorded one (workdir.check_resume). Returns (accepted config changes,
   ``claim``). Until ``claim()`` runs the workdir is unchanged, so a start
-  refused before it leaves everything as it found it; ``claim()`` (call it
-  once every check passed) writes the lock record, removes half-written
-  checkpoint folders and returns the record of a dead trainer whose lock
-  was taken over, or None.
+  refused before it (``held`` closes unclaimed) leaves everything as it
+  found it: a lock file and folders this start created are removed again;
+  ``claim()`` (call it once every check passed) writes the lock record,
+  removes half-written checkpoint folders and returns the record of a dead
+  trainer whose lock was taken over, or None.
   """
   ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
   lock = None
   if chief:
+    local = workdir_lib.is_local(workdir)
+    created = workdir_lib.missing_dirs(workdir) if local else []
+    claimed = []
+
+    def undo_unclaimed():
+      if not claimed:
+        workdir_lib.remove_empty_dirs(created)
+    held.callback(undo_unclaimed)  # runs after the lock's release below
     workdir_lib.make_dir(workdir)
-    if workdir_lib.is_local(workdir):
+    if local:
       lock = workdir_lib.WorkdirLock(workdir)
       lock.acquire()
       held.callback(lock.release)
@@ -555,6 +564,7 @@ def open_workdir(config, workdir: str, chief: bool, held: contextlib.ExitStack):
     if not chief:
       return None
     took_over = lock.claim() if lock is not None else None
+    claimed.append(True)
     workdir_lib.remove_orphan_checkpoints(ckpt_dir)
     return took_over
 

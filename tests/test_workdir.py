@@ -19,6 +19,7 @@ from artifact_spotting import loading
 from artifact_spotting import export as export_lib
 from artifact_spotting import train_lib
 from artifact_spotting import workdir as workdir_lib
+from artifact_spotting.data import sources
 from conftest import make_idx_dir, tiny_idx_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -308,6 +309,56 @@ def test_checkpoints_without_config_json_are_refused(trained, tmp_path):
     train_lib.train(tiny_idx_config(idx, seed=3), workdir)
   assert _snapshot(workdir) == before
 
+
+
+def _tree(path):
+  """Every file and folder under ``path`` (lock and start log included):
+  relative name -> bytes, or None for a folder."""
+  out = {}
+  for folder, dirs, files in os.walk(path):
+    for d in dirs:
+      out[os.path.relpath(os.path.join(folder, d), path)] = None
+    for f in files:
+      full = os.path.join(folder, f)
+      out[os.path.relpath(full, path)] = open(full, "rb").read()
+  return out
+
+
+def test_start_refused_for_bad_data_leaves_nothing(trained, tmp_path):
+  """pretrain refused for its data (a missing IDX folder, an image folder
+  without images): on a new workdir no folder and no trainer.lock are left,
+  not even the parents it would have made; on an existing workdir (without
+  a lock file) nothing changes and no lock file appears."""
+  empty = tmp_path / "no_images"
+  empty.mkdir()
+  (empty / "notes.txt").write_text("no image here")
+  existing = _copy(trained, tmp_path / "existing")
+  os.remove(os.path.join(existing, workdir_lib.LOCK_FILE))
+  moved = str(tmp_path / "moved_idx")  # the run's data, since moved away
+  record = json.load(open(os.path.join(existing, workdir_lib.CONFIG_FILE)))
+  record["dataset"]["path"] = moved
+  with open(os.path.join(existing, workdir_lib.CONFIG_FILE), "w") as f:
+    json.dump(record, f)
+  before = _tree(existing)
+  new_idx = str(tmp_path / "new" / "deeper" / "run")
+  new_folder = str(tmp_path / "new_folder_run")
+  cases = {
+      "idx_new": (_pretrain("/nonexistent", new_idx),
+                  ["config.dataset.path='/nonexistent'", "does not exist"]),
+      "folder_new": ([sys.executable, "-m", "trainers.pretrain",
+                      "--config=configs/image_folder.py:smoke", f"--workdir={new_folder}",
+                      f"--config.dataset.path={empty}"],
+                     [f"No decodable images under '{empty}'"]),
+  }
+  _each_one_line_error(cases, timeout=300,
+                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  assert not os.path.exists(tmp_path / "new")
+  assert not os.path.exists(new_folder)
+  # The existing workdir's run (the fixture's in-process config), its data
+  # moved away.
+  with pytest.raises(sources.DataUnavailableError, match="does not exist"):
+    train_lib.train(tiny_idx_config(moved), existing)
+  assert _tree(existing) == before
 
 def test_resume_rules_field_by_field():
   old = json.loads(config_lib.tiny_config().to_json_best_effort())
