@@ -14,6 +14,7 @@ from typing import Callable, Dict
 import numpy as np
 import tensorflow as tf
 
+from artifact_spotting import loading
 from artifact_spotting.config import real, whole  # field tests, shared with config.check_ranges
 from artifact_spotting.data import pipeline
 from artifact_spotting.evaluation.features import Extractor, extract
@@ -126,6 +127,9 @@ def evaluate(config, extractor: Extractor, log: Callable = print,
   if limit:
     test_src = test_src.take(limit)
   result: Dict = {"features": extractor.name, "layers": list(extractor.layers)}
+  if extractor.checkpoint is not None:
+    result["checkpoint"] = dict(extractor.checkpoint)
+    log(loading.describe_checkpoint(extractor.checkpoint))
   unknown = set(config.protocols) - {"folds", "full"}
   if unknown:
     raise ValueError(f"config.protocols has unknown {sorted(unknown)}; use "
