@@ -189,6 +189,58 @@ def test_second_trainer_is_refused_and_a_killed_ones_lock_is_taken_over(trained,
   assert open(os.path.join(workdir, workdir_lib.LOCK_FILE)).read() == ""
 
 
+def _adversarial_step(checkpoint):
+  return int(tf.train.load_variable(
+      checkpoint, "c_optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+def test_sigterm_and_sigint_checkpoint_at_a_step_and_the_rerun_resumes(trained, tmp_path):
+  """SIGTERM during phase 2, mid log interval: the trainer stops at the next
+  step boundary, writes a checkpoint of that step, prints one line naming
+  it and exits 143; the same command resumes from it, and SIGINT then does
+  the same with exit 130."""
+  _, idx, _ = trained
+  workdir = str(tmp_path / "run")
+  # No periodic checkpoint in phase 2: the one written on the signal is it.
+  cmd = _pretrain(idx, workdir, "--config.spotter.steps=100000",
+                  "--config.train.log_every=50",
+                  "--config.train.checkpoint_every=100000")
+  previous = None
+  for run, sig, code in ((1, signal.SIGTERM, 143), (2, signal.SIGINT, 130)):
+    out, err = tmp_path / f"run{run}.out", tmp_path / f"run{run}.err"
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=open(out, "w"), stderr=open(err, "w"),
+                            start_new_session=True,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    try:
+      start = previous[1] if previous else 0
+      # A console line of phase 2 beyond where this run started.
+      seen = lambda: any(
+          line.startswith("[spotter] ") and int(line.split()[1].split("/")[0]) > start
+          for line in open(out).read().splitlines())
+      assert _wait_for(seen, proc), open(err).read()[-3000:]
+      proc.send_signal(sig)
+      proc.wait(timeout=120)
+    finally:
+      _kill(proc)
+    stderr = open(err).read()
+    assert proc.returncode == code, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"interrupted: {sig.name} at spotter step "), last
+    step = int(last.split("spotter step ")[1].split("/")[0])
+    checkpoint = last.split("checkpoint ")[1].split(" written")[0]
+    assert "rerun the same command to resume" in last
+    assert step > start, (step, start)
+    assert _adversarial_step(checkpoint) == step
+    assert tf.train.latest_checkpoint(_ckpt_dir(workdir)) == checkpoint
+    if previous:
+      assert f"Resumed from {previous[0]}" in stderr, stderr[-3000:]
+      assert f"adversarial step {previous[1]})" in stderr
+      assert step > previous[1]
+    previous = (checkpoint, step)
+  assert [s["resumed_from"] for s in _starts(workdir)][1:] == [
+      os.path.join(_ckpt_dir(workdir), "ckpt-2")]
+
 def test_lock_is_exclusive_in_process_and_released(tmp_path):
   workdir = str(tmp_path / "w")
   os.makedirs(workdir)
