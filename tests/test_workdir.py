@@ -241,6 +241,7 @@ def test_sigterm_and_sigint_checkpoint_at_a_step_and_the_rerun_resumes(trained, 
   assert [s["resumed_from"] for s in _starts(workdir)][1:] == [
       os.path.join(_ckpt_dir(workdir), "ckpt-2")]
 
+
 def test_lock_is_exclusive_in_process_and_released(tmp_path):
   workdir = str(tmp_path / "w")
   os.makedirs(workdir)
