@@ -338,8 +338,11 @@ def test_image_folder_names_and_counts_files_that_fail_to_decode(tmp_path, caplo
   with caplog.at_level(logging.INFO):
     src = pipeline.open_source(_folder_cfg(root), 3)
   assert src.info == {"images": 2, "skipped": {sources.CORRUPT: 2}}
+  warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warned) == 1, warned
+  assert f"skipped 2 files ({sources.CORRUPT}: 2)" in warned[0]
   for name in ("bad.jpg", "bad.png"):
-    assert f"Skipping {root / name}: {sources.CORRUPT}" in caplog.text
+    assert f"{root / name} ({sources.CORRUPT})" in warned[0]
   assert len(_epoch(src)) == 2
 
 
@@ -365,11 +368,106 @@ def test_all_corrupt_folder_stops_fast_with_one_error(tmp_path, caplog):
   message = str(error.value)
   assert str(root) in message
   assert f"'{sources.CORRUPT}': {n}" in message and f"'{sources.TRUNCATED}': 1" in message
-  named = [r for r in caplog.records if r.getMessage().startswith("Skipping ")]
-  assert len(named) == sources.MAX_LOGGED
-  assert f"and {n + 1 - sources.MAX_LOGGED} more skipped files" in caplog.text
-  assert len(caplog.records) < sources.MAX_LOGGED + 10
+  warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warned) == 1, warned
+  assert warned[0].count(f"({sources.CORRUPT})") == sources.MAX_LOGGED - 1
+  assert f"and {n + 1 - sources.MAX_LOGGED} more" in warned[0]
+  assert len(caplog.records) < 10
 
+
+
+def _png_header_only(width, height):
+  """A PNG whose header claims width x height 8-bit grey pixels, with one
+  tiny IDAT (a decoder would allocate the whole image before finding the
+  data short)."""
+  import zlib  # pylint: disable=g-import-not-at-top
+
+  def chunk(kind, data):
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff))
+  return (b"\x89PNG\r\n\x1a\n"
+          + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+          + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def test_image_folder_skips_images_over_the_pixel_cap(tmp_path, caplog):
+  """A file whose header gives more than dataset.max_pixels pixels is
+  skipped before any decode (a 50000 x 50000 PNG header under the default
+  cap), counted and named with its size in the one warning line."""
+  root = tmp_path / "imgs"
+  root.mkdir()
+  _write_png(str(root / "small.png"), size=(20, 24))           # 480 pixels
+  _write_jpeg(str(root / "big.jpg"))                           # 20 x 30 = 600
+  _write_png(str(root / "big.png"), size=(40, 30))             # 1200
+  (root / "bomb.png").write_bytes(_png_header_only(50_000, 50_000))
+  with caplog.at_level(logging.INFO):
+    paths, _, _, skipped = _finishes_within(
+        30, lambda: sources.scan_image_folder(str(root), 3, max_pixels=500))
+  assert [os.path.basename(p) for p in paths] == ["small.png"]
+  assert skipped == {sources.TOO_LARGE: 3}
+  warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warned) == 1, warned
+  for name, size in (("big.jpg", "20x30"), ("big.png", "30x40"),
+                     ("bomb.png", "50000x50000")):
+    assert f"{root / name} ({sources.TOO_LARGE}: {size}" in warned[0], warned[0]
+  assert "max_pixels=500" in warned[0]
+  # Through the config (the field's default cap: the bomb alone is skipped).
+  src = _finishes_within(60, lambda: pipeline.open_source(_folder_cfg(root), 3))
+  assert src.info == {"images": 3, "skipped": {sources.TOO_LARGE: 1}}
+  cfg = _folder_cfg(root)
+  cfg.max_pixels = 0  # no cap: the bomb fails to decode instead
+  assert pipeline.open_source(cfg, 3).info["skipped"] == {sources.CORRUPT: 1}
+
+
+def test_image_size_reads_every_format_from_its_header(tmp_path):
+  root = tmp_path / "imgs"
+  root.mkdir()
+  files = _format_files(root)
+  for name, (want, _) in files.items():
+    assert sources.image_size(str(root / name)) == (want.shape[1], want.shape[0]), name
+  (root / "text.jpg").write_text("not an image")
+  assert sources.image_size(str(root / "text.jpg")) is None
+
+
+def _warning_jpegs(root):
+  """Two JPEGs that decode but make libjpeg warn, and a clean one."""
+  img = np.random.default_rng(1).integers(0, 256, (64, 48, 3), dtype=np.uint8)
+  good = tf.io.encode_jpeg(img).numpy()
+  (root / "good.jpg").write_bytes(good)
+  flipped = bytearray(good)
+  i = len(flipped) // 2
+  while 0xff in (flipped[i - 1], flipped[i], flipped[i + 1]):
+    i += 1
+  flipped[i] ^= 0x55
+  flipped[i + 1] ^= 0x33
+  (root / "flipped.jpg").write_bytes(bytes(flipped))   # bad scan data
+  (root / "short.jpg").write_bytes(good[:len(good) // 2] + b"\xff\xd9")
+  for name in ("flipped.jpg", "short.jpg"):
+    sources.decode_file(str(root / name), 3)  # decodes
+
+
+def test_image_folder_skips_jpegs_that_decode_with_libjpeg_warnings(tmp_path, capfd,
+                                                                    caplog):
+  """JPEGs that decode but make libjpeg print "Corrupt JPEG data: ..." are
+  skipped and counted (training would print that line every epoch); the
+  warning line names them with libjpeg's message, and libjpeg's own lines
+  stay off the console."""
+  root = tmp_path / "imgs"
+  root.mkdir()
+  _warning_jpegs(root)
+  _write_png(str(root / "a.png"))
+  capfd.readouterr()
+  with caplog.at_level(logging.INFO):
+    src = pipeline.open_source(_folder_cfg(root), 3)
+  assert src.info == {"images": 2, "skipped": {sources.JPEG_WARNINGS: 2}}
+  err = capfd.readouterr().err
+  assert "Corrupt JPEG data" not in err, err
+  warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warned) == 1, warned
+  for name in ("flipped.jpg", "short.jpg"):
+    assert f"{root / name} ({sources.JPEG_WARNINGS}: Corrupt JPEG data" in warned[0]
+  assert len(_epoch(src)) == 2
+  assert "Corrupt JPEG data" not in capfd.readouterr().err
 
 # Image files written byte by byte (TensorFlow encodes only PNG and JPEG).
 

@@ -459,6 +459,26 @@ def test_resume_rules_field_by_field():
   assert check()[1] == ["probe.enabled: True -> False", "seed: 0 -> 1"]
 
 
+def test_workdir_recorded_before_max_pixels_resumes(trained, tmp_path):
+  """A config.json written before dataset.max_pixels existed resumes at the
+  field's default (the start log names it as not recorded); another cap is
+  refused."""
+  workdir = _copy(trained, tmp_path / "old")
+  _, idx, _ = trained
+  path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
+  record = json.load(open(path))
+  del record["dataset"]["max_pixels"]
+  with open(path, "w") as f:
+    json.dump(record, f)
+  with pytest.raises(train_lib.SetupError,
+                     match=r"dataset.max_pixels: \(not recorded\) -> 1000"):
+    train_lib.train(tiny_idx_config(idx, **{"dataset.max_pixels": 1000}), workdir)
+  result = train_lib.train(tiny_idx_config(idx, **{"spotter.steps": 6}), workdir)
+  assert result["spotter"]["steps"] == 6
+  assert _starts(workdir)[-1]["changes"]["dataset.max_pixels"] == [
+      "(not recorded)", sources.DEFAULT_MAX_PIXELS]
+  assert config_lib.base_config().dataset.max_pixels == sources.DEFAULT_MAX_PIXELS
+
 def test_half_written_config_json_is_refused_not_overwritten(trained, tmp_path):
   workdir = _copy(trained, tmp_path / "run")
   _, idx, config = trained
@@ -494,6 +514,7 @@ def test_half_written_config_json_is_refused_not_overwritten(trained, tmp_path):
     ("optimizer.decay_fraction", 2.0, "config.optimizer.decay_fraction=2.0"),
     ("probe.num_classes", 0, "config.probe.num_classes=0"),
     ("dataset.shuffle_buffer", 0, "config.dataset.shuffle_buffer=0"),
+    ("dataset.max_pixels", -1, r"config.dataset.max_pixels=-1 must be an integer >= 0"),
     ("seed", -1, "config.seed=-1"),
     # Every real-valued field must be finite.
     *[(f, v, rf"config.{f}={v!r} must be a finite number")
