@@ -38,7 +38,7 @@ def test_missing_idx_names_the_command(tmp_path):
       path=str(tmp_path), split="train", auto_install=False,
       tfds_fallback=False, name="fashion_mnist"))
   with pytest.raises(sources.DataUnavailableError,
-                     match="apt-get install -y dataset-fashion-mnist"):
+                     match="sudo apt-get install dataset-fashion-mnist"):
     sources.resolve_idx(cfg)
 
 
@@ -49,7 +49,7 @@ def test_user_idx_path_without_files_fails_at_once(tmp_path, monkeypatch):
   (tfds would retry a download for minutes offline)."""
   def no_fallback(*args, **kwargs):
     raise AssertionError("must not download for a user path")
-  monkeypatch.setattr(sources, "_tfds_available", no_fallback)
+  monkeypatch.setattr(sources, "_tfds_problem", no_fallback)
   for path, state in ((str(tmp_path / "typo"), "does not exist"),
                       (str(tmp_path), "lacks them")):
     cfg = ml_collections.ConfigDict(dict(
@@ -77,8 +77,8 @@ def test_missing_debian_idx_installs_nothing(tmp_path, monkeypatch):
   debian = str(tmp_path / "fashion-mnist")
   monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", debian)
   tried = []
-  monkeypatch.setattr(sources, "_tfds_available",
-                      lambda cfg: tried.append(cfg.name) or False)
+  monkeypatch.setattr(sources, "_tfds_problem",
+                      lambda cfg: tried.append(cfg.name) or "no network")
   for fallback, tfds_tried in ((False, []), (True, ["fashion_mnist"])):
     tried.clear()
     cfg = ml_collections.ConfigDict(dict(
@@ -88,9 +88,53 @@ def test_missing_debian_idx_installs_nothing(tmp_path, monkeypatch):
       sources.resolve_idx(cfg)
     assert tried == tfds_tried
     assert e.value.path == debian
-    assert "apt-get install -y dataset-fashion-mnist" in str(e.value)
-    assert ("tfds could not fetch them" in str(e.value)) == fallback
+    assert "sudo apt-get install dataset-fashion-mnist" in str(e.value)
+    assert ("tfds could not fetch them: no network" in str(e.value)) == fallback
   assert not hasattr(sources, "install_fashion_mnist")
+
+
+def test_tfds_fallback_probes_the_download_host_first(tmp_path, monkeypatch):
+  """Debian's folder empty, tfds data not prepared: with the download server
+  answering (a local HTTP server stands in for it) tfds downloads and the
+  fallback is taken; with its port closed, or a server that takes the
+  connection but never answers, no download is tried and the answer comes
+  within the probe's seconds."""
+  import http.server  # pylint: disable=g-import-not-at-top
+  import socket  # pylint: disable=g-import-not-at-top
+  debian = str(tmp_path / "fashion-mnist")
+  monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", debian)
+  downloads = []
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
+                      lambda self, **kw: downloads.append(self.name))
+  cfg = ml_collections.ConfigDict(dict(
+      path=debian, split="train", auto_install=True, tfds_fallback=True,
+      name="fashion_mnist", data_dir=str(tmp_path / "tfds")))
+  server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  port = server.server_address[1]
+  try:
+    monkeypatch.setenv(sources.PROBE_ENV, f"http://127.0.0.1:{port}/")
+    assert sources.resolve_idx(cfg) == ("", "tfds")  # it answers 501 to HEAD
+  finally:
+    server.shutdown()
+    server.server_close()
+  assert downloads == ["fashion_mnist"]
+  silent = socket.socket()
+  silent.bind(("127.0.0.1", 0))
+  silent.listen(8)  # takes connections, never answers
+  try:
+    for url in (f"http://127.0.0.1:{port}/",   # closed now
+                f"http://127.0.0.1:{silent.getsockname()[1]}/"):
+      monkeypatch.setenv(sources.PROBE_ENV, url)
+      t0 = time.monotonic()
+      with pytest.raises(sources.FashionMnistMissingError,
+                         match="tfds could not fetch them: no network"):
+        sources.resolve_idx(cfg)
+      assert time.monotonic() - t0 < sources.PROBE_SECONDS + 1, url
+  finally:
+    silent.close()
+  assert downloads == ["fashion_mnist"]
 
 
 def test_idx_pipeline_batches(idx_dir):

@@ -25,6 +25,13 @@ import tensorflow as tf
 from absl import logging
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+# What installs it (as root); named in the errors, never run here.
+FASHION_MNIST_INSTALL = "sudo apt-get install dataset-fashion-mnist"
+# Before a tfds download the fallback checks that the download server answers
+# an HTTP request within this many seconds (tfds itself retries with back-off
+# for minutes offline). PROBE_ENV (a URL) names another server to ask.
+PROBE_SECONDS = 3.0
+PROBE_ENV = "ARTIFACT_SPOTTING_DOWNLOAD_PROBE"
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -119,7 +126,9 @@ def resolve_idx(dataset_cfg) -> Tuple[str, Optional[str]]:
   package is installed by the user (the pretraining binary prints the
   command on a first run) or by .ci/run.
 
-  Returns (path, None), or ("", "tfds") when the caller should use tfds.
+  Returns (path, None), or ("", "tfds") when the caller should use tfds (its
+  data prepared, or downloaded now; offline that is known within
+  PROBE_SECONDS).
   The tfds fallback applies to the default Debian folder only: a folder
   named in config.dataset.path must hold the files. Raises
   FashionMnistMissingError (the default folder) or DataUnavailableError (a
@@ -139,30 +148,69 @@ def resolve_idx(dataset_cfg) -> Tuple[str, Optional[str]]:
         f"config.dataset.path={path!r} must hold {images}[.gz] and "
         f"{labels}[.gz] (the {split} split's IDX files); it {state}. Point it "
         f"at such a folder, or leave it at {DEBIAN_FASHION_MNIST} (Debian's: "
-        f"sudo apt-get install -y dataset-fashion-mnist).")
+        f"{FASHION_MNIST_INSTALL}).")
   tried_tfds = dataset_cfg.tfds_fallback and dataset_cfg.name == "fashion_mnist"
-  if tried_tfds and _tfds_available(dataset_cfg):
+  problem = _tfds_problem(dataset_cfg) if tried_tfds else None
+  if tried_tfds and problem is None:
     return "", "tfds"
   images, labels = IDX_FILES[split]
   raise FashionMnistMissingError(
-      f"Fashion-MNIST IDX files not found in {path!r}"
-      f"{' and tfds could not fetch them' if tried_tfds else ''}. Run:\n"
-      f"  sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist\n"
-      f"or point --config.dataset.path at a folder holding {images}[.gz] and "
-      f"{labels}[.gz].", path)
+      f"Fashion-MNIST is not installed (no IDX files in {path}"
+      f"{f'; tfds could not fetch them: {problem}' if tried_tfds else ''}); "
+      f"install it with: {FASHION_MNIST_INSTALL} (or point "
+      f"--config.dataset.path at a folder holding {images}[.gz] and "
+      f"{labels}[.gz])", path)
 
 
-def _tfds_available(dataset_cfg) -> bool:
-  """True when tfds has the data prepared or can download and prepare it."""
+def _download_url(builder) -> str:
+  """What the fallback probes before ``builder`` downloads: PROBE_ENV when
+  set, else the builder's ``URL`` (fashion_mnist's download folder)."""
+  return (os.environ.get(PROBE_ENV, "")
+          or getattr(type(builder), "URL", "") or "https://storage.googleapis.com/")
+
+
+def reachable(url: str, seconds: float = PROBE_SECONDS) -> bool:
+  """Whether ``url``'s server answers an HTTP HEAD request within ``seconds``
+  (with any status: it answered); name lookup, connection and reply all
+  count towards the time (the request runs in a thread waited on that long)."""
+  import threading  # pylint: disable=g-import-not-at-top
+  import urllib.error  # pylint: disable=g-import-not-at-top
+  import urllib.request  # pylint: disable=g-import-not-at-top
+  answer = []
+
+  def ask():
+    try:
+      request = urllib.request.Request(url, method="HEAD")
+      urllib.request.urlopen(request, timeout=seconds).close()
+      answer.append(True)
+    except urllib.error.HTTPError:
+      answer.append(True)   # a status, so the server is there
+    except (OSError, ValueError):
+      answer.append(False)  # no name, no route, refused, timed out
+  thread = threading.Thread(target=ask, daemon=True)
+  thread.start()
+  thread.join(seconds)
+  return bool(answer and answer[0])
+
+
+def _tfds_problem(dataset_cfg) -> Optional[str]:
+  """None when tfds has the data prepared or downloads and prepares it, else
+  why not (in a few words). A download is tried only when its host answers
+  (``reachable``), so an offline machine gets its answer within
+  PROBE_SECONDS instead of after tfds' retries."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     builder = tfds.builder(dataset_cfg.name, data_dir=dataset_cfg.data_dir or None)
-    if not builder.is_prepared():
-      builder.download_and_prepare()
-    return True
+    if builder.is_prepared():
+      return None
+    if not reachable(_download_url(builder)):
+      return "no network"
+    builder.download_and_prepare()
+    return None
   except Exception as e:  # pylint: disable=broad-except
-    logging.warning("tfds fallback for %s failed: %s", dataset_cfg.name, e)
-    return False
+    text = str(e).strip().splitlines()
+    logging.info("tfds fallback for %s failed: %s", dataset_cfg.name, e)
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:200]
 
 
 # ---------------------------------------------------------------------- tfds
