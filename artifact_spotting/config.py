@@ -145,6 +145,8 @@ def base_config() -> ml_collections.ConfigDict:
       auto_install=True,           # not read (nothing is installed); kept so
                                    # workdirs whose config.json has it resume
       tfds_fallback=True,          # idx: fall back to tfds when files are missing
+      max_pixels=64_000_000,       # image_folder: skip files with more pixels
+                                   # (sources.DEFAULT_MAX_PIXELS; 0: no cap)
       shuffle_buffer=10_000,
       cache=False,
   ))
@@ -286,6 +288,7 @@ def check_ranges(config):
   need("seed", whole(0), "an integer >= 0")
   need("resolution", whole(1), "a positive integer")
   need("dataset.shuffle_buffer", whole(1), "an integer >= 1")
+  need("dataset.max_pixels", whole(0), "an integer >= 0 (0: no cap)")
   for key in ("autoencoder", "spotter"):
     need(f"{key}.steps", whole(0), "an integer >= 0 (0: skip the phase)")
     need(f"{key}.batch_size", whole(1), "an integer >= 1")

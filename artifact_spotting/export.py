@@ -6,7 +6,9 @@ graph so clients send raw uint8 pixels:
 
 - ``serving_default``: images -> ``embedding`` (global-average-pooled conv5),
   ``artifact_probability`` [B] and ``artifact_mask`` [B, M, N] (probability
-  that each cell was damaged);
+  that each cell was damaged); images of any height and width are resized
+  to the training resolution (bilinear, antialiased, aspect ratio not kept),
+  and an empty batch gives empty outputs (also in the other two);
 - ``features``: images -> ``conv1``..``conv5``;
 - ``repair``: images, ``keep_mask`` [B, M, N] (1 = keep) -> ``damaged`` (the
   decoder's output without repair) and ``repaired`` images (uint8).
@@ -57,42 +59,73 @@ class ServingModule(tf.Module):
         spec, tf.TensorSpec([None, m, n], tf.float32, name="keep_mask")])
 
   def _preprocess(self, images):
+    """uint8 [B, H, W, C] -> (float [B', R, R, C] in [-1, 1], B).
+
+    Images of another height and width than the training resolution R are
+    resized to R x R (bilinear, antialiased; the aspect ratio is not kept,
+    so crop first to keep it). An empty batch (B = 0, any H and W) runs as
+    one black image (B' = 1), since some kernels refuse empty tensors; the
+    signatures slice their outputs back to B rows."""
     expected = f"images must be uint8 [batch, height, width, {self.channels}]"
     # The signature fixes dtype and rank; TF checks the dtype on every call
-    # and the rank where shapes are known, this checks the channel count.
-    checks = [tf.debugging.assert_equal(
-        tf.shape(images)[-1], self.channels,
-        message=expected + "; got another channel count")]
-    with tf.control_dependencies(checks):
-      x = tf.cast(images, tf.float32) / 127.5 - 1.0
-    size = tf.shape(x)[1:3]
+    # and the rank where shapes are known, this checks the channel count and
+    # the size.
+    shape = tf.shape(images)
+    batch, size = shape[0], shape[1:3]
+    checks = [
+        tf.debugging.assert_equal(
+            shape[-1], self.channels,
+            message=expected + "; got another channel count"),
+        tf.debugging.assert_equal(
+            tf.logical_or(batch == 0, tf.reduce_all(size >= 1)), True,
+            message=expected + "; height and width must be at least 1"),
+    ]
     target = tf.constant([self.resolution, self.resolution])
+    with tf.control_dependencies(checks):
+      images = tf.cond(
+          batch > 0, lambda: tf.identity(images),
+          lambda: tf.zeros([1, self.resolution, self.resolution, self.channels],
+                           tf.uint8))
+    x = tf.cast(images, tf.float32) / 127.5 - 1.0
     x = tf.cond(
-        tf.reduce_all(tf.equal(size, target)),
+        tf.reduce_all(tf.equal(tf.shape(x)[1:3], target)),
         lambda: x,
         lambda: tf.image.resize(x, target, method="bilinear", antialias=True))
-    return tf.ensure_shape(x, [None, self.resolution, self.resolution, self.channels])
+    x = tf.ensure_shape(x, [None, self.resolution, self.resolution, self.channels])
+    return x, batch
 
   def _serve(self, images):
-    out = self.model.discriminator(self._preprocess(images), training=False)
+    """``embedding`` [B, conv5 width], ``artifact_probability`` [B],
+    ``artifact_mask`` [B, M, N] for uint8 ``images`` [B, H, W, C], any
+    H x W (resized to the training resolution, see _preprocess); an empty
+    batch gives empty outputs."""
+    x, batch = self._preprocess(images)
+    out = self.model.discriminator(x, training=False)
     return {
-        "embedding": tf.reduce_mean(out["conv5"], axis=[1, 2]),
-        "artifact_probability": tf.sigmoid(-out["logits"]),
-        "artifact_mask": tf.sigmoid(-out["mask_logits"]),
+        "embedding": tf.reduce_mean(out["conv5"], axis=[1, 2])[:batch],
+        "artifact_probability": tf.sigmoid(-out["logits"])[:batch],
+        "artifact_mask": tf.sigmoid(-out["mask_logits"])[:batch],
     }
 
   def _features(self, images):
-    out = self.model.discriminator(self._preprocess(images), training=False)
-    return {k: out[k] for k in ("conv1", "conv2", "conv3", "conv4", "conv5")}
+    """``conv1``..``conv5`` [B, h, w, c] for uint8 ``images`` [B, H, W, C], as
+    _serve takes them (an empty batch gives empty maps)."""
+    x, batch = self._preprocess(images)
+    out = self.model.discriminator(x, training=False)
+    return {k: out[k][:batch] for k in ("conv1", "conv2", "conv3", "conv4", "conv5")}
 
   def _repair(self, images, keep_mask):
-    x = self._preprocess(images)
+    """``damaged`` and ``repaired`` uint8 [B, R, R, C] for uint8 ``images``
+    [B, H, W, C] (as _serve takes them) and ``keep_mask`` [B, M, N]."""
+    x, batch = self._preprocess(images)
+    keep_mask = tf.cond(batch > 0, lambda: tf.identity(keep_mask),
+                        lambda: tf.ones([1] + list(self.model.grid), tf.float32))
     keep = tf.cast(keep_mask > 0.5, tf.float32)[..., None]
     phi = self.model.encoder(x, training=False)
     damaged = self.model.decoder(self.model.damage(phi, keep), training=False)
     repaired = self.model.make_fakes(x, keep, training=False, phi=phi)
     to_uint8 = lambda t: tf.cast(tf.round((tf.clip_by_value(t, -1.0, 1.0) + 1.0) * 127.5),
-                                 tf.uint8)
+                                 tf.uint8)[:batch]
     return {"damaged": to_uint8(damaged), "repaired": to_uint8(repaired)}
 
 

@@ -16,15 +16,20 @@ workdir>`` (fresh weights, seeded).
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import os
+
+from typing import Any, Dict, Tuple
+
 import keras
 import ml_collections
 import tensorflow as tf
 
 from artifact_spotting import config as config_lib
 from artifact_spotting import train_lib
+from artifact_spotting import workdir as workdir_lib
 from artifact_spotting.models.autoencoder import Encoder
 from artifact_spotting.models.discriminator import Discriminator
 from artifact_spotting.models.spotter import ArtifactSpotter
@@ -57,7 +62,8 @@ def pretrain_config(spec: str) -> ml_collections.ConfigDict:
   path, _, arg = spec.partition(":")
   module_spec = importlib.util.spec_from_file_location("pretrain_config", path)
   if module_spec is None:
-    raise FileNotFoundError(f"pretraining config {path!r} does not exist")
+    raise FileNotFoundError(errno.ENOENT,
+                            f"pretraining config {path!r} does not exist")
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg)
@@ -136,22 +142,57 @@ def _new_spotter(config, probe: bool) -> ArtifactSpotter:
   return model
 
 
+def checkpoint_record(config, restored: Restored) -> Dict[str, Any]:
+  """Which checkpoint ``restored`` read (its path) and how far each phase
+  had come in it against the run's config: what results computed from it
+  keep, so that a mid-training checkpoint's are told from the final one's."""
+  ae_steps, adv_steps = int(config.autoencoder.steps), int(config.spotter.steps)
+  path = restored.path
+  return {"path": os.path.abspath(path) if workdir_lib.is_local(path) else path,
+          "autoencoder_step": restored.ae_step, "autoencoder_steps": ae_steps,
+          "adversarial_step": restored.adv_step, "adversarial_steps": adv_steps,
+          "finished": restored.ae_step >= ae_steps and restored.adv_step >= adv_steps}
+
+
+def describe_checkpoint(record: Dict[str, Any]) -> str:
+  """checkpoint_record as one line: path, each phase's step of its total."""
+  return (f"checkpoint {record['path']}: autoencoder step "
+          f"{record['autoencoder_step']}/{record['autoencoder_steps']}, "
+          f"adversarial step {record['adversarial_step']}/"
+          f"{record['adversarial_steps']} "
+          f"({'finished' if record['finished'] else 'mid-training'})")
+
+
+def trained_discriminator(workdir: str) -> Tuple[Discriminator, Dict[str, Any]]:
+  """(the trained discriminator of a pretraining workdir, its variables
+  alone read; the checkpoint_record of the checkpoint they came from)."""
+  config = workdir_config(workdir)
+  disc = new_discriminator(config)
+  restored = restore(workdir, config, discriminator=disc)
+  _require_spotter(workdir, restored)
+  return disc, checkpoint_record(config, restored)
+
+
 def discriminator(workdir: str) -> Discriminator:
   """The trained discriminator of a pretraining workdir (its variables alone
   are read)."""
+  return trained_discriminator(workdir)[0]
+
+
+def trained_encoder(workdir: str) -> Tuple[Encoder, Dict[str, Any]]:
+  """(the trained autoencoder's encoder of a pretraining workdir, the
+  checkpoint_record of the checkpoint it came from)."""
   config = workdir_config(workdir)
-  disc = new_discriminator(config)
-  _require_spotter(workdir, restore(workdir, config, discriminator=disc))
-  return disc
+  model = _new_spotter(config, probe=False)
+  restored = restore(workdir, config, encoder=model.encoder)
+  if restored.ae_step == 0:
+    raise LoadError(f"{workdir}: the autoencoder is untrained")
+  return model.encoder, checkpoint_record(config, restored)
 
 
 def encoder(workdir: str) -> Encoder:
   """The trained autoencoder's encoder of a pretraining workdir."""
-  config = workdir_config(workdir)
-  model = _new_spotter(config, probe=False)
-  if restore(workdir, config, encoder=model.encoder).ae_step == 0:
-    raise LoadError(f"{workdir}: the autoencoder is untrained")
-  return model.encoder
+  return trained_encoder(workdir)[0]
 
 
 def spotter(workdir: str, require_spotter: bool = True):
@@ -184,7 +225,7 @@ def backbone(init: str, seed: int = 0) -> keras.Model:
                           config.channels, name="random_discriminator")
   if init.endswith(".keras"):
     if not os.path.exists(init):
-      raise FileNotFoundError(f"--init {init} does not exist")
+      raise FileNotFoundError(errno.ENOENT, f"--init {init} does not exist")
     return keras.saving.load_model(init, safe_mode=True)
   keras_file = os.path.join(init, "discriminator.keras")
   if os.path.exists(keras_file):

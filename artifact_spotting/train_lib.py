@@ -15,7 +15,9 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from typing import Callable, Dict, Optional, Tuple
 
@@ -455,9 +457,106 @@ class Progress:
     return rate
 
 
+# ------------------------------------------------------------ interruption
+class Interrupted(Exception):
+  """Training stopped on SIGTERM or SIGINT at a step boundary, after writing
+  a checkpoint there; the message names the signal, the step and the
+  checkpoint. ``signum`` is the signal's number."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum
+
+
+class StopRequest:
+  """While entered (in the main thread), SIGTERM and SIGINT ask training to
+  stop at the next step boundary instead of ending the process.
+
+  ``flag`` is a bool tf.Variable that make_loop's loop reads before every
+  step. Python runs a signal handler only between bytecodes, which the main
+  thread does not reach while a loop call runs its steps, so the signal is
+  also written to a wakeup socket (signal.set_wakeup_fd) whose reader thread
+  sets ``flag`` at once. A second signal ends the process the default way.
+  Outside the main thread (or with ``enabled=False``) nothing is installed
+  and ``flag`` stays False.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self, enabled: bool = True):
+    self.enabled = enabled
+    self.flag = tf.Variable(False, trainable=False, name="stop_requested")
+    self.signum: Optional[int] = None
+    self._previous = None
+    self._lock = threading.Lock()
+
+  @property
+  def requested(self) -> bool:
+    return self.signum is not None or bool(self.flag.numpy())
+
+  def signal_name(self) -> str:
+    return signal.Signals(self.signum).name if self.signum else "a signal"
+
+  def _note(self, signum: int):
+    with self._lock:
+      first, self.signum = self.signum is None, self.signum or signum
+    if first:
+      self.flag.assign(True)
+
+  def _handler(self, signum, frame):
+    del frame
+    self._handled += 1
+    if self._handled > 1:  # the second signal: end the default way
+      signal.signal(signum, signal.SIG_DFL)
+      os.kill(os.getpid(), signum)
+      return
+    self._note(signum)
+
+  def _read_wakeups(self, sock):
+    while True:
+      try:
+        data = sock.recv(64)
+      except OSError:
+        return
+      if not data:
+        return
+      for signum in data:
+        if signum in self.SIGNALS:
+          self._note(signum)
+
+  def __enter__(self):
+    if not self.enabled or threading.current_thread() is not threading.main_thread():
+      return self
+    import socket  # pylint: disable=g-import-not-at-top
+    self._handled = 0
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    self._sockets = (reader, writer)
+    self._previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
+    self._previous_fd = signal.set_wakeup_fd(writer.fileno(),
+                                             warn_on_full_buffer=False)
+    self._thread = threading.Thread(target=self._read_wakeups, args=(reader,),
+                                    name="stop_request", daemon=True)
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is None:
+      return
+    signal.set_wakeup_fd(self._previous_fd)
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    self._previous = None
+    reader, writer = self._sockets
+    writer.close()
+    reader.shutdown(2)
+    self._thread.join(5)
+    reader.close()
+
+
 # --------------------------------------------------------------------- loop
 def make_loop(strategy, step_fn: Callable, jit_compile: bool,
-              batch_norm: str = "sync"):
+              batch_norm: str = "sync", stop: Optional[tf.Variable] = None):
   """A tf.function running ``n`` steps on a distributed iterator and
   returning the metrics averaged over replicas and steps (one host sync per
   call, not per step).
@@ -468,8 +567,14 @@ def make_loop(strategy, step_fn: Callable, jit_compile: bool,
   statistics, the history all-gather) run outside it, with any strategy
   (models/replica.py). ``batch_norm``: "sync" or "per_replica" statistics
   (replica.StepMode); XLA with several replicas needs "per_replica".
+  ``stop``: a bool variable (StopRequest.flag) read before each step after
+  the first; once True the call returns after the steps it made (the
+  metrics are their mean).
   """
   compiled = {}  # one XLA compilation per replica for both traces below
+
+  def stopped():
+    return False if stop is None else stop.read_value()
 
   def one(iterator):
     with replica.step_mode(xla=jit_compile, batch_norm=batch_norm,
@@ -481,10 +586,14 @@ def make_loop(strategy, step_fn: Callable, jit_compile: bool,
   @tf.function
   def loop(iterator, n):
     acc = one(iterator)
+    done = tf.constant(1, tf.int32)
     for _ in tf.range(n - 1):
+      if stopped():
+        break
       m = one(iterator)
       acc = {k: acc[k] + m[k] for k in acc}
-    return {k: v / tf.cast(n, v.dtype) for k, v in acc.items()}
+      done += 1
+    return {k: v / tf.cast(done, v.dtype) for k, v in acc.items()}
   return loop
 
 
@@ -493,11 +602,22 @@ def run_phase(*, name, loop, iterator, step_of: Callable[[], int],
               checkpoint_every: int, keeper: CheckpointKeeper, writer,
               lr_of: Dict[str, Callable[[], float]],
               on_summary: Optional[Callable[[int], None]] = None,
-              summary_every: int = 0, show=("loss",)):
+              summary_every: int = 0, show=("loss",),
+              stop: Optional[StopRequest] = None):
+  """Runs phase ``name`` from its step to ``total``: a console line, scalars
+  and (every ``checkpoint_every``) a checkpoint per ``log_every`` steps, a
+  checkpoint at the end. When ``stop`` is requested (SIGTERM, SIGINT) the
+  phase ends at the next step boundary, writes a checkpoint there and
+  raises Interrupted."""
   step = step_of()
   if step >= total:
     logging.info("Phase %s already complete (%d/%d steps).", name, step, total)
     return None
+  if stop is not None and stop.requested:  # between phases: saved already
+    raise Interrupted(
+        f"{stop.signal_name()} before phase {name} started (step {step}/"
+        f"{total}); checkpoint {keeper.manager.latest_checkpoint} holds the "
+        f"run so far: rerun the same command to resume", stop.signum)
   logging.info("Phase %s: steps %d -> %d, global batch %d.", name, step, total,
                global_batch)
   progress = Progress(name, total, global_batch)
@@ -505,13 +625,14 @@ def run_phase(*, name, loop, iterator, step_of: Callable[[], int],
   last_summary = step // summary_every if summary_every else 0
   metrics = {}
   rates = []
-  while step < total:
+  while step < total and not (stop is not None and stop.requested):
     n = min(log_every, total - step)
     t0 = time.perf_counter()
     out = loop(iterator, tf.constant(n, tf.int32))
     metrics = {k: float(v) for k, v in out.items()}
     seconds = time.perf_counter() - t0
-    step = step_of()
+    before, step = step, step_of()
+    n = step - before  # fewer than asked when stopped early
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
     if bad:
       raise FloatingPointError(
@@ -530,12 +651,17 @@ def run_phase(*, name, loop, iterator, step_of: Callable[[], int],
         step // summary_every > last_summary or step >= total):
       last_summary = step // summary_every
       on_summary(step)
-    if checkpoint_every and step // checkpoint_every > last_ckpt and step < total:
+    if (checkpoint_every and step // checkpoint_every > last_ckpt and step < total
+        and not (stop is not None and stop.requested)):
       last_ckpt = step // checkpoint_every
       keeper.save()
-  keeper.save()
+  path = keeper.save()
   if writer is not None:
     writer.flush()
+  if step < total:
+    raise Interrupted(
+        f"{stop.signal_name()} at {name} step {step}/{total}: checkpoint "
+        f"{path} written; rerun the same command to resume", stop.signum)
   # The first call traces (and compiles); report the steady-state rate.
   steady = rates[1:] or rates
   return {"steps": step, "images_per_second": float(np.median(steady)),
@@ -563,16 +689,25 @@ def open_workdir(config, workdir: str, chief: bool, held: contextlib.ExitStack):
   closes; see workdir.WorkdirLock); every task checks the config against the
   recorded one (workdir.check_resume). Returns (accepted config changes,
   ``claim``). Until ``claim()`` runs the workdir is unchanged, so a start
-  refused before it leaves everything as it found it; ``claim()`` (call it
-  once every check passed) writes the lock record, removes half-written
-  checkpoint folders and returns the record of a dead trainer whose lock
-  was taken over, or None.
+  refused before it (``held`` closes unclaimed) leaves everything as it
+  found it: a lock file and folders this start created are removed again;
+  ``claim()`` (call it once every check passed) writes the lock record,
+  removes half-written checkpoint folders and returns the record of a dead
+  trainer whose lock was taken over, or None.
   """
   ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
   lock = None
   if chief:
+    local = workdir_lib.is_local(workdir)
+    created = workdir_lib.missing_dirs(workdir) if local else []
+    claimed = []
+
+    def undo_unclaimed():
+      if not claimed:
+        workdir_lib.remove_empty_dirs(created)
+    held.callback(undo_unclaimed)  # runs after the lock's release below
     workdir_lib.make_dir(workdir)
-    if workdir_lib.is_local(workdir):
+    if local:
       lock = workdir_lib.WorkdirLock(workdir)
       lock.acquire()
       held.callback(lock.release)
@@ -589,6 +724,7 @@ def open_workdir(config, workdir: str, chief: bool, held: contextlib.ExitStack):
     if not chief:
       return None
     took_over = lock.claim() if lock is not None else None
+    claimed.append(True)
     workdir_lib.remove_orphan_checkpoints(ckpt_dir)
     return took_over
 
@@ -711,12 +847,17 @@ def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
             if chief else None)
   t = config.train
   results = {}
+  # SIGTERM / SIGINT stop at a step boundary with a checkpoint. Not with
+  # several workers: each would stop at its own step and leave the others
+  # waiting in a collective (they keep the default: killed, rerun resumes).
+  stop = held.enter_context(StopRequest(
+      enabled=not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)))
 
   # --- phase 1: autoencoder
   ae_batch = config.autoencoder.batch_size
   if players.ae_step < config.autoencoder.steps:
     ae_loop = make_loop(strategy, lambda b: model.autoencoder_step(b, players.ae_opt),
-                        jit == "on", batch_norm)
+                        jit == "on", batch_norm, stop=stop.flag)
     it = iter(dataset(ae_batch, config.seed, players.ae_step))
     results["autoencoder"] = run_phase(
         name="autoencoder", loop=ae_loop, iterator=it,
@@ -724,7 +865,7 @@ def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
         global_batch=ae_batch, log_every=t.log_every,
         checkpoint_every=t.checkpoint_every, keeper=keeper, writer=writer,
         lr_of={"autoencoder": lambda: float(players.ae_opt.learning_rate)},
-        show=("loss", "mse"))
+        show=("loss", "mse"), stop=stop)
 
   # --- phase 2: damage & repair vs. artifact spotter
   adv_batch = config.spotter.batch_size
@@ -745,7 +886,7 @@ def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
     adv_loop = make_loop(
         strategy,
         lambda b: model.adversarial_step(b, players.c_opt, players.r_opt, probe_opt),
-        jit != "off", batch_norm)
+        jit != "off", batch_norm, stop=stop.flag)
     it = iter(dataset(adv_batch, config.seed + 1, players.adv_step))
     if players.adv_step == 0:
       on_summary(0)
@@ -758,7 +899,7 @@ def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
                "repair": lambda: float(players.r_opt.learning_rate)},
         on_summary=on_summary, summary_every=t.summary_every,
         show=("class_loss", "real_accuracy", "fake_accuracy", "mask_accuracy",
-              "adversarial", "accuracy"))
+              "adversarial", "accuracy"), stop=stop)
   if chief:
     summary = {k: v for k, v in results.items() if v}
     if summary:

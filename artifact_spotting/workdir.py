@@ -6,7 +6,9 @@ Files this module owns in a workdir:
 - ``trainer.lock``: held (``fcntl.flock``) by the one trainer writing the
   workdir, for as long as that process lives; it names the holder (pid, host,
   start time, command line). The kernel drops the lock when the process dies,
-  so a workdir whose trainer was killed is taken over by the next start.
+  so a workdir whose trainer was killed is taken over by the next start. A
+  start refused before it passed its checks removes the lock file (and the
+  workdir folders) it created.
 - ``config.json``: the resolved config the checkpoints were trained with,
   written atomically and only once a start has passed every check.
 - ``starts.jsonl``: one JSON line per start that passed the checks: time,
@@ -91,6 +93,28 @@ def make_dir(path: str, what: str = "the workdir"):
     raise OSError(errno.ENOTDIR, f"{what} {path} is not a folder")
 
 
+def missing_dirs(path: str) -> List[str]:
+  """``path`` and each parent of it that does not exist, deepest first: the
+  folders ``make_dir(path)`` creates."""
+  missing = []
+  path = os.path.abspath(path)
+  while not os.path.lexists(path):
+    missing.append(path)
+    parent = os.path.dirname(path)
+    if parent == path:
+      break
+    path = parent
+  return missing
+
+
+def remove_empty_dirs(paths: List[str]):
+  """Removes each of ``paths`` (deepest first) that is an empty folder: what
+  a refused start created is taken back; a folder holding anything stays."""
+  for path in paths:
+    with contextlib.suppress(OSError):
+      os.rmdir(path)
+
+
 # --------------------------------------------------------------------- lock
 def _holder() -> Dict[str, Any]:
   return {"pid": os.getpid(), "host": socket.gethostname(),
@@ -115,7 +139,9 @@ class WorkdirLock:
   the start passed its checks) writes this process's record, logs the
   takeover and returns the previous holder's record, so a refused start
   leaves a dead holder's record for the next one to report. ``release``
-  empties the record (only if this process wrote it) and unlocks.
+  empties the record (only if this process wrote it) and unlocks; released
+  unclaimed, a lock file this process created is removed, so a refused start
+  leaves no lock file behind.
   """
 
   def __init__(self, workdir: str):
@@ -123,6 +149,7 @@ class WorkdirLock:
     self.path = os.path.join(workdir, LOCK_FILE)
     self.fd: Optional[int] = None
     self.claimed = False
+    self.created = False
 
   def _read(self, fd) -> Dict[str, Any]:
     os.lseek(fd, 0, os.SEEK_SET)
@@ -137,13 +164,27 @@ class WorkdirLock:
 
   def acquire(self):
     """Takes the lock (the file's content is left as it is)."""
+    while not self._try_acquire():
+      pass  # the file was removed between our open and flock: open it again
+
+  def _open(self):
+    """(a descriptor of the lock file, whether this call created it)."""
+    # O_NOFOLLOW: a link put there after the check is refused, not followed.
+    flags = os.O_RDWR | os.O_NOFOLLOW
+    try:
+      return os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
+    except FileExistsError:
+      return os.open(self.path, flags), False
+
+  def _try_acquire(self) -> bool:
     if os.path.islink(self.path):
       raise WorkdirError(
           f"{self.path} is a symbolic link, not the lock file; remove it "
           f"(a trainer never follows it, so its target is not written)")
     try:
-      # O_NOFOLLOW: a link put there after the check is refused, not followed.
-      fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+      fd, created = self._open()
+    except FileNotFoundError:
+      return False  # removed between the two opens
     except OSError as e:
       if e.errno == errno.ELOOP:
         raise WorkdirError(
@@ -177,7 +218,17 @@ class WorkdirLock:
           f"({describe_holder(holder) if holder else 'holder not recorded yet'}); "
           f"two trainers would overwrite each other's checkpoints: wait for it "
           f"to finish or stop it") from None
-    self.fd = fd
+    try:
+      same = os.stat(self.path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+      same = False
+    if not same:
+      # A refused start removed the file it had created after we opened it:
+      # this lock is on a file nobody else will open.
+      os.close(fd)
+      return False
+    self.fd, self.created = fd, created
+    return True
 
   def claim(self) -> Optional[Dict[str, Any]]:
     """Writes this process's record into the held lock; returns the record a
@@ -204,7 +255,12 @@ class WorkdirLock:
     if self.claimed:
       with contextlib.suppress(OSError):
         os.ftruncate(fd, 0)
-    self.claimed = False
+    elif self.created:
+      # Removed while still locked: a trainer that opened it meanwhile is
+      # refused, and one that opens it later creates a new file.
+      with contextlib.suppress(OSError):
+        os.unlink(self.path)
+    self.claimed = self.created = False
     os.close(fd)  # closing the last descriptor drops the flock
 
   def __enter__(self):

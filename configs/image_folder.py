@@ -8,8 +8,10 @@ when every image sits in one (set --config.probe.num_classes to their
 number); otherwise the probe is off. JPEG (also CMYK and progressive), PNG
 (8/16-bit, grey, palette, RGBA), GIF and BMP files are read, any case of
 extension; each file once, however many links lead to it. Files that cannot
-be used (unreadable, not an image, truncated, corrupt) are skipped; the log
-names the first 20 and counts all by reason. ``:res=64`` picks another resolution
+be used (unreadable, not an image, truncated, corrupt, decoding only with
+libjpeg warnings, or over ``--config.dataset.max_pixels`` pixels: 64,000,000
+by default, 0 for no cap) are skipped; one warning line counts them by reason
+and names the first 20. ``:res=64`` picks another resolution
 (must be divisible by 16 with the default 4 encoder stages).
 """
 

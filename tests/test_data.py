@@ -38,7 +38,7 @@ def test_missing_idx_names_the_command(tmp_path):
       path=str(tmp_path), split="train", auto_install=False,
       tfds_fallback=False, name="fashion_mnist"))
   with pytest.raises(sources.DataUnavailableError,
-                     match="apt-get install -y dataset-fashion-mnist"):
+                     match="sudo apt-get install dataset-fashion-mnist"):
     sources.resolve_idx(cfg)
 
 
@@ -49,7 +49,7 @@ def test_user_idx_path_without_files_fails_at_once(tmp_path, monkeypatch):
   (tfds would retry a download for minutes offline)."""
   def no_fallback(*args, **kwargs):
     raise AssertionError("must not download for a user path")
-  monkeypatch.setattr(sources, "_tfds_available", no_fallback)
+  monkeypatch.setattr(sources, "_tfds_problem", no_fallback)
   for path, state in ((str(tmp_path / "typo"), "does not exist"),
                       (str(tmp_path), "lacks them")):
     cfg = ml_collections.ConfigDict(dict(
@@ -77,8 +77,8 @@ def test_missing_debian_idx_installs_nothing(tmp_path, monkeypatch):
   debian = str(tmp_path / "fashion-mnist")
   monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", debian)
   tried = []
-  monkeypatch.setattr(sources, "_tfds_available",
-                      lambda cfg: tried.append(cfg.name) or False)
+  monkeypatch.setattr(sources, "_tfds_problem",
+                      lambda cfg: tried.append(cfg.name) or "no network")
   for fallback, tfds_tried in ((False, []), (True, ["fashion_mnist"])):
     tried.clear()
     cfg = ml_collections.ConfigDict(dict(
@@ -88,9 +88,53 @@ def test_missing_debian_idx_installs_nothing(tmp_path, monkeypatch):
       sources.resolve_idx(cfg)
     assert tried == tfds_tried
     assert e.value.path == debian
-    assert "apt-get install -y dataset-fashion-mnist" in str(e.value)
-    assert ("tfds could not fetch them" in str(e.value)) == fallback
+    assert "sudo apt-get install dataset-fashion-mnist" in str(e.value)
+    assert ("tfds could not fetch them: no network" in str(e.value)) == fallback
   assert not hasattr(sources, "install_fashion_mnist")
+
+
+def test_tfds_fallback_probes_the_download_host_first(tmp_path, monkeypatch):
+  """Debian's folder empty, tfds data not prepared: with the download server
+  answering (a local HTTP server stands in for it) tfds downloads and the
+  fallback is taken; with its port closed, or a server that takes the
+  connection but never answers, no download is tried and the answer comes
+  within the probe's seconds."""
+  import http.server  # pylint: disable=g-import-not-at-top
+  import socket  # pylint: disable=g-import-not-at-top
+  debian = str(tmp_path / "fashion-mnist")
+  monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", debian)
+  downloads = []
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
+                      lambda self, **kw: downloads.append(self.name))
+  cfg = ml_collections.ConfigDict(dict(
+      path=debian, split="train", auto_install=True, tfds_fallback=True,
+      name="fashion_mnist", data_dir=str(tmp_path / "tfds")))
+  server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  port = server.server_address[1]
+  try:
+    monkeypatch.setenv(sources.PROBE_ENV, f"http://127.0.0.1:{port}/")
+    assert sources.resolve_idx(cfg) == ("", "tfds")  # it answers 501 to HEAD
+  finally:
+    server.shutdown()
+    server.server_close()
+  assert downloads == ["fashion_mnist"]
+  silent = socket.socket()
+  silent.bind(("127.0.0.1", 0))
+  silent.listen(8)  # takes connections, never answers
+  try:
+    for url in (f"http://127.0.0.1:{port}/",   # closed now
+                f"http://127.0.0.1:{silent.getsockname()[1]}/"):
+      monkeypatch.setenv(sources.PROBE_ENV, url)
+      t0 = time.monotonic()
+      with pytest.raises(sources.FashionMnistMissingError,
+                         match="tfds could not fetch them: no network"):
+        sources.resolve_idx(cfg)
+      assert time.monotonic() - t0 < sources.PROBE_SECONDS + 1, url
+  finally:
+    silent.close()
+  assert downloads == ["fashion_mnist"]
 
 
 def test_idx_pipeline_batches(idx_dir):
@@ -338,8 +382,11 @@ def test_image_folder_names_and_counts_files_that_fail_to_decode(tmp_path, caplo
   with caplog.at_level(logging.INFO):
     src = pipeline.open_source(_folder_cfg(root), 3)
   assert src.info == {"images": 2, "skipped": {sources.CORRUPT: 2}}
+  warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warned) == 1, warned
+  assert f"skipped 2 files ({sources.CORRUPT}: 2)" in warned[0]
   for name in ("bad.jpg", "bad.png"):
-    assert f"Skipping {root / name}: {sources.CORRUPT}" in caplog.text
+    assert f"{root / name} ({sources.CORRUPT})" in warned[0]
   assert len(_epoch(src)) == 2
 
 
@@ -365,11 +412,106 @@ def test_all_corrupt_folder_stops_fast_with_one_error(tmp_path, caplog):
   message = str(error.value)
   assert str(root) in message
   assert f"'{sources.CORRUPT}': {n}" in message and f"'{sources.TRUNCATED}': 1" in message
-  named = [r for r in caplog.records if r.getMessage().startswith("Skipping ")]
-  assert len(named) == sources.MAX_LOGGED
-  assert f"and {n + 1 - sources.MAX_LOGGED} more skipped files" in caplog.text
-  assert len(caplog.records) < sources.MAX_LOGGED + 10
+  warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warned) == 1, warned
+  assert warned[0].count(f"({sources.CORRUPT})") == sources.MAX_LOGGED - 1
+  assert f"and {n + 1 - sources.MAX_LOGGED} more" in warned[0]
+  assert len(caplog.records) < 10
 
+
+
+def _png_header_only(width, height):
+  """A PNG whose header claims width x height 8-bit grey pixels, with one
+  tiny IDAT (a decoder would allocate the whole image before finding the
+  data short)."""
+  import zlib  # pylint: disable=g-import-not-at-top
+
+  def chunk(kind, data):
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff))
+  return (b"\x89PNG\r\n\x1a\n"
+          + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+          + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def test_image_folder_skips_images_over_the_pixel_cap(tmp_path, caplog):
+  """A file whose header gives more than dataset.max_pixels pixels is
+  skipped before any decode (a 50000 x 50000 PNG header under the default
+  cap), counted and named with its size in the one warning line."""
+  root = tmp_path / "imgs"
+  root.mkdir()
+  _write_png(str(root / "small.png"), size=(20, 24))           # 480 pixels
+  _write_jpeg(str(root / "big.jpg"))                           # 20 x 30 = 600
+  _write_png(str(root / "big.png"), size=(40, 30))             # 1200
+  (root / "bomb.png").write_bytes(_png_header_only(50_000, 50_000))
+  with caplog.at_level(logging.INFO):
+    paths, _, _, skipped = _finishes_within(
+        30, lambda: sources.scan_image_folder(str(root), 3, max_pixels=500))
+  assert [os.path.basename(p) for p in paths] == ["small.png"]
+  assert skipped == {sources.TOO_LARGE: 3}
+  warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warned) == 1, warned
+  for name, size in (("big.jpg", "20x30"), ("big.png", "30x40"),
+                     ("bomb.png", "50000x50000")):
+    assert f"{root / name} ({sources.TOO_LARGE}: {size}" in warned[0], warned[0]
+  assert "max_pixels=500" in warned[0]
+  # Through the config (the field's default cap: the bomb alone is skipped).
+  src = _finishes_within(60, lambda: pipeline.open_source(_folder_cfg(root), 3))
+  assert src.info == {"images": 3, "skipped": {sources.TOO_LARGE: 1}}
+  cfg = _folder_cfg(root)
+  cfg.max_pixels = 0  # no cap: the bomb fails to decode instead
+  assert pipeline.open_source(cfg, 3).info["skipped"] == {sources.CORRUPT: 1}
+
+
+def test_image_size_reads_every_format_from_its_header(tmp_path):
+  root = tmp_path / "imgs"
+  root.mkdir()
+  files = _format_files(root)
+  for name, (want, _) in files.items():
+    assert sources.image_size(str(root / name)) == (want.shape[1], want.shape[0]), name
+  (root / "text.jpg").write_text("not an image")
+  assert sources.image_size(str(root / "text.jpg")) is None
+
+
+def _warning_jpegs(root):
+  """Two JPEGs that decode but make libjpeg warn, and a clean one."""
+  img = np.random.default_rng(1).integers(0, 256, (64, 48, 3), dtype=np.uint8)
+  good = tf.io.encode_jpeg(img).numpy()
+  (root / "good.jpg").write_bytes(good)
+  flipped = bytearray(good)
+  i = len(flipped) // 2
+  while 0xff in (flipped[i - 1], flipped[i], flipped[i + 1]):
+    i += 1
+  flipped[i] ^= 0x55
+  flipped[i + 1] ^= 0x33
+  (root / "flipped.jpg").write_bytes(bytes(flipped))   # bad scan data
+  (root / "short.jpg").write_bytes(good[:len(good) // 2] + b"\xff\xd9")
+  for name in ("flipped.jpg", "short.jpg"):
+    sources.decode_file(str(root / name), 3)  # decodes
+
+
+def test_image_folder_skips_jpegs_that_decode_with_libjpeg_warnings(tmp_path, capfd,
+                                                                    caplog):
+  """JPEGs that decode but make libjpeg print "Corrupt JPEG data: ..." are
+  skipped and counted (training would print that line every epoch); the
+  warning line names them with libjpeg's message, and libjpeg's own lines
+  stay off the console."""
+  root = tmp_path / "imgs"
+  root.mkdir()
+  _warning_jpegs(root)
+  _write_png(str(root / "a.png"))
+  capfd.readouterr()
+  with caplog.at_level(logging.INFO):
+    src = pipeline.open_source(_folder_cfg(root), 3)
+  assert src.info == {"images": 2, "skipped": {sources.JPEG_WARNINGS: 2}}
+  err = capfd.readouterr().err
+  assert "Corrupt JPEG data" not in err, err
+  warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warned) == 1, warned
+  for name in ("flipped.jpg", "short.jpg"):
+    assert f"{root / name} ({sources.JPEG_WARNINGS}: Corrupt JPEG data" in warned[0]
+  assert len(_epoch(src)) == 2
+  assert "Corrupt JPEG data" not in capfd.readouterr().err
 
 # Image files written byte by byte (TensorFlow encodes only PNG and JPEG).
 

@@ -328,6 +328,45 @@ def test_linear_eval_names_bad_inputs(idx_dir, tmp_path):
   assert not os.path.exists(f"{tmp_path}/nothing")
 
 
+def test_linear_eval_records_the_checkpoint_it_evaluated(idx_dir, tmp_path):
+  """eval_results.json and the console name the checkpoint evaluated and
+  both phases' steps (done and configured): an evaluation of a mid-training
+  checkpoint (adversarial step 2 of 4) is told from the final one (4 of 4)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from artifact_spotting import train_lib  # pylint: disable=g-import-not-at-top
+  from conftest import tiny_idx_config  # pylint: disable=g-import-not-at-top
+  final = str(tmp_path / "final")
+  train_lib.train(tiny_idx_config(idx_dir), final)
+  ckpts = os.path.join(final, "checkpoints")
+  # ckpt-3: adversarial step 2; ckpt-4: step 4 (checkpoint_every=2).
+  assert tf.train.latest_checkpoint(ckpts).endswith("ckpt-4")
+  mid = str(tmp_path / "mid")
+  shutil.copytree(final, mid)
+  for f in os.listdir(os.path.join(mid, "checkpoints")):
+    if f.startswith("ckpt-4."):
+      os.remove(os.path.join(mid, "checkpoints", f))
+  procs = {name: subprocess.Popen(
+      [sys.executable, "-m", "trainers.linear_eval"] + _eval_flags(idx_dir) + [
+          f"--workdir={workdir}", "--config.protocols=('folds',)"],
+      cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for name, workdir in (("final", final), ("mid", mid))}
+  outs = {name: p.communicate(timeout=600) for name, p in procs.items()}
+  for name, (ckpt, adv) in (("final", ("ckpt-4", 4)), ("mid", ("ckpt-3", 2))):
+    assert procs[name].returncode == 0, outs[name][1][-3000:]
+    workdir = final if name == "final" else mid
+    res = json.loads(open(os.path.join(
+        workdir, "eval", "fashion_mnist_folds", "eval_results.json")).read())
+    path = os.path.join(os.path.abspath(workdir), "checkpoints", ckpt)
+    assert res["checkpoint"] == {
+        "path": path, "autoencoder_step": 4, "autoencoder_steps": 4,
+        "adversarial_step": adv, "adversarial_steps": 4,
+        "finished": adv == 4}, name
+    line = next(l for l in outs[name][0].splitlines() if l.startswith("checkpoint "))
+    assert path in line and f"adversarial step {adv}/4" in line, line
+    assert "autoencoder step 4/4" in line, line
+    assert ("mid-training" in line) == (adv < 4), line
+
 # ------------------------------------------ fine-tuning under tfds mock_data
 def _mock_finetune_config(name, **updates):
   import importlib

@@ -90,6 +90,70 @@ def test_export_loads_in_a_fresh_process_and_matches(trained, tmp_path):
   np.testing.assert_array_equal(out["damaged"].numpy(), out["repaired"].numpy())
 
 
+SIZES = r'''
+import sys
+import numpy as np
+import tensorflow as tf
+path, images, out = sys.argv[1:4]
+m = tf.saved_model.load(path)
+x = np.load(images)
+res = {}
+for name in ("serving_default", "features"):
+  # An empty batch, at the training size and at another size.
+  for shape in ((0, 16, 16, x.shape[-1]), (0, 20, 24, x.shape[-1])):
+    for key, val in m.signatures[name](images=tf.zeros(shape, tf.uint8)).items():
+      res[f"{name}/{key}/empty{shape[1]}x{shape[2]}"] = val.numpy()
+  for key, val in m.signatures[name](images=tf.constant(x)).items():
+    res[f"{name}/{key}"] = val.numpy()
+empty = m.signatures["repair"](images=tf.zeros((0, 16, 16, x.shape[-1]), tf.uint8),
+                               keep_mask=tf.zeros([0, 4, 4]))
+for key, val in empty.items():
+  res[f"repair/{key}/empty"] = val.numpy()
+try:
+  m.signatures["serving_default"](images=tf.zeros([1, 0, 5, x.shape[-1]], tf.uint8))
+except tf.errors.InvalidArgumentError as e:
+  res["zero_height_error"] = np.array(e.message)
+np.savez(out, **res)
+'''
+
+
+def test_signatures_take_empty_batches_and_resize_other_sizes(trained, tmp_path):
+  """In a fresh process: an empty batch (0, H, W, C) gives empty outputs
+  shaped as a batch's, at the training size or another; images of another
+  size (20x24 for a 16x16 model) are resized to 16x16 as documented
+  (bilinear, antialiased, aspect ratio not kept) before the network; an
+  image of height 0 is refused naming the problem."""
+  workdir, _ = trained
+  path = export_lib.export(workdir, str(tmp_path / "serving"))
+  images = np.random.default_rng(2).integers(0, 256, (3, 20, 24, 1), dtype=np.uint8)
+  np.save(tmp_path / "images.npy", images)
+  script = tmp_path / "sizes.py"
+  script.write_text(SIZES)
+  r = subprocess.run([sys.executable, str(script), path, str(tmp_path / "images.npy"),
+                      str(tmp_path / "out.npz")], cwd=str(tmp_path), capture_output=True,
+                     text=True, timeout=300,
+                     env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+  assert r.returncode == 0, r.stderr[-3000:]
+  got = np.load(tmp_path / "out.npz")
+  _, restored = loading.spotter(workdir)
+  disc = restored.model.discriminator
+  x = tf.image.resize(tf.cast(images, tf.float32) / 127.5 - 1.0, [16, 16],
+                      method="bilinear", antialias=True)
+  out = disc(x, training=False)
+  ref = {"serving_default/embedding": tf.reduce_mean(out["conv5"], [1, 2]),
+         "serving_default/artifact_probability": tf.sigmoid(-out["logits"]),
+         "serving_default/artifact_mask": tf.sigmoid(-out["mask_logits"]),
+         **{f"features/conv{i}": out[f"conv{i}"] for i in range(1, 6)}}
+  for key, val in ref.items():
+    np.testing.assert_allclose(got[key], val.numpy(), atol=1e-5, err_msg=key)
+    for size in ("16x16", "20x24"):
+      empty = got[f"{key}/empty{size}"]
+      assert empty.shape == (0,) + val.shape[1:] and empty.dtype == np.float32, (key, size)
+  for key in ("damaged", "repaired"):
+    empty = got[f"repair/{key}/empty"]
+    assert empty.shape == (0, 16, 16, 1) and empty.dtype == np.uint8, key
+  assert "height and width must be at least 1" in str(got["zero_height_error"])
+
 def test_saved_model_cli_lists_signatures(trained, tmp_path):
   workdir, _ = trained
   path = export_lib.export(workdir, str(tmp_path / "serving"), version=7)

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -220,6 +221,53 @@ def test_pretrain_binary_names_the_install_command_on_a_first_run(tmp_path):
   assert "sudo apt-get install dataset-fashion-mnist" in last
   assert "Traceback" not in r.stderr
 
+
+def _closed_port():
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]  # nothing listens there once closed
+
+
+def test_offline_first_run_stops_fast_naming_the_install_command(tmp_path):
+  """Debian's Fashion-MNIST folder empty, the tfds fallback on (the default)
+  and its download host unreachable (the probe pointed at a closed local
+  port): pretrain, linear_eval and finetune each stop within 10 s, from
+  start to exit, with one error line naming the apt-get command, without
+  tfds' download retries or a warning naming the download host, and leave
+  no output folder."""
+  debian = str(tmp_path / "fashion-mnist")
+  os.makedirs(debian)
+  code = ("import runpy, sys; from artifact_spotting.data import sources; "
+          f"sources.DEBIAN_FASHION_MNIST = {debian!r}; "
+          "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)")
+  tfds_dir = f"--config.dataset.data_dir={tmp_path / 'tfds'}"
+  out = tmp_path / "out"
+  commands = {
+      "pretrain": ["trainers.pretrain", "--config=configs/fashion_mnist.py:smoke",
+                   f"--workdir={out}", tfds_dir],
+      "linear_eval": ["trainers.linear_eval",
+                      "--config=configs/eval/fashion_mnist_folds.py:smoke",
+                      "--features=pixels", f"--output={out}", tfds_dir],
+      "finetune": ["trainers.finetune", "--config=configs/finetune/fashion_mnist.py:smoke",
+                   "--init=random:configs/fashion_mnist.py:tiny", f"--workdir={out}",
+                   tfds_dir],
+  }
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+             ARTIFACT_SPOTTING_DOWNLOAD_PROBE=f"http://127.0.0.1:{_closed_port()}/")
+  for name, args in commands.items():
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", code] + args, cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - t0
+    last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
+    assert r.returncode == 2, (name, r.stderr[-3000:])
+    assert last.startswith("error: Fashion-MNIST is not installed"), (name, last)
+    assert "sudo apt-get install dataset-fashion-mnist" in last, (name, last)
+    assert elapsed < 10, (name, elapsed)
+    for noise in ("Traceback", "Retrying", "amazonaws", "Dl Completed"):
+      assert noise not in r.stderr, (name, noise, r.stderr[-3000:])
+    assert not os.path.exists(out), name
 
 def test_binary_reports_bad_config_field(tmp_path):
   cmd = [sys.executable, "-m", "trainers.pretrain",

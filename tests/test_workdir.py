@@ -19,6 +19,7 @@ from artifact_spotting import loading
 from artifact_spotting import export as export_lib
 from artifact_spotting import train_lib
 from artifact_spotting import workdir as workdir_lib
+from artifact_spotting.data import sources
 from conftest import make_idx_dir, tiny_idx_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -188,6 +189,59 @@ def test_second_trainer_is_refused_and_a_killed_ones_lock_is_taken_over(trained,
   assert open(os.path.join(workdir, workdir_lib.LOCK_FILE)).read() == ""
 
 
+def _adversarial_step(checkpoint):
+  return int(tf.train.load_variable(
+      checkpoint, "c_optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+def test_sigterm_and_sigint_checkpoint_at_a_step_and_the_rerun_resumes(trained, tmp_path):
+  """SIGTERM during phase 2, mid log interval: the trainer stops at the next
+  step boundary, writes a checkpoint of that step, prints one line naming
+  it and exits 143; the same command resumes from it, and SIGINT then does
+  the same with exit 130."""
+  _, idx, _ = trained
+  workdir = str(tmp_path / "run")
+  # No periodic checkpoint in phase 2: the one written on the signal is it.
+  cmd = _pretrain(idx, workdir, "--config.spotter.steps=100000",
+                  "--config.train.log_every=50",
+                  "--config.train.checkpoint_every=100000")
+  previous = None
+  for run, sig, code in ((1, signal.SIGTERM, 143), (2, signal.SIGINT, 130)):
+    out, err = tmp_path / f"run{run}.out", tmp_path / f"run{run}.err"
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=open(out, "w"), stderr=open(err, "w"),
+                            start_new_session=True,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    try:
+      start = previous[1] if previous else 0
+      # A console line of phase 2 beyond where this run started.
+      seen = lambda: any(
+          line.startswith("[spotter] ") and int(line.split()[1].split("/")[0]) > start
+          for line in open(out).read().splitlines())
+      assert _wait_for(seen, proc), open(err).read()[-3000:]
+      proc.send_signal(sig)
+      proc.wait(timeout=120)
+    finally:
+      _kill(proc)
+    stderr = open(err).read()
+    assert proc.returncode == code, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"interrupted: {sig.name} at spotter step "), last
+    step = int(last.split("spotter step ")[1].split("/")[0])
+    checkpoint = last.split("checkpoint ")[1].split(" written")[0]
+    assert "rerun the same command to resume" in last
+    assert step > start, (step, start)
+    assert _adversarial_step(checkpoint) == step
+    assert tf.train.latest_checkpoint(_ckpt_dir(workdir)) == checkpoint
+    if previous:
+      assert f"Resumed from {previous[0]}" in stderr, stderr[-3000:]
+      assert f"adversarial step {previous[1]})" in stderr
+      assert step > previous[1]
+    previous = (checkpoint, step)
+  assert [s["resumed_from"] for s in _starts(workdir)][1:] == [
+      os.path.join(_ckpt_dir(workdir), "ckpt-2")]
+
+
 def test_lock_is_exclusive_in_process_and_released(tmp_path):
   workdir = str(tmp_path / "w")
   os.makedirs(workdir)
@@ -309,6 +363,56 @@ def test_checkpoints_without_config_json_are_refused(trained, tmp_path):
   assert _snapshot(workdir) == before
 
 
+
+def _tree(path):
+  """Every file and folder under ``path`` (lock and start log included):
+  relative name -> bytes, or None for a folder."""
+  out = {}
+  for folder, dirs, files in os.walk(path):
+    for d in dirs:
+      out[os.path.relpath(os.path.join(folder, d), path)] = None
+    for f in files:
+      full = os.path.join(folder, f)
+      out[os.path.relpath(full, path)] = open(full, "rb").read()
+  return out
+
+
+def test_start_refused_for_bad_data_leaves_nothing(trained, tmp_path):
+  """pretrain refused for its data (a missing IDX folder, an image folder
+  without images): on a new workdir no folder and no trainer.lock are left,
+  not even the parents it would have made; on an existing workdir (without
+  a lock file) nothing changes and no lock file appears."""
+  empty = tmp_path / "no_images"
+  empty.mkdir()
+  (empty / "notes.txt").write_text("no image here")
+  existing = _copy(trained, tmp_path / "existing")
+  os.remove(os.path.join(existing, workdir_lib.LOCK_FILE))
+  moved = str(tmp_path / "moved_idx")  # the run's data, since moved away
+  record = json.load(open(os.path.join(existing, workdir_lib.CONFIG_FILE)))
+  record["dataset"]["path"] = moved
+  with open(os.path.join(existing, workdir_lib.CONFIG_FILE), "w") as f:
+    json.dump(record, f)
+  before = _tree(existing)
+  new_idx = str(tmp_path / "new" / "deeper" / "run")
+  new_folder = str(tmp_path / "new_folder_run")
+  cases = {
+      "idx_new": (_pretrain("/nonexistent", new_idx),
+                  ["config.dataset.path='/nonexistent'", "does not exist"]),
+      "folder_new": ([sys.executable, "-m", "trainers.pretrain",
+                      "--config=configs/image_folder.py:smoke", f"--workdir={new_folder}",
+                      f"--config.dataset.path={empty}"],
+                     [f"No decodable images under '{empty}'"]),
+  }
+  _each_one_line_error(cases, timeout=300,
+                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  assert not os.path.exists(tmp_path / "new")
+  assert not os.path.exists(new_folder)
+  # The existing workdir's run (the fixture's in-process config), its data
+  # moved away.
+  with pytest.raises(sources.DataUnavailableError, match="does not exist"):
+    train_lib.train(tiny_idx_config(moved), existing)
+  assert _tree(existing) == before
+
 def test_resume_rules_field_by_field():
   old = json.loads(config_lib.tiny_config().to_json_best_effort())
   new = json.loads(json.dumps(old))
@@ -355,6 +459,26 @@ def test_resume_rules_field_by_field():
   assert check()[1] == ["probe.enabled: True -> False", "seed: 0 -> 1"]
 
 
+def test_workdir_recorded_before_max_pixels_resumes(trained, tmp_path):
+  """A config.json written before dataset.max_pixels existed resumes at the
+  field's default (the start log names it as not recorded); another cap is
+  refused."""
+  workdir = _copy(trained, tmp_path / "old")
+  _, idx, _ = trained
+  path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
+  record = json.load(open(path))
+  del record["dataset"]["max_pixels"]
+  with open(path, "w") as f:
+    json.dump(record, f)
+  with pytest.raises(train_lib.SetupError,
+                     match=r"dataset.max_pixels: \(not recorded\) -> 1000"):
+    train_lib.train(tiny_idx_config(idx, **{"dataset.max_pixels": 1000}), workdir)
+  result = train_lib.train(tiny_idx_config(idx, **{"spotter.steps": 6}), workdir)
+  assert result["spotter"]["steps"] == 6
+  assert _starts(workdir)[-1]["changes"]["dataset.max_pixels"] == [
+      "(not recorded)", sources.DEFAULT_MAX_PIXELS]
+  assert config_lib.base_config().dataset.max_pixels == sources.DEFAULT_MAX_PIXELS
+
 def test_half_written_config_json_is_refused_not_overwritten(trained, tmp_path):
   workdir = _copy(trained, tmp_path / "run")
   _, idx, config = trained
@@ -390,6 +514,7 @@ def test_half_written_config_json_is_refused_not_overwritten(trained, tmp_path):
     ("optimizer.decay_fraction", 2.0, "config.optimizer.decay_fraction=2.0"),
     ("probe.num_classes", 0, "config.probe.num_classes=0"),
     ("dataset.shuffle_buffer", 0, "config.dataset.shuffle_buffer=0"),
+    ("dataset.max_pixels", -1, r"config.dataset.max_pixels=-1 must be an integer >= 0"),
     ("seed", -1, "config.seed=-1"),
     # Every real-valued field must be finite.
     *[(f, v, rf"config.{f}={v!r} must be a finite number")
@@ -758,3 +883,34 @@ def test_exports_are_readable_by_other_users(trained, tmp_path):
   bad = {p: oct(m) for p, m in modes.items()
          if m != (0o755 if os.path.isdir(p) else 0o644)}
   assert not bad
+
+
+def test_missing_input_paths_are_one_line(tmp_path):
+  """A path a binary reads that does not exist (a .keras --init, a workdir,
+  a pretraining config, a fold file): `error: ...` naming it, exit 2, no
+  traceback, and no output folder made."""
+  missing = "/nonexistent"
+  finetune = [sys.executable, "-m", "trainers.finetune",
+              "--config=configs/finetune/fashion_mnist.py:smoke"]
+  linear_eval = [sys.executable, "-m", "trainers.linear_eval",
+                 "--config=configs/eval/fashion_mnist_folds.py"]
+  out = tmp_path / "out"
+  cases = {
+      "finetune_keras": (finetune + [f"--init={missing}.keras", f"--workdir={out}"],
+                         [f"{missing}.keras", "does not exist"]),
+      "finetune_random": (finetune + [f"--init=random:{missing}.py", f"--workdir={out}"],
+                          [f"{missing}.py"]),
+      "eval_workdir": (linear_eval + [f"--workdir={missing}"], [missing, "does not exist"]),
+      "eval_random": (linear_eval + ["--features=random",
+                                     f"--pretrain_config={missing}.py", f"--output={out}"],
+                      [f"{missing}.py"]),
+      "eval_fold_file": (linear_eval + ["--features=pixels", f"--output={out}",
+                                        "--config.folds.kind=file",
+                                        f"--config.folds.file={missing}/folds.txt"],
+                         [f"config.folds.file='{missing}/folds.txt' does not exist"]),
+      "export_workdir": ([sys.executable, "-m", "trainers.export", f"--workdir={missing}",
+                          f"--output={out}"], [missing, "does not exist"]),
+  }
+  _each_one_line_error(cases, timeout=300,
+                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  assert not os.path.exists(out)

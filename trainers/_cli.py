@@ -27,7 +27,9 @@ from ml_collections.config_flags import config_flags as config_flags_impl
 EXIT_CODE = 2
 
 # Installs Debian's Fashion-MNIST IDX files (as root); named to the user on a
-# first run, never run by the binaries or the library (.ci/run runs it).
+# first run, never run by the binaries or the library (.ci/run runs it). The
+# same text as data.sources.FASHION_MNIST_INSTALL (this module loads no
+# TensorFlow, which sources imports).
 FASHION_MNIST_INSTALL = "sudo apt-get install dataset-fashion-mnist"
 
 

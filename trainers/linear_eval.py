@@ -75,6 +75,26 @@ def _output():
   return os.path.join(_WORKDIR.value, "eval", name + suffix)
 
 
+class _LazyWriter:
+  """A tf.summary writer under ``logdir`` made on its first use, so an
+  evaluation that fails before it writes a summary (missing data, say)
+  leaves no output folder behind."""
+
+  def __init__(self, logdir: str):
+    self.logdir = logdir
+    self._writer = None
+
+  def as_default(self, step=None):
+    if self._writer is None:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      self._writer = tf.summary.create_file_writer(self.logdir)
+    return self._writer.as_default(step=step)
+
+  def flush(self):
+    if self._writer is not None:
+      self._writer.flush()
+
+
 def setup_errors():
   from artifact_spotting.data.sources import DataUnavailableError  # pylint: disable=g-import-not-at-top
   from artifact_spotting.loading import LoadError  # pylint: disable=g-import-not-at-top
@@ -83,7 +103,6 @@ def setup_errors():
 
 def main(argv):
   del argv
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from artifact_spotting import evaluation  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   # Before any output folder, model or data: a bad field is one error line.
@@ -94,10 +113,11 @@ def main(argv):
   output = _output()
   extractor = evaluation.make_extractor(_FEATURES.value, _source(),
                                         config.pooled_dims, _SEED.value)
-  os.makedirs(output, exist_ok=True)
-  writer = tf.summary.create_file_writer(os.path.join(output, "tensorboard"))
+  writer = _LazyWriter(os.path.join(output, "tensorboard"))
   t0 = time.time()
   result = evaluation.evaluate(config, extractor, writer=writer)
+  writer.flush()
+  os.makedirs(output, exist_ok=True)
   result["seconds"] = time.time() - t0
   result["config"] = config.to_dict()
   # Where and how it was made: a report that finds this file in another

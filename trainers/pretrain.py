@@ -8,12 +8,18 @@ anything else is refused (see artifact_spotting/workdir.py). One trainer at a
 time per workdir (workdir/trainer.lock). Dotted flags override config fields:
 --config.spotter.drop_rate=0.5
 
+SIGTERM or SIGINT (Ctrl-C) stops training at the next step boundary: a
+checkpoint is written there, one line says so, and the exit status is 128 +
+the signal's number (143 for SIGTERM, 130 for SIGINT); rerunning the same
+command resumes from it. A second signal ends the process at once.
+
 The data of configs/fashion_mnist.py is Debian's dataset-fashion-mnist
 package, with tfds as the fallback; when neither has it (a first run on a
 new machine) the binary stops with one line naming the install command.
 """
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
@@ -54,6 +60,10 @@ def main(argv):
     results = train_lib.train(_CONFIG.value, _WORKDIR.value)
   except sources.FashionMnistMissingError as e:
     _cli.fail(_cli.fashion_mnist_first_run(e.path))
+  except train_lib.Interrupted as e:
+    # Not an error: the checkpoint is written and a rerun resumes from it.
+    print(f"interrupted: {e}", file=sys.stderr, flush=True)
+    sys.exit(128 + e.signum)
   for phase, r in results.items():
     if r:
       print(f"{phase}: {r['steps']} steps, {r['images_per_second']:.1f} img/s")

@@ -10,10 +10,13 @@ input pipeline).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import stat
 import struct
+import sys
+import tempfile
 import time
 from typing import Optional, Tuple
 
@@ -22,6 +25,13 @@ import tensorflow as tf
 from absl import logging
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+# What installs it (as root); named in the errors, never run here.
+FASHION_MNIST_INSTALL = "sudo apt-get install dataset-fashion-mnist"
+# Before a tfds download the fallback checks that the download server answers
+# an HTTP request within this many seconds (tfds itself retries with back-off
+# for minutes offline). PROBE_ENV (a URL) names another server to ask.
+PROBE_SECONDS = 3.0
+PROBE_ENV = "ARTIFACT_SPOTTING_DOWNLOAD_PROBE"
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -116,7 +126,9 @@ def resolve_idx(dataset_cfg) -> Tuple[str, Optional[str]]:
   package is installed by the user (the pretraining binary prints the
   command on a first run) or by .ci/run.
 
-  Returns (path, None), or ("", "tfds") when the caller should use tfds.
+  Returns (path, None), or ("", "tfds") when the caller should use tfds (its
+  data prepared, or downloaded now; offline that is known within
+  PROBE_SECONDS).
   The tfds fallback applies to the default Debian folder only: a folder
   named in config.dataset.path must hold the files. Raises
   FashionMnistMissingError (the default folder) or DataUnavailableError (a
@@ -136,30 +148,69 @@ def resolve_idx(dataset_cfg) -> Tuple[str, Optional[str]]:
         f"config.dataset.path={path!r} must hold {images}[.gz] and "
         f"{labels}[.gz] (the {split} split's IDX files); it {state}. Point it "
         f"at such a folder, or leave it at {DEBIAN_FASHION_MNIST} (Debian's: "
-        f"sudo apt-get install -y dataset-fashion-mnist).")
+        f"{FASHION_MNIST_INSTALL}).")
   tried_tfds = dataset_cfg.tfds_fallback and dataset_cfg.name == "fashion_mnist"
-  if tried_tfds and _tfds_available(dataset_cfg):
+  problem = _tfds_problem(dataset_cfg) if tried_tfds else None
+  if tried_tfds and problem is None:
     return "", "tfds"
   images, labels = IDX_FILES[split]
   raise FashionMnistMissingError(
-      f"Fashion-MNIST IDX files not found in {path!r}"
-      f"{' and tfds could not fetch them' if tried_tfds else ''}. Run:\n"
-      f"  sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist\n"
-      f"or point --config.dataset.path at a folder holding {images}[.gz] and "
-      f"{labels}[.gz].", path)
+      f"Fashion-MNIST is not installed (no IDX files in {path}"
+      f"{f'; tfds could not fetch them: {problem}' if tried_tfds else ''}); "
+      f"install it with: {FASHION_MNIST_INSTALL} (or point "
+      f"--config.dataset.path at a folder holding {images}[.gz] and "
+      f"{labels}[.gz])", path)
 
 
-def _tfds_available(dataset_cfg) -> bool:
-  """True when tfds has the data prepared or can download and prepare it."""
+def _download_url(builder) -> str:
+  """What the fallback probes before ``builder`` downloads: PROBE_ENV when
+  set, else the builder's ``URL`` (fashion_mnist's download folder)."""
+  return (os.environ.get(PROBE_ENV, "")
+          or getattr(type(builder), "URL", "") or "https://storage.googleapis.com/")
+
+
+def reachable(url: str, seconds: float = PROBE_SECONDS) -> bool:
+  """Whether ``url``'s server answers an HTTP HEAD request within ``seconds``
+  (with any status: it answered); name lookup, connection and reply all
+  count towards the time (the request runs in a thread waited on that long)."""
+  import threading  # pylint: disable=g-import-not-at-top
+  import urllib.error  # pylint: disable=g-import-not-at-top
+  import urllib.request  # pylint: disable=g-import-not-at-top
+  answer = []
+
+  def ask():
+    try:
+      request = urllib.request.Request(url, method="HEAD")
+      urllib.request.urlopen(request, timeout=seconds).close()
+      answer.append(True)
+    except urllib.error.HTTPError:
+      answer.append(True)   # a status, so the server is there
+    except (OSError, ValueError):
+      answer.append(False)  # no name, no route, refused, timed out
+  thread = threading.Thread(target=ask, daemon=True)
+  thread.start()
+  thread.join(seconds)
+  return bool(answer and answer[0])
+
+
+def _tfds_problem(dataset_cfg) -> Optional[str]:
+  """None when tfds has the data prepared or downloads and prepares it, else
+  why not (in a few words). A download is tried only when its host answers
+  (``reachable``), so an offline machine gets its answer within
+  PROBE_SECONDS instead of after tfds' retries."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     builder = tfds.builder(dataset_cfg.name, data_dir=dataset_cfg.data_dir or None)
-    if not builder.is_prepared():
-      builder.download_and_prepare()
-    return True
+    if builder.is_prepared():
+      return None
+    if not reachable(_download_url(builder)):
+      return "no network"
+    builder.download_and_prepare()
+    return None
   except Exception as e:  # pylint: disable=broad-except
-    logging.warning("tfds fallback for %s failed: %s", dataset_cfg.name, e)
-    return False
+    text = str(e).strip().splitlines()
+    logging.info("tfds fallback for %s failed: %s", dataset_cfg.name, e)
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:200]
 
 
 # ---------------------------------------------------------------------- tfds
@@ -217,11 +268,19 @@ _FORMATS = (
 NOT_AN_IMAGE = "not an image"
 TRUNCATED = "truncated"
 CORRUPT = "corrupt (decode failed)"
+TOO_LARGE = "too large"              # followed by its size and the cap
+JPEG_WARNINGS = "corrupt (libjpeg warnings)"  # followed by libjpeg's first line
 NOT_A_FILE = "not a regular file"
 DUPLICATE = "duplicate (same file as another path)"
 UNREADABLE = "unreadable"            # followed by the OS error, e.g. "(Permission denied)"
 UNREADABLE_FOLDER = "unreadable folder"
-MAX_LOGGED = 20                      # skipped files named one by one in the log
+MAX_LOGGED = 20                      # skipped files named in the warning line
+# config.dataset.max_pixels' default: files with more pixels (width x height,
+# read from the header) are skipped before any decode. Decoded RGB takes 3
+# bytes a pixel, so one such image is 192 MB and several decode at once; the
+# largest common camera sensors (61 MP) stay under it, decompression bombs
+# (a small file whose header claims billions of pixels) do not.
+DEFAULT_MAX_PIXELS = 64_000_000
 _PROGRESS_SECONDS = 30               # progress line while decoding large folders
 
 
@@ -274,6 +333,66 @@ def check_image_file(path: str) -> Optional[str]:
   return NOT_AN_IMAGE
 
 
+# JPEG start-of-frame markers (SOF0..SOF15 but DHT, JPG and DAC): the frame
+# header after them holds the image's height and width.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_STANDALONE = frozenset([0x01, 0xD8] + list(range(0xD0, 0xD8)))
+
+
+def _jpeg_size(f) -> Optional[Tuple[int, int]]:
+  """(width, height) from a JPEG's frame header, reading marker segments
+  from the file's start (seeking over their bodies); None when none is found
+  before the scan data or the segments do not follow each other."""
+  f.seek(2)
+  while True:
+    byte = f.read(1)
+    if byte != b"\xff":  # bytes between segments: corrupt, the decoder decides
+      return None
+    while byte == b"\xff":  # fill bytes
+      byte = f.read(1)
+    if not byte:
+      return None
+    marker = byte[0]
+    if marker in _JPEG_STANDALONE:
+      continue
+    if marker in (0xD9, 0xDA):        # end of image or scan data: no frame
+      return None
+    head = f.read(2)
+    if len(head) < 2:
+      return None
+    length = struct.unpack(">H", head)[0]
+    if marker in _JPEG_SOF:
+      frame = f.read(5)
+      if len(frame) < 5:
+        return None
+      height, width = struct.unpack(">HH", frame[1:5])
+      return width, height
+    f.seek(length - 2, os.SEEK_CUR)
+
+
+def image_size(path: str) -> Optional[Tuple[int, int]]:
+  """(width, height) of an image file as its header states it, without
+  decoding: PNG's IHDR, GIF's logical screen, BMP's DIB header, JPEG's frame
+  header. None when the file is not one of those or its header is cut."""
+  try:
+    with open(path, "rb") as f:
+      head = f.read(26)
+      if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+        return struct.unpack(">II", head[16:24])
+      if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
+        return struct.unpack("<HH", head[6:10])
+      if head.startswith(b"BM") and len(head) >= 26:
+        if struct.unpack("<I", head[14:18])[0] == 12:  # BITMAPCOREHEADER
+          return struct.unpack("<HH", head[18:22])
+        width, height = struct.unpack("<ii", head[18:26])
+        return abs(width), abs(height)   # a negative height: top-down rows
+      if head.startswith(b"\xff\xd8\xff"):
+        return _jpeg_size(f)
+  except (OSError, struct.error):
+    return None
+  return None
+
+
 def decode_file(path, channels: int):
   """uint8 [H, W, channels] of an image file, ``channels`` 1 or 3.
 
@@ -323,12 +442,17 @@ class _Skips:
     if len(self.named) < MAX_LOGGED:
       self.named.append((_shown(path), reason + detail))
 
-  def log(self):
-    for path, why in self.named:
-      logging.warning("Skipping %s: %s", path, why)
-    if self.total > len(self.named):
-      logging.warning("... and %d more skipped files (not named; totals by "
-                      "reason: %s)", self.total - len(self.named), self.counts)
+  def log(self, root: str):
+    """One warning line: the counts by reason, then the first MAX_LOGGED
+    files with why."""
+    if not self.total:
+      return
+    counts = ", ".join(f"{reason}: {n}" for reason, n in self.counts.items())
+    named = "; ".join(f"{path} ({why})" for path, why in self.named)
+    more = (f"; and {self.total - len(self.named)} more"
+            if self.total > len(self.named) else "")
+    logging.warning("Image folder %s: skipped %d files (%s): %s%s",
+                    _shown(root), self.total, counts, named, more)
 
 
 def _list_image_files(root: str, skips: _Skips):
@@ -391,14 +515,35 @@ def _list_image_files(root: str, skips: _Skips):
   return paths, others
 
 
-def _undecodable(paths, channels: int):
-  """Indices of ``paths`` that decode_file cannot decode.
+@contextlib.contextmanager
+def _stderr_captured():
+  """Sends file descriptor 2 (where libjpeg prints its warnings, from any
+  thread) to a temporary file while inside; yields a list that holds the
+  captured text once the block is left."""
+  text = []
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as sink:
+    os.dup2(sink.fileno(), 2)
+    try:
+      yield text
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      sink.seek(0)
+      text.append(sink.read().decode("utf-8", "replace"))
+
+
+def _decode_all(paths, channels: int, progress: bool = True):
+  """(indices of ``paths`` that decode_file cannot decode, what the decodes
+  printed on stderr).
 
   Decodes every file once, in parallel inside tf.data; a failing element is
   dropped without a log line and found by its missing index.
   """
   if not paths:
-    return np.zeros([0], np.int64)
+    return np.zeros([0], np.int64), ""
   ds = tf.data.Dataset.from_tensor_slices(_path_tensor_values(paths)).enumerate()
   ds = ds.map(lambda i, p: (i, tf.shape(decode_file(p, channels))),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
@@ -406,26 +551,83 @@ def _undecodable(paths, channels: int):
   ok = np.zeros(len(paths), bool)
   start = last = time.monotonic()
   done = 0
-  for index, _ in ds:
-    ok[index.numpy()] = True
-    done += len(index)
-    if time.monotonic() - last > _PROGRESS_SECONDS:
-      last = time.monotonic()
-      logging.info("Decoded %d of %d images (%.0f s)", done, len(paths),
-                   last - start)
-  return np.flatnonzero(~ok)
+  with _stderr_captured() as printed:
+    for index, _ in ds:
+      ok[index.numpy()] = True
+      done += len(index)
+      if progress and time.monotonic() - last > _PROGRESS_SECONDS:
+        last = time.monotonic()
+        logging.info("Decoded %d of %d images (%.0f s)", done, len(paths),
+                     last - start)
+  return np.flatnonzero(~ok), printed[0]
 
 
-def scan_image_folder(root: str, channels: int = 3):
+def _undecodable(paths, channels: int):
+  """(indices of ``paths`` that decode_file cannot decode, {index: libjpeg's
+  first line} for the JPEGs that decode but make libjpeg warn).
+
+  libjpeg prints its warnings ("Corrupt JPEG data: ...") on stderr, named
+  by no file; they are captured here. When the decode of every file printed
+  one, the JPEGs are decoded again in halves, and halves of the halves that
+  print, down to the single files (a few decodes per such file). Anything
+  else the decodes printed is passed on to stderr.
+  """
+  bad, printed = _decode_all(paths, channels)
+  warned = {}
+  if not printed.strip():
+    return bad, warned
+  failed = set(bad.tolist())
+  jpegs = [i for i, p in enumerate(paths) if i not in failed and
+           _format_of(p) == "jpeg"]
+  explained = set()
+
+  def visit(group):
+    _, text = _decode_all([paths[i] for i in group], channels, progress=False)
+    if not text.strip():
+      return
+    if len(group) == 1:
+      lines = [l.strip() for l in text.splitlines() if l.strip()]
+      warned[group[0]] = lines[0]
+      explained.update(lines)
+      return
+    visit(group[:len(group) // 2])
+    visit(group[len(group) // 2:])
+  if jpegs:
+    visit(jpegs)
+  rest = [l for l in printed.splitlines() if l.strip() and l.strip() not in explained]
+  if rest:
+    print("\n".join(rest), file=sys.stderr, flush=True)
+  return bad, warned
+
+
+def _format_of(path: str) -> Optional[str]:
+  """The format _FORMATS reads from the file's magic number, or None."""
+  try:
+    with open(path, "rb") as f:
+      head = f.read(8)
+  except OSError:
+    return None
+  for name, magics, _ in _FORMATS:
+    if any(head.startswith(m) for m in magics):
+      return name
+  return None
+
+
+def scan_image_folder(root: str, channels: int = 3,
+                      max_pixels: int = DEFAULT_MAX_PIXELS):
   """(paths, labels, class_names, skipped) for an image tree.
 
   Every file with an image extension (any case) is read once (see
   _list_image_files). A file is skipped when it is unreadable, not an image
-  (no known magic number), truncated (no end-of-image marker) or corrupt
-  (decode_file fails on it with ``channels``): every file is decoded once
-  here, in parallel, so training only sees files that decode.
-  ``skipped`` maps each reason to its count; the log names the first
-  MAX_LOGGED skipped files and gives the totals.
+  (no known magic number), truncated (no end-of-image marker), too large
+  (its header states more than ``max_pixels`` pixels, width x height; 0: no
+  cap; checked before any decode), corrupt (decode_file fails on it with
+  ``channels``) or, for a JPEG, decodes only with libjpeg warnings (corrupt
+  data that libjpeg fills in; kept, it would print its warning in every
+  epoch): every other file is decoded once here, in parallel, so training
+  only sees files that decode cleanly. ``skipped`` maps each reason to its
+  count; one warning line gives the counts and names the first MAX_LOGGED
+  skipped files.
 
   Labels come from the first-level sub-folder names when every image is in
   one; otherwise there are none (labels is None). Raises DataUnavailableError
@@ -439,17 +641,25 @@ def scan_image_folder(root: str, channels: int = 3):
   paths = []
   for full in found:
     reason = check_image_file(full)
-    if reason is None:
+    size = image_size(full) if reason is None and max_pixels else None
+    if reason is None and size and size[0] * size[1] > max_pixels:
+      skips.add(full, TOO_LARGE, f": {size[0]}x{size[1]} = "
+                f"{size[0] * size[1] / 1e6:.1f} MP > max_pixels={max_pixels}")
+    elif reason is None:
       paths.append(full)
     elif reason.startswith(UNREADABLE):
       skips.add(full, UNREADABLE, reason[len(UNREADABLE):])
     else:
       skips.add(full, reason)
-  bad = set(_undecodable(paths, channels).tolist())
+  failed, warned = _undecodable(paths, channels)
+  bad = set(failed.tolist())
   for i in sorted(bad):
     skips.add(paths[i], CORRUPT)
+  for i, line in sorted(warned.items()):
+    skips.add(paths[i], JPEG_WARNINGS, f": {line}")
+  bad |= set(warned)
   paths = [p for i, p in enumerate(paths) if i not in bad]
-  skips.log()
+  skips.log(root)
   skipped = dict(skips.counts)
   if not paths:
     raise DataUnavailableError(
@@ -475,7 +685,9 @@ def image_folder_source(dataset_cfg, channels: int) -> Source:
   unless a file is changed or removed afterwards; TensorFlow's error then
   stops the input pipeline.
   """
-  paths, labels, _, skipped = scan_image_folder(dataset_cfg.path, channels)
+  paths, labels, _, skipped = scan_image_folder(
+      dataset_cfg.path, channels,
+      dataset_cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
   feats = {"path": _path_tensor_values(paths)}
   if labels is not None:
     feats["label"] = labels

@@ -39,13 +39,18 @@ def pool_flatten(fmap, pooled_dims: int):
 
 
 class Extractor:
-  """images [B, H, W, C] in [-1, 1] -> {layer: [B, D]} (a tf.function)."""
+  """images [B, H, W, C] in [-1, 1] -> {layer: [B, D]} (a tf.function).
 
-  def __init__(self, name: str, layers: Sequence[str], fn: Callable, keep=None):
+  ``checkpoint``: for features of a pretraining workdir, the
+  loading.checkpoint_record of the checkpoint they come from, else None."""
+
+  def __init__(self, name: str, layers: Sequence[str], fn: Callable, keep=None,
+               checkpoint: Optional[Dict] = None):
     self.name = name
     self.layers = tuple(layers)
     self._fn = tf.function(fn)
     self._keep = keep  # keeps the owning model alive
+    self.checkpoint = checkpoint
 
   def __call__(self, images) -> Dict[str, tf.Tensor]:
     return self._fn(tf.convert_to_tensor(images, tf.float32))
@@ -80,10 +85,14 @@ def make_extractor(kind: str, source: str, pooled_dims: int, seed: int = 0) -> E
   """kind: discriminator (pretraining workdir) | random (a pretraining workdir
   or config file ``path[:arg]``) | autoencoder (pretraining workdir) | pixels |
   keras (a .keras file holding a discriminator)."""
-  if kind == "discriminator":
-    return discriminator_extractor(loading.discriminator(source), pooled_dims, kind)
-  if kind == "autoencoder":
-    return encoder_extractor(loading.encoder(source), pooled_dims, kind)
+  if kind in ("discriminator", "autoencoder"):
+    load, make = ((loading.trained_discriminator, discriminator_extractor)
+                  if kind == "discriminator" else
+                  (loading.trained_encoder, encoder_extractor))
+    network, checkpoint = load(source)
+    extractor = make(network, pooled_dims, kind)
+    extractor.checkpoint = checkpoint
+    return extractor
   if kind == "random":
     disc = loading.new_discriminator(loading.pretrain_config(source), seed)
     return discriminator_extractor(disc, pooled_dims, f"random_seed{seed}")

@@ -14,6 +14,7 @@ k = 20) uses the same folds as memory banks.
 
 from __future__ import annotations
 
+import errno
 from typing import Callable, Dict, List, Sequence
 
 import numpy as np
@@ -40,7 +41,7 @@ def read_fold_indices(path: str) -> List[np.ndarray]:
   """STL-10's fold_indices.txt: one line per fold, 0-based train indices."""
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(
-        f"fold file {path!r} does not exist; STL-10's fold_indices.txt comes "
+        errno.ENOENT, f"fold file {path!r} does not exist; STL-10's fold_indices.txt comes "
         f"with the binary release (stl10_binary.tar.gz, see README)")
   with tf.io.gfile.GFile(path) as f:
     folds = [np.array(line.split(), np.int64) for line in f if line.strip()]

@@ -13,6 +13,7 @@ from typing import Callable, Dict
 import numpy as np
 import tensorflow as tf
 
+from artifact_spotting import loading
 from artifact_spotting.config import real, whole  # field tests, shared with config.check_ranges
 from artifact_spotting.data import pipeline
 from artifact_spotting.evaluation.features import Extractor, extract
@@ -81,6 +82,15 @@ def validate_eval_config(config):
       ("full.max_train_images", whole(0),
        "an integer >= 0 (0: the whole training split)"),
   ])
+  folds = config.get("folds", None)
+  if ("folds" in config.get("protocols", ()) and folds is not None
+      and folds.get("kind", "") == "file" and folds.get("file", "")
+      and not tf.io.gfile.exists(folds.file)):
+    # Checked here, before any output folder or data: read_fold_indices
+    # would find it missing only after the training labels are read.
+    raise ValueError(f"config.folds.file={folds.file!r} does not exist; "
+                     f"STL-10's fold_indices.txt comes with the binary "
+                     f"release (stl10_binary.tar.gz, see README)")
   check_pp(config)
   return config
 
@@ -118,6 +128,9 @@ def evaluate(config, extractor: Extractor, log: Callable = print,
   if limit:
     test_src = test_src.take(limit)
   result: Dict = {"features": extractor.name, "layers": list(extractor.layers)}
+  if extractor.checkpoint is not None:
+    result["checkpoint"] = dict(extractor.checkpoint)
+    log(loading.describe_checkpoint(extractor.checkpoint))
   unknown = set(config.protocols) - {"folds", "full"}
   if unknown:
     raise ValueError(f"config.protocols has unknown {sorted(unknown)}; use "
