@@ -138,10 +138,22 @@ def _copy_weights(src, dst):
     b.assign(a.numpy())
 
 
-def test_mirrored_step_matches_single_device(idx_dir):
+@pytest.mark.parametrize("fill,lr_fraction", [("average", 0.0), ("blur", 0.5)])
+def test_mirrored_step_matches_single_device(idx_dir, fill, lr_fraction):
   """Two replicas on 2 logical CPUs, each with half of a global batch of 8,
-  reach the same weights, BN statistics and history as one device."""
-  c = tiny_idx_config(idx_dir)
+  reach the same weights, BN statistics and history as one device.
+
+  With fill="average" to float32 precision. With the default fill ("blur")
+  the repair network has gradients near zero from the first step, and Adam
+  turns their float32 summation-order differences (synchronised batch norm,
+  the loss reductions) into a sizeable part of an update step: measured, the
+  losses agree to 1e-6 for two steps and part by 1.4e-4 at the third, and
+  weights differ by up to 9.2e-5, a third of one step of the learning rate
+  3e-4. So there weights may differ by ``lr_fraction`` of the adversarial
+  phase's learning rate (half a step), and losses by 1e-3."""
+  c = tiny_idx_config(idx_dir, **{"spotter.fill": fill})
+  step_atol = lr_fraction * max(c.spotter.lr, c.spotter.repair_lr)
+  loss_rtol = 1e-3 if lr_fraction else 1e-4
   single = tf.distribute.get_strategy()
   mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
   assert mirrored.num_replicas_in_sync == 2
@@ -172,11 +184,11 @@ def test_mirrored_step_matches_single_device(idx_dir):
       m2 = f2(split(batch))
       loss_key = "ae/loss" if name == "ae" else "c/class_loss"
       total = mirrored.reduce("MEAN", m2[loss_key], axis=None)
-      np.testing.assert_allclose(float(total), float(m1[loss_key]), rtol=1e-4)
+      np.testing.assert_allclose(float(total), float(m1[loss_key]), rtol=loss_rtol)
   checked = 0
   for a, b in zip(p1.model.weights, p2.model.weights):
-    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5,
-                               err_msg=a.path)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4,
+                               atol=max(1e-5, step_atol), err_msg=a.path)
     checked += 1
   names = " ".join(w.path for w in p1.model.weights)
   assert "moving_mean" in names and "history/images" in names
