@@ -784,15 +784,15 @@ def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
     # Likewise the precision: "auto" is resolved once, when the run starts,
     # and a resume keeps what config.json recorded (float32 for a workdir
     # made before "auto" was the default).
-    recorded = (workdir_lib.read_config(workdir) or {}).get("train", {})
+    recorded = workdir_lib.read_config(workdir)
     requested = config.train.precision
     config.train.precision = resolve_precision(
-        requested, recorded.get("precision", "float32") if recorded else None)
-    logging.info("Precision: %s%s.", config.train.precision,
-                 f" (train.precision=auto: {auto_precision()[1]})"
-                 if requested == "auto" and not recorded else
-                 " (train.precision=auto: as this run recorded)"
-                 if requested == "auto" else "")
+        requested, recorded["train"].get("precision", "float32") if recorded else None)
+    why = ""
+    if requested == "auto":
+      why = (" (train.precision=auto: "
+             + ("as this run recorded" if recorded else auto_precision()[1]) + ")")
+    logging.info("Precision %s%s.", config.train.precision, why)
     chief = distribute.is_chief(strategy)
     changes, claim = open_workdir(config, workdir, chief, held)
     source = pipeline.open_source(config.dataset, config.channels)
