@@ -107,7 +107,7 @@ class ArtifactSpotter(keras.Model):
                ae_recon_weight: float, l2_weight: float, recon_weight: float,
                mask_weight: float, mask_real_weight: float,
                generator_adds_c_losses: bool, probe_classes: int,
-               repair_init: str = "zeros", **kwargs):
+               repair_init: str, **kwargs):
     super().__init__(**kwargs)
     if isinstance(resolution, int):
       resolution = (resolution, resolution)
