@@ -31,6 +31,7 @@ from artifact_spotting import evaluation
 from artifact_spotting import loading
 from artifact_spotting import workdir as workdir_lib
 from artifact_spotting.data import pipeline
+from artifact_spotting.evaluation.probe import held_out_split
 from artifact_spotting.models.discriminator import FEATURE_NAMES
 
 
@@ -113,8 +114,8 @@ def hold_out(indices, size: int, seed: int):
   if size >= len(indices):
     raise ValueError(f"config.validation_size={size} leaves no training images "
                      f"of the {len(indices)} available")
-  order = np.random.default_rng(seed).permutation(len(indices))
-  return np.sort(indices[order[size:]]), np.sort(indices[order[:size]])
+  train, held = held_out_split(len(indices), size, seed)
+  return np.sort(indices[train]), np.sort(indices[held])
 
 
 class BestEpoch(keras.callbacks.Callback):
