@@ -57,6 +57,11 @@ flags.DEFINE_multi_string("override", [], "Extra config overrides for every "
                           "spotter run, e.g. --override=spotter.lr=0.001 "
                           "(the autoencoder is shared and takes none). Finished "
                           "runs are not retrained: use a fresh --root.")
+flags.DEFINE_bool("deterministic", False, "Pretraining runs (the shared "
+                  "autoencoder and every spotter) with train.deterministic=True: "
+                  "op determinism and a seeded input, so the same command on the "
+                  "same kind of machine retrains the same autoencoder and rows "
+                  "bit for bit (a root can then be rebuilt and extended).")
 flags.DEFINE_integer("row_seeds", 1, "Training seeds per ablation row "
                      "(--config.seed=0..N-1, same shared autoencoder): with 2 or "
                      "more, the report gives each row's seed-to-seed spread and "
@@ -111,6 +116,8 @@ def config_spec(arg=""):
 
 
 def pretrain_cmd(arg, workdir, overrides, extra=()):
+  if FLAGS.deterministic:
+    overrides = list(overrides) + [("train.deterministic", True)]
   return ([sys.executable, "-m", "trainers.pretrain", f"--config={config_spec(arg)}",
            f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides]
           + [f"--config.{o}" for o in extra])
