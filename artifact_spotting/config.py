@@ -16,7 +16,9 @@ DATASET_SOURCES = ("idx", "tfds", "image_folder")
 JIT_MODES = ("auto", "off", "on", "spotter")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
-BATCH_NORM_MODES = ("auto", "sync", "per_replica")  # see distribute.batch_norm
+# Batch-norm statistics under several replicas (models/replica.py); the
+# config also takes "auto" (replica.resolve_batch_norm).
+BATCH_NORM_MODES = ("sync", "per_replica")
 REPAIR_INITS = ("zeros", "glorot_uniform")
 
 # What a rerun on an existing workdir may change (workdir.resume_changes):
@@ -185,12 +187,12 @@ def base_config() -> ml_collections.ConfigDict:
       log_every=50, summary_every=500, checkpoint_every=1000,
       # XLA: "off" | "on" (both phases) | "spotter" (the adversarial phase
       # only) | "auto": the measured faster choice for the device, see
-      # train_lib.resolve_jit (so far "off" everywhere).
+      # distribute.resolve_jit (so far "off" everywhere).
       keep_checkpoints=3, jit_compile="auto", montage_size=8,
       # "auto" (the default: mixed_float16 on GPUs, mixed_bfloat16 on TPUs
       # and CPUs with bf16 units, float32 on other CPUs; resolved at a
       # run's first start and recorded in config.json, see
-      # train_lib.auto_precision) | "float32" | "mixed_bfloat16" |
+      # precision.auto_precision) | "float32" | "mixed_bfloat16" |
       # "mixed_float16" (adds dynamic loss scaling).
       precision="auto",
       # True: TensorFlow's op determinism for the process, and a resumed
@@ -382,9 +384,9 @@ def validate(config, pp: bool = True):
     raise ValueError(f"config.train.precision={config.train.precision!r} must "
                      f"be one of {PRECISIONS}")
   dist = config.distribute
-  if dist.get("batch_norm", "auto") not in BATCH_NORM_MODES:
+  if dist.get("batch_norm", "auto") not in ("auto",) + BATCH_NORM_MODES:
     raise ValueError(f"config.distribute.batch_norm={dist.batch_norm!r} must be "
-                     f"one of {BATCH_NORM_MODES}")
+                     f"one of {('auto',) + BATCH_NORM_MODES}")
   cpus = dist.get("logical_cpus", 0)
   if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 0:
     raise ValueError(f"config.distribute.logical_cpus={cpus!r} must be an "

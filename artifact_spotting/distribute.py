@@ -97,3 +97,28 @@ def task_name(strategy) -> str:
   if resolver is None or resolver.task_type is None:
     return "local"
   return f"{resolver.task_type}_{resolver.task_id}"
+
+
+# jit_compile="auto" per kind of device the replicas run on.
+AUTO_JIT = {
+    # XLA makes both steps slower on CPUs, on one device and with replicas
+    # on logical CPUs (docs/performance.md; results/throughput_*.md).
+    "CPU": "off",
+    # No GPU measurement: off until one shows XLA to be the faster choice.
+    "GPU": "off",
+    # TPUStrategy compiles every replica step with XLA by itself; the
+    # trainer's own XLA compile of the compute part would add nothing.
+    "TPU": "off",
+}
+
+
+def resolve_jit(mode: str, strategy) -> str:
+  """``mode`` ("off", "on", "spotter") as it is; ``"auto"`` -> AUTO_JIT's
+  choice for the kind of device ``strategy``'s replicas run on
+  (device_kind: "CPU", "GPU" or "TPU"). The table gives "off"
+  for every kind today (reasons in AUTO_JIT), so the strategy changes the
+  answer only once an entry does.
+  """
+  if mode != "auto":
+    return mode
+  return AUTO_JIT[device_kind(strategy)]

@@ -19,6 +19,8 @@ from typing import Dict, List, Tuple
 import numpy as np
 import tensorflow as tf
 
+from artifact_spotting import workdir as workdir_lib
+
 Scalars = Dict[str, List[Tuple[int, float]]]
 Images = Dict[str, List[Tuple[int, np.ndarray]]]
 
@@ -43,6 +45,4 @@ def read_events(logdir: str) -> Tuple[Scalars, Images]:
 
 def read_workdir(workdir: str) -> Tuple[Scalars, Images]:
   """``read_events`` on the TensorBoard folder of a pretraining workdir."""
-  # Imported here: train_lib imports the models, which reading events needs not.
-  from artifact_spotting import train_lib  # pylint: disable=g-import-not-at-top
-  return read_events(os.path.join(workdir, train_lib.TENSORBOARD_DIR))
+  return read_events(os.path.join(workdir, workdir_lib.TENSORBOARD_DIR))

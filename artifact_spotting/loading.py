@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import importlib.util
-import json
 import os
 
 from typing import Any, Dict, Tuple
@@ -28,11 +27,13 @@ import ml_collections
 import tensorflow as tf
 
 from artifact_spotting import config as config_lib
-from artifact_spotting import train_lib
+from artifact_spotting import checkpoints
+from artifact_spotting import precision as precision_lib
 from artifact_spotting import workdir as workdir_lib
 from artifact_spotting.models.autoencoder import Encoder
 from artifact_spotting.models.discriminator import Discriminator
 from artifact_spotting.models.spotter import ArtifactSpotter
+from artifact_spotting.optimizers import player_optimizer
 
 class LoadError(RuntimeError):
   """What was asked for cannot be loaded; the message names what is missing."""
@@ -41,18 +42,18 @@ class LoadError(RuntimeError):
 # ------------------------------------------------------------------ configs
 def workdir_config(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config a pretraining workdir recorded (config.json)."""
-  path = os.path.join(workdir, "config.json")
+  path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
   if not tf.io.gfile.isdir(workdir):
     raise LoadError(f"workdir {workdir!r} does not exist")
-  if not tf.io.gfile.exists(path):
+  try:
+    recorded = workdir_lib.read_config(workdir)
+  except workdir_lib.WorkdirError as e:
+    raise LoadError(f"{path} is not valid JSON ({e.__cause__}); the workdir is "
+                    f"half-written") from e
+  if recorded is None:
     raise LoadError(f"{path} is missing: {workdir!r} is not a pretraining "
                     f"workdir (run trainers.pretrain first)")
-  try:
-    with tf.io.gfile.GFile(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
-  except (json.JSONDecodeError, ValueError) as e:
-    raise LoadError(f"{path} is not valid JSON ({e}); the workdir is "
-                    f"half-written") from e
+  return ml_collections.ConfigDict(recorded)
 
 
 def pretrain_config(spec: str) -> ml_collections.ConfigDict:
@@ -89,19 +90,19 @@ def restore(workdir: str, config, model=None, **networks) -> Restored:
   from the workdir's newest readable checkpoint (an unreadable newer one is
   named in a warning), leaving everything else in it unread.
 
-  The step counters are read through ``train_lib.player_optimizer``s, never
+  The step counters are read through ``optimizers.player_optimizer``s, never
   built for variables, so no moment estimates are created."""
-  ckpt_dir = os.path.join(workdir, train_lib.CHECKPOINT_DIR)
-  if not train_lib.checkpoint_paths(ckpt_dir):
+  ckpt_dir = os.path.join(workdir, workdir_lib.CHECKPOINT_DIR)
+  if not checkpoints.checkpoint_paths(ckpt_dir):
     raise LoadError(f"no checkpoint in {ckpt_dir}: pretraining has not "
                     f"saved one yet")
-  ae_opt = train_lib.player_optimizer(config, "ae_optimizer")
-  c_opt = train_lib.player_optimizer(config, "c_optimizer")
+  ae_opt = player_optimizer(config, "ae_optimizer")
+  c_opt = player_optimizer(config, "c_optimizer")
   checkpoint = tf.train.Checkpoint(
       model=model if model is not None else tf.train.Checkpoint(**networks),
       ae_optimizer=ae_opt, c_optimizer=c_opt)
   try:
-    path = train_lib.restore_latest(checkpoint, ckpt_dir)
+    path = checkpoints.restore_latest(checkpoint, ckpt_dir)
   except ValueError as e:
     raise LoadError(f"{workdir}: {e}") from e
   return Restored(model if model is not None else networks,
@@ -111,7 +112,7 @@ def restore(workdir: str, config, model=None, **networks) -> Restored:
 def _precision(config) -> str:
   """A workdir's recorded precision; for a config file's "auto", what a new
   run on this machine would train in."""
-  return train_lib.resolve_precision(config.train.get("precision", "float32"))
+  return precision_lib.of_config(config)
 
 
 def _require_spotter(workdir: str, restored: Restored):
@@ -125,7 +126,7 @@ def new_discriminator(config, seed: int = None) -> Discriminator:
   given), computing in the config's training precision."""
   if seed is not None:
     keras.utils.set_random_seed(seed)
-  with train_lib.precision_policy(_precision(config)):
+  with precision_lib.policy(_precision(config)):
     disc = Discriminator(**config_lib.discriminator_kwargs(config),
                          name="discriminator")
     disc(tf.zeros((1, config.resolution, config.resolution, config.channels)))
@@ -135,7 +136,7 @@ def new_discriminator(config, seed: int = None) -> Discriminator:
 def _new_spotter(config, probe: bool) -> ArtifactSpotter:
   """The whole model as the trainer builds it (seed, precision, name)."""
   keras.utils.set_random_seed(int(config.seed))
-  with train_lib.precision_policy(_precision(config)):
+  with precision_lib.policy(_precision(config)):
     model = ArtifactSpotter(**config_lib.spotter_kwargs(config, probe),
                             name="artifact_spotter")
     model.build()

@@ -1,11 +1,16 @@
-"""Adam with a fused per-variable update."""
+"""The players' optimizers: Adam with a fused per-variable update, its
+learning-rate schedule, and the optimizer the trainer makes for each player."""
 
 from __future__ import annotations
+
+import math
 
 import keras
 import tensorflow as tf
 
+from artifact_spotting import precision as precision_lib
 from artifact_spotting.models.blocks import PACKAGE
+from artifact_spotting.schedules import LinearDecay
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
@@ -37,3 +42,36 @@ class FusedAdam(keras.optimizers.Adam):
         lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2,
         epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype),
         use_locking=False)
+
+
+def make_adam(lr: float, steps: int, opt_cfg, name: str, precision="float32"):
+  """FusedAdam with the learning rate decaying linearly from ``lr`` to
+  ``lr * end_lr_ratio`` over ``decay_fraction`` of ``steps``, then constant;
+  with loss scaling for mixed_float16."""
+  # Our LinearDecay, not keras' PolynomialDecay(power=1): the same line, but
+  # keras computes (lr - end) * (1 - t) + end where we compute
+  # lr * (1 - t * (1 - ratio)), and in float32 the two differ by up to tens
+  # of ulps at most steps of the schedule (tests/test_train.py compares
+  # them), which would change every run's numerics.
+  schedule = LinearDecay(lr, int(math.ceil(opt_cfg.decay_fraction * steps)),
+                         opt_cfg.end_lr_ratio)
+  adam = FusedAdam(learning_rate=schedule, beta_1=opt_cfg.beta1,
+                   beta_2=opt_cfg.beta2, epsilon=opt_cfg.epsilon, name=name)
+  if precision == "mixed_float16":  # float16 gradients need loss scaling
+    return keras.optimizers.LossScaleOptimizer(adam, name=name)
+  return adam
+
+
+def player_optimizer(config, name: str):
+  """The optimizer the trainer makes for ``name`` (ae_optimizer: the
+  autoencoder; c_optimizer / r_optimizer: the discriminator / the repair
+  network) from ``config``, unbuilt. Reading a checkpoint's step counts
+  through one (never built for variables) finds them under the names and
+  wrappers the trainer saved them with (mixed_float16: the loss-scale
+  optimizer's inner optimizer)."""
+  lr, steps = {"ae_optimizer": (config.autoencoder.lr, config.autoencoder.steps),
+               "c_optimizer": (config.spotter.lr, config.spotter.steps),
+               "r_optimizer": (config.spotter.repair_lr, config.spotter.steps),
+               }[name]
+  return make_adam(lr, steps, config.optimizer, name,
+                   precision_lib.of_config(config))

@@ -38,6 +38,9 @@ from absl import logging
 
 LOCK_FILE = "trainer.lock"
 CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
+SUMMARY_FILE = "train_summary.json"
 START_LOG = "starts.jsonl"
 
 
@@ -359,11 +362,10 @@ def read_config(workdir: str) -> Optional[Dict[str, Any]]:
   path = os.path.join(workdir, CONFIG_FILE)
   if not tf.io.gfile.exists(path):
     return None
-  with tf.io.gfile.GFile(path) as f:
-    text = f.read()
   try:
-    return json.loads(text)
-  except json.JSONDecodeError as e:
+    with tf.io.gfile.GFile(path) as f:
+      return json.loads(f.read())
+  except ValueError as e:  # not JSON, or not UTF-8
     raise WorkdirError(
         f"{path} is not valid JSON ({e}), so this start cannot be checked "
         f"against the run in {workdir}; restore the file or use another "
@@ -560,3 +562,59 @@ _CKPT_NUMBER = re.compile(r"-(\d+)$")
 def checkpoint_number(prefix: str) -> int:
   m = _CKPT_NUMBER.search(prefix)
   return int(m.group(1)) if m else -1
+
+
+def write_config(config, workdir):
+  """workdir/config.json, atomically (never half-written)."""
+  atomic_write(os.path.join(workdir, CONFIG_FILE),
+               config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def open_workdir(config, workdir: str, chief: bool, held: contextlib.ExitStack,
+                 has_checkpoint: bool):
+  """Locks ``workdir`` for this run before anything is written to it.
+
+  The chief creates the folder and takes its lock (released when ``held``
+  closes; see WorkdirLock); every task checks the config against the
+  recorded one (check_resume; ``has_checkpoint``: whether the workdir holds
+  a checkpoint). Returns (accepted config changes, ``claim``). Until ``claim()`` runs the workdir is unchanged, so a start
+  refused before it (``held`` closes unclaimed) leaves everything as it
+  found it: a lock file and folders this start created are removed again;
+  ``claim()`` (call it once every check passed) writes the lock record,
+  removes half-written checkpoint folders and returns the record of a dead
+  trainer whose lock was taken over, or None.
+  """
+  ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
+  lock = None
+  if chief:
+    local = is_local(workdir)
+    created = missing_dirs(workdir) if local else []
+    claimed = []
+
+    def undo_unclaimed():
+      if not claimed:
+        remove_empty_dirs(created)
+    held.callback(undo_unclaimed)  # runs after the lock's release below
+    make_dir(workdir)
+    if local:
+      lock = WorkdirLock(workdir)
+      lock.acquire()
+      held.callback(lock.release)
+    else:
+      logging.warning("workdir %s is not a local path: no lock keeps a second "
+                      "trainer out of it.", workdir)
+  changes = check_resume(
+      workdir, json.loads(config.to_json_best_effort()),
+      has_checkpoint=has_checkpoint)
+  for field, (old, new) in sorted(changes.items()):
+    logging.info("Config change on resume: %s %r -> %r", field, old, new)
+
+  def claim():
+    if not chief:
+      return None
+    took_over = lock.claim() if lock is not None else None
+    claimed.append(True)
+    remove_orphan_checkpoints(ckpt_dir)
+    return took_over
+
+  return changes, claim

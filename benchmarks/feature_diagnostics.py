@@ -149,13 +149,16 @@ def discriminator_at(workdir, step):
   """The workdir's discriminator at adversarial step ``step`` (a kept
   checkpoint), or its newest one when step is None."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from artifact_spotting import loading, train_lib  # pylint: disable=g-import-not-at-top
+  from artifact_spotting import checkpoints  # pylint: disable=g-import-not-at-top
+  from artifact_spotting import optimizers  # pylint: disable=g-import-not-at-top
+  from artifact_spotting import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from artifact_spotting import loading  # pylint: disable=g-import-not-at-top
   if step is None:
     return loading.discriminator(workdir)
   config = loading.workdir_config(workdir)
-  for path in train_lib.checkpoint_paths(os.path.join(workdir, train_lib.CHECKPOINT_DIR)):
+  for path in checkpoints.checkpoint_paths(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR)):
     disc = loading.new_discriminator(config)
-    opt = train_lib.player_optimizer(config, "c_optimizer")
+    opt = optimizers.player_optimizer(config, "c_optimizer")
     tf.train.Checkpoint(model=tf.train.Checkpoint(discriminator=disc),
                         c_optimizer=opt).read(path).expect_partial()
     if int(opt.iterations.numpy()) == step:

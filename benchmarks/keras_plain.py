@@ -311,14 +311,14 @@ def forward_flops_per_image(model, forward_flops, batch=8):
 
 def compare(config_spec="configs/fashion_mnist.py", batch=64):
   """Parameters and traced FLOPs per image of one step, plain against ours."""
-  from artifact_spotting import train_lib  # pylint: disable=g-import-not-at-top
+  from artifact_spotting import train_state  # pylint: disable=g-import-not-at-top
   from artifact_spotting.loading import pretrain_config  # pylint: disable=g-import-not-at-top
   from benchmarks.throughput import step_flops  # pylint: disable=g-import-not-at-top
   config = pretrain_config(config_spec)
   res, ch = config.resolution, config.channels
   data = {"image": tf.random.uniform([batch, res, res, ch], -1, 1),
           "label": tf.zeros([batch], tf.int32)}
-  players = train_lib.Players(config, tf.distribute.get_strategy())
+  players = train_state.Players(config, tf.distribute.get_strategy())
   ours = players.model
   fn = lambda b: ours.adversarial_step(b, players.c_opt, players.r_opt, players.probe_opt)
   tf.function(fn)(data)

@@ -44,10 +44,10 @@ def steps_from(precision, init, batches):
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from artifact_spotting import config as config_lib  # pylint: disable=g-import-not-at-top
-  from artifact_spotting import train_lib  # pylint: disable=g-import-not-at-top
+  from artifact_spotting import train_state  # pylint: disable=g-import-not-at-top
   c = config_lib.tiny_config(**{"train.precision": precision,
                                 "discriminator.dropout": 0.0})
-  players = train_lib.Players(c, tf.distribute.get_strategy(), probe=False)
+  players = train_state.Players(c, tf.distribute.get_strategy(), probe=False)
   players.model.set_weights(init)
   for opt in (players.ae_opt, players.c_opt, players.r_opt):
     if isinstance(opt, keras.optimizers.LossScaleOptimizer):
@@ -69,12 +69,12 @@ def drift(precision, seed):
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from artifact_spotting import config as config_lib  # pylint: disable=g-import-not-at-top
-  from artifact_spotting import train_lib  # pylint: disable=g-import-not-at-top
+  from artifact_spotting import train_state  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   batches = [tf.constant(rng.uniform(-1, 1, (8, 16, 16, 1)), tf.float32)
              for _ in range(5)]
   keras.utils.set_random_seed(seed)
-  base = train_lib.Players(config_lib.tiny_config(), tf.distribute.get_strategy(),
+  base = train_state.Players(config_lib.tiny_config(), tf.distribute.get_strategy(),
                            probe=False)
   init = base.model.get_weights()
   ref, ref_metrics = steps_from("float32", init, batches)

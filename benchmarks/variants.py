@@ -71,22 +71,23 @@ def build_variant(config, phase: str, batch: int, jit: bool, precision: str,
   with benchmarks/profile_ops.py so both time the same step. ``replicas`` >
   1 mirrors over that many logical CPU devices, as distribute.logical_cpus
   does (call before anything starts TensorFlow's runtime), with batch norm
-  per replica under XLA as train_lib's "auto" chooses (sync without).
+  as config.distribute.batch_norm="auto" chooses (replica.resolve_batch_norm).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from artifact_spotting import train_state  # pylint: disable=g-import-not-at-top
   from artifact_spotting import distribute, train_lib  # pylint: disable=g-import-not-at-top
   from artifact_spotting.data import pipeline  # pylint: disable=g-import-not-at-top
+  from artifact_spotting.models import replica  # pylint: disable=g-import-not-at-top
   config.train.precision = precision
-  batch_norm = "sync"
   if replicas > 1:
     config.distribute.update(strategy="mirrored", logical_cpus=replicas)
     strategy = distribute.make_strategy(config.distribute)
-    batch_norm = "per_replica" if jit else "sync"
   else:
     strategy = tf.distribute.get_strategy()
+  batch_norm = replica.resolve_batch_norm("auto", bool(jit), replicas)
   config.distribute.batch_norm = batch_norm
   source = pipeline.open_source(config.dataset, config.channels)
-  players = train_lib.Players(config, strategy, probe=source.has_label)
+  players = train_state.Players(config, strategy, probe=source.has_label)
   model = players.model
   if phase == "autoencoder":
     fn = lambda b: model.autoencoder_step(b, players.ae_opt)

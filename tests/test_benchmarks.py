@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from artifact_spotting import config as config_lib
-from artifact_spotting import train_lib
+from artifact_spotting import train_state
 from artifact_spotting.models.discriminator import Discriminator
 from benchmarks import throughput
 from conftest import tiny_config
@@ -24,7 +24,7 @@ def test_forward_flops_of_a_dense_layer():
 
 def test_discriminator_flops_match_a_hand_count():
   c = tiny_config()
-  model = train_lib.Players(c, tf.distribute.get_strategy(), probe=False).model
+  model = train_state.Players(c, tf.distribute.get_strategy(), probe=False).model
   f = throughput.model_flops(model, 16, 1, 0.5, True)
   # tiny discriminator: five 3x3 convs of 8 filters at 16, 8, 4, 4, 4 pixels
   # (pools after conv1 and conv2), inputs 1, 8, 8, 8, 8 channels.
@@ -78,7 +78,7 @@ def _traced_and_hand(phase, onednn, monkeypatch):
   from artifact_spotting.models import blocks
   monkeypatch.setattr(blocks, "onednn_enabled", lambda: onednn)
   c = tiny_config()
-  players = train_lib.Players(c, tf.distribute.get_strategy(), probe=False)
+  players = train_state.Players(c, tf.distribute.get_strategy(), probe=False)
   m = players.model
   batch = {"image": tf.random.uniform([8, 16, 16, 1], -1, 1)}
   fn = {"spotter": lambda b: m.adversarial_step(b, players.c_opt, players.r_opt),

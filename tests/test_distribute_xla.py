@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from artifact_spotting import config as config_lib
 from artifact_spotting import distribute
+from artifact_spotting import train_state
 from artifact_spotting import train_lib
 from artifact_spotting.models import replica
 from conftest import tiny_config, tiny_idx_config
@@ -57,7 +58,7 @@ def _batches(steps, seed=0):
 
 def _initial_weights(config):
   return [w.numpy() for w in
-          train_lib.Players(config, tf.distribute.get_strategy()).model.weights]
+          train_state.Players(config, tf.distribute.get_strategy()).model.weights]
 
 
 def _train(config, strategy, init, xla, batch_norm="sync", ae_steps=2,
@@ -69,7 +70,7 @@ def _train(config, strategy, init, xla, batch_norm="sync", ae_steps=2,
   steps (a list per phase, one dict per step)). The steps run under the mode train_lib.make_loop sets, one
   tf.function per phase (one trace per replica; the loop itself is tested
   through the binary below and in test_train)."""
-  players = train_lib.Players(config, strategy)
+  players = train_state.Players(config, strategy)
   for v, value in zip(players.model.weights, init):
     v.assign(value)
   for opt in (players.ae_opt, players.c_opt, players.r_opt):
@@ -259,7 +260,7 @@ def test_sync_batch_norm_with_xla_on_replicas_is_refused(idx_dir, tmp_path):
   assert not os.path.exists(tmp_path / "w" / "config.json")
   # The step refuses it too (a caller bypassing train()).
   mirrored = _mirrored()
-  players = train_lib.Players(c, mirrored)
+  players = train_state.Players(c, mirrored)
   data = tf.data.Dataset.from_tensor_slices(_batches(1)).batch(
       GLOBAL_BATCH, drop_remainder=True)
   loop = train_lib.make_loop(
@@ -313,12 +314,12 @@ def test_resolve_jit_by_device_kind():
   assert distribute.device_kind(fake("/job:worker/replica:0/task:0/device:GPU:0")) == "GPU"
   assert distribute.device_kind(fake("/job:worker/replica:0/task:0/device:TPU:0",
                                      "/job:worker/replica:0/task:0/device:CPU:0")) == "TPU"
-  assert set(train_lib.AUTO_JIT) == {"CPU", "GPU", "TPU"}
+  assert set(distribute.AUTO_JIT) == {"CPU", "GPU", "TPU"}
   for kind, devices in (("CPU", "/device:CPU:0"), ("GPU", "/device:GPU:0"),
                         ("TPU", "/device:TPU:0")):
-    assert train_lib.resolve_jit("auto", fake(devices)) == train_lib.AUTO_JIT[kind] == "off"
+    assert distribute.resolve_jit("auto", fake(devices)) == distribute.AUTO_JIT[kind] == "off"
     for mode in ("off", "on", "spotter"):
-      assert train_lib.resolve_jit(mode, fake(devices)) == mode
+      assert distribute.resolve_jit(mode, fake(devices)) == mode
 
 
 def test_pretrain_binary_on_logical_cpus_with_xla(idx_dir, tmp_path):

@@ -12,6 +12,9 @@ import tensorflow as tf
 
 from artifact_spotting import export as export_lib
 from artifact_spotting import loading
+from artifact_spotting import checkpoints
+from artifact_spotting import train_state
+from artifact_spotting import workdir as workdir_lib
 from artifact_spotting import train_lib
 from conftest import tiny_idx_config
 
@@ -295,10 +298,10 @@ def test_loading_restores_only_the_network_asked_for(trained, tmp_path):
   workdir, _ = trained
   # The reference: everything restored the way the trainer restores it.
   config = loading.workdir_config(workdir)
-  restored = train_lib.Players(config, tf.distribute.get_strategy(),
+  restored = train_state.Players(config, tf.distribute.get_strategy(),
                                probe=bool(config.probe.enabled))
-  train_lib.restore_latest(restored.checkpoint,
-                           os.path.join(workdir, train_lib.CHECKPOINT_DIR))
+  checkpoints.restore_latest(restored.checkpoint,
+                           os.path.join(workdir, workdir_lib.CHECKPOINT_DIR))
   full = restored.model
   same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(
       a.get_weights(), b.get_weights())) and len(a.get_weights()) == len(b.get_weights())
@@ -338,17 +341,17 @@ def test_loading_spotter_builds_the_model_and_step_counters_only(trained, tmp_pa
     train_lib.train(tiny_idx_config(str(root / "idx"),
                                     **{"train.precision": precision}), workdir)
   config, restored = loading.spotter(workdir)
-  players = train_lib.Players(config, tf.distribute.get_strategy(),
+  players = train_state.Players(config, tf.distribute.get_strategy(),
                               probe=bool(config.probe.enabled))
-  train_lib.restore_latest(players.checkpoint,
-                           os.path.join(workdir, train_lib.CHECKPOINT_DIR))
+  checkpoints.restore_latest(players.checkpoint,
+                           os.path.join(workdir, workdir_lib.CHECKPOINT_DIR))
   assert (restored.ae_step, restored.adv_step) == (players.ae_step, players.adv_step)
   assert restored.adv_step == config.spotter.steps
   assert len(restored.model.weights) == len(players.model.weights)
   for a, b in zip(restored.model.weights, players.model.weights):
     np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
-  assert restored.path == train_lib.newest_readable(
-      os.path.join(workdir, train_lib.CHECKPOINT_DIR))
+  assert restored.path == checkpoints.newest_readable(
+      os.path.join(workdir, workdir_lib.CHECKPOINT_DIR))
   # The discriminator alone (evaluation, fine-tuning), in the run's precision.
   disc = loading.discriminator(workdir)
   assert disc.compute_dtype == players.model.discriminator.compute_dtype

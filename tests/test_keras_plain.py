@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from artifact_spotting import train_lib
+from artifact_spotting import train_state
 from benchmarks import keras_plain
 from configs import fashion_mnist
 
 
 def _ours(config):
-  return train_lib.Players(config, tf.distribute.get_strategy(), probe=True).model
+  return train_state.Players(config, tf.distribute.get_strategy(), probe=True).model
 
 
 @pytest.mark.parametrize("arg", ["", "tiny"])

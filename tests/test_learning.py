@@ -41,6 +41,8 @@ import tensorflow as tf
 
 from artifact_spotting import evaluation
 from artifact_spotting import events
+from artifact_spotting import train_state
+from artifact_spotting import workdir as workdir_lib
 from artifact_spotting import train_lib
 from artifact_spotting.data import pipeline
 from artifact_spotting.data.sources import DEBIAN_FASHION_MNIST
@@ -83,8 +85,8 @@ def _split(config, split, n):
 
 
 def _restore(config, workdir):
-  players = train_lib.Players(config, tf.distribute.get_strategy(), probe=False)
-  latest = tf.train.latest_checkpoint(os.path.join(workdir, train_lib.CHECKPOINT_DIR))
+  players = train_state.Players(config, tf.distribute.get_strategy(), probe=False)
+  latest = tf.train.latest_checkpoint(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR))
   assert latest is not None, "the run saved no checkpoint"
   players.checkpoint.restore(latest).assert_existing_objects_matched()
   return players
@@ -159,7 +161,7 @@ def run_and_measure(workdir, seed=SEED):
   bank, queries = _split(config, "train", 500), _split(config, "test", 1000)
   m["knn_trained"] = knn_accuracy(_restore(config, workdir), bank, queries)
   m["knn_step0"] = knn_accuracy(
-      train_lib.Players(config, tf.distribute.get_strategy(), probe=False),
+      train_state.Players(config, tf.distribute.get_strategy(), probe=False),
       bank, queries)
   before, after, c_fixed = frozen_c_adversarial_loss(config, workdir)
   m.update(frozen_c_adv_before=before, frozen_c_adv_after=after,

@@ -14,6 +14,12 @@ import tensorflow as tf
 from artifact_spotting import config as config_lib
 from artifact_spotting import events
 from artifact_spotting import loading
+from artifact_spotting import checkpoints
+from artifact_spotting import distribute
+from artifact_spotting import optimizers
+from artifact_spotting import precision as precision_lib
+from artifact_spotting import train_state
+from artifact_spotting import workdir as workdir_lib
 from artifact_spotting import train_lib
 from artifact_spotting.data.sources import DEBIAN_FASHION_MNIST
 from conftest import tiny_idx_config
@@ -59,8 +65,8 @@ def test_resume_restores_phase_two_weights_exactly(idx_dir, tmp_path):
   workdir = str(tmp_path / "run")
   c = tiny_idx_config(idx_dir)
   train_lib.train(c, workdir)
-  players = train_lib.Players(c, tf.distribute.get_strategy())
-  keeper = train_lib.CheckpointKeeper(players.checkpoint, workdir,
+  players = train_state.Players(c, tf.distribute.get_strategy())
+  keeper = checkpoints.Keeper(players.checkpoint, workdir,
                                       tf.distribute.get_strategy())
   assert keeper.restore() is not None
   assert players.ae_step == 4 and players.adv_step == 4
@@ -80,7 +86,7 @@ def test_config_seed_fixes_initial_weights(idx_dir):
 
   def weights(seed):
     c.seed = seed
-    return [w.numpy() for w in train_lib.Players(c, strategy).model.trainable_weights]
+    return [w.numpy() for w in train_state.Players(c, strategy).model.trainable_weights]
 
   a, b, other = weights(3), weights(3), weights(4)
   # Conv kernels drawn at random (the repair blocks' last convs start at zero).
@@ -110,7 +116,7 @@ def test_changed_architecture_does_not_silently_resume(idx_dir, tmp_path):
   assert not os.path.exists(os.path.join(workdir, "config.json"))
   # A record that matches the new config: the checkpoint itself still
   # refuses another model, and the record stays as it was.
-  train_lib.write_config(c, workdir)
+  workdir_lib.write_config(c, workdir)
   before = open(os.path.join(workdir, "config.json")).read()
   with pytest.raises(train_lib.SetupError, match="does not match"):
     train_lib.train(c, workdir)
@@ -157,8 +163,8 @@ def test_mirrored_step_matches_single_device(idx_dir, fill, lr_fraction):
   single = tf.distribute.get_strategy()
   mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
   assert mirrored.num_replicas_in_sync == 2
-  p1 = train_lib.Players(c, single)
-  p2 = train_lib.Players(c, mirrored)
+  p1 = train_state.Players(c, single)
+  p2 = train_state.Players(c, mirrored)
   _copy_weights(p1.model, p2.model)
   rng = np.random.default_rng(0)
   batches = [{"image": tf.constant(rng.uniform(-1, 1, (8, 16, 16, 1)), tf.float32),
@@ -310,9 +316,9 @@ def test_jit_compile_option_trains(idx_dir, tmp_path):
 def test_jit_auto_picks_the_measured_faster_choice():
   one = tf.distribute.get_strategy()
   mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-  assert train_lib.resolve_jit("auto", one) == "off"          # CPU: measured slower
-  assert train_lib.resolve_jit("auto", mirrored) == "off"     # CPU replicas too
-  assert train_lib.resolve_jit("on", one) == "on"
+  assert distribute.resolve_jit("auto", one) == "off"          # CPU: measured slower
+  assert distribute.resolve_jit("auto", mirrored) == "off"     # CPU replicas too
+  assert distribute.resolve_jit("on", one) == "on"
   from artifact_spotting import config as config_lib
   from conftest import tiny_config
   with pytest.raises(ValueError, match="jit_compile='fast' must be one of"):
@@ -333,7 +339,7 @@ def test_lr_schedule_stays_ours_not_keras_polynomial_decay():
   from artifact_spotting.schedules import LinearDecay  # pylint: disable=g-import-not-at-top
   c = config_lib.base_config()
   o, lr, steps = c.optimizer, c.spotter.lr, c.spotter.steps
-  adam = train_lib.make_adam(lr, steps, o, "probe_schedule")
+  adam = optimizers.make_adam(lr, steps, o, "probe_schedule")
   ours = adam._learning_rate  # pylint: disable=protected-access
   assert isinstance(ours, LinearDecay)
   decay = int(math.ceil(o.decay_fraction * steps))
@@ -395,21 +401,21 @@ def test_bf16_warning_on_cpus_without_bf16_units(tmp_path, monkeypatch):
   assert hardware.cpu_has_bf16_units(str(cpuinfo)) is True
   assert hardware.cpu_has_bf16_units(str(tmp_path / "none")) is None
   monkeypatch.setattr(hardware, "cpu_has_bf16_units", lambda: False)
-  assert "without bfloat16 units" in train_lib.warn_slow_precision("mixed_bfloat16")
-  assert train_lib.warn_slow_precision("float32") is None
+  assert "without bfloat16 units" in precision_lib.warn_slow_precision("mixed_bfloat16")
+  assert precision_lib.warn_slow_precision("float32") is None
   monkeypatch.setattr(hardware, "cpu_has_bf16_units", lambda: True)
-  assert train_lib.warn_slow_precision("mixed_bfloat16") is None
+  assert precision_lib.warn_slow_precision("mixed_bfloat16") is None
 
 
 def test_auto_precision_resolves_once_and_resumes_as_recorded(idx_dir, tmp_path,
                                                              monkeypatch):
   from artifact_spotting import hardware
   monkeypatch.setattr(hardware, "cpu_has_bf16_units", lambda: False)
-  assert train_lib.auto_precision()[0] == "float32"
+  assert precision_lib.auto_precision()[0] == "float32"
   monkeypatch.setattr(hardware, "cpu_has_bf16_units", lambda: True)
-  assert train_lib.auto_precision()[0] == "mixed_bfloat16"
-  assert train_lib.resolve_precision("auto", "float32") == "float32"
-  assert train_lib.resolve_precision("mixed_float16", "float32") == "mixed_float16"
+  assert precision_lib.auto_precision()[0] == "mixed_bfloat16"
+  assert precision_lib.resolve_precision("auto", "float32") == "float32"
+  assert precision_lib.resolve_precision("mixed_float16", "float32") == "mixed_float16"
   assert config_lib.base_config().train.precision == "auto"
   # A new run records what auto picked on this machine ...
   new = str(tmp_path / "new")
@@ -447,7 +453,7 @@ def test_missing_fashion_mnist_fails_under_ci_and_skips_elsewhere(monkeypatch):
 
 
 def _newest_checkpoint_values(workdir):
-  path = train_lib.checkpoint_paths(os.path.join(workdir, "checkpoints"))[0]
+  path = checkpoints.checkpoint_paths(os.path.join(workdir, "checkpoints"))[0]
   reader = tf.train.load_checkpoint(path)
   return {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(path)
           if "save_counter" not in name and not name.startswith("_CHECKPOINTABLE")}

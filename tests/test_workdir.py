@@ -17,6 +17,8 @@ import tensorflow as tf
 from artifact_spotting import config as config_lib
 from artifact_spotting import loading
 from artifact_spotting import export as export_lib
+from artifact_spotting import checkpoints
+from artifact_spotting import train_state
 from artifact_spotting import train_lib
 from artifact_spotting import workdir as workdir_lib
 from artifact_spotting.data import sources
@@ -704,8 +706,8 @@ def test_full_disk_while_checkpointing_keeps_the_written_ones(trained, tmp_path,
   monkeypatch.setattr(tf.train.CheckpointManager, "save", full)
   # The keeper train() saves through, on the restored run.
   strategy = tf.distribute.get_strategy()
-  players = train_lib.Players(config, strategy)
-  keeper = train_lib.CheckpointKeeper(players.checkpoint, workdir, strategy)
+  players = train_state.Players(config, strategy)
+  keeper = checkpoints.Keeper(players.checkpoint, workdir, strategy)
   assert keeper.restore().endswith("ckpt-4")
   with pytest.raises(OSError) as info:
     keeper.save()
@@ -758,13 +760,13 @@ def test_full_disk_midway_through_a_save_leaves_nothing_half_written(trained, tm
     raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
   monkeypatch.setattr(tf.train.CheckpointManager, "save", partial)
   strategy = tf.distribute.get_strategy()
-  players = train_lib.Players(config, strategy)
-  keeper = train_lib.CheckpointKeeper(players.checkpoint, workdir, strategy)
+  players = train_state.Players(config, strategy)
+  keeper = checkpoints.Keeper(players.checkpoint, workdir, strategy)
   with pytest.raises(OSError) as info:
     keeper.save()
   assert info.value.errno == errno.ENOSPC
   assert listing() == before
-  restored, skipped = train_lib.restore_newest(players.checkpoint, _ckpt_dir(workdir))
+  restored, skipped = checkpoints.restore_newest(players.checkpoint, _ckpt_dir(workdir))
   assert skipped == []
   if first:
     assert restored is None
@@ -819,7 +821,7 @@ def test_resume_skips_an_unreadable_checkpoint_and_refuses_another_model(trained
   with pytest.raises(loading.LoadError, match="ckpt-4 does not match"):
     loading.spotter(other)
   # No readable checkpoint at all: refused, nothing trained from scratch.
-  paths = train_lib.checkpoint_paths(_ckpt_dir(workdir))
+  paths = checkpoints.checkpoint_paths(_ckpt_dir(workdir))
   assert len(paths) == 3
   for path in paths:
     _break(workdir, os.path.basename(path), "corrupt_index")

@@ -25,8 +25,48 @@ import dataclasses
 
 import keras
 import tensorflow as tf
+from absl import logging
 
-BATCH_NORM_MODES = ("sync", "per_replica")
+from artifact_spotting.config import BATCH_NORM_MODES
+
+
+def xla_batch_norm_problem(xla: bool, replicas: int, batch_norm: str):
+  """Why XLA cannot run with ``batch_norm`` on ``replicas`` replicas, or None.
+
+  The one statement of the rule: the trainer refuses such a config
+  (resolve_batch_norm) and a step refuses such a mode (run_compute)."""
+  if xla and replicas > 1 and batch_norm == "sync":
+    return ("synchronized batch norm reduces each layer's statistics across "
+            "replicas inside the forward pass, and tf.distribute does that "
+            "with merge_call, which an XLA-compiled function cannot contain "
+            "(TensorFlow: 'merge_call called while defining a new graph or a "
+            "tf.function'; measured on CPUs, GPUs not tried)")
+  return None
+
+
+def resolve_batch_norm(requested: str, xla: bool, replicas: int,
+                       jit_compile: str = "on") -> str:
+  """config.distribute.batch_norm for a run: "sync" or "per_replica" as
+  given, "auto" -> "per_replica" under XLA on several replicas (logged as a
+  warning), else "sync". Raises ValueError for XLA with "sync" on several
+  replicas (xla_batch_norm_problem); ``jit_compile`` is the config's
+  setting, named in that message."""
+  batch_norm = requested
+  if batch_norm == "auto":
+    batch_norm = "per_replica" if xla and replicas > 1 else "sync"
+    if batch_norm == "per_replica":
+      logging.warning(
+          "XLA on %d replicas: batch norm per replica (each replica "
+          "normalises with its own part of the batch). Synchronized batch "
+          "norm on several replicas needs jit_compile='off'.", replicas)
+  problem = xla_batch_norm_problem(xla, replicas, batch_norm)
+  if problem:
+    raise ValueError(
+        f"config.train.jit_compile={jit_compile!r} on {replicas} replicas needs "
+        f"config.distribute.batch_norm='per_replica': {problem}. Set "
+        "config.distribute.batch_norm='per_replica' (each replica normalises "
+        "with its own statistics) or jit_compile='off'")
+  return batch_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,11 +155,10 @@ def run_compute(key, fn, *args):
   """
   mode = _MODE
   n = num_replicas()
-  if mode.xla and n > 1 and mode.batch_norm == "sync":
-    raise ValueError(
-        "XLA with synchronized batch norm on several replicas: the batch-norm "
-        "statistics need a cross-replica reduction inside the compiled "
-        "computation; use batch_norm='per_replica'")
+  problem = xla_batch_norm_problem(mode.xla, n, mode.batch_norm)
+  if problem:
+    raise ValueError(f"XLA with synchronized batch norm on several replicas: "
+                     f"{problem}; use batch_norm='per_replica'")
   if not (mode.xla or (n > 1 and mode.batch_norm == "per_replica")):
     return fn(*args), []
   ctx = tf.distribute.get_replica_context()

@@ -1,0 +1,116 @@
+"""The train state: the model and one optimizer per player, built for a
+config inside a strategy's scope, and one checkpoint of them all. Each phase's
+step count is its optimizer's ``iterations`` (``Players.ae_step``,
+``Players.adv_step``). ``init_autoencoder`` starts phase 2 from another
+workdir's finished autoencoder."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import ml_collections
+import tensorflow as tf
+from absl import logging
+
+from artifact_spotting import checkpoints
+from artifact_spotting import config as config_lib
+from artifact_spotting import precision as precision_lib
+from artifact_spotting import workdir as workdir_lib
+from artifact_spotting.models.spotter import ArtifactSpotter
+from artifact_spotting.optimizers import FusedAdam, player_optimizer
+
+
+class Players:
+  """The model and one optimizer per player, built inside the strategy scope.
+
+  The weights are initialised from ``config.seed`` (Keras, TF and NumPy global
+  seeds are set here), so two runs of one config start from the same weights
+  and different seeds start from different ones. The damage masks, noise and
+  history draws are seeded by ``config.seed`` too (stateless, per step), and
+  the input order by the data pipeline's seed.
+  """
+
+  def __init__(self, config, strategy, probe: bool = True):
+    keras.utils.set_random_seed(int(config.seed))
+    precision = precision_lib.of_config(config)
+    precision_lib.warn_slow_precision(precision)
+    with strategy.scope():
+      with precision_lib.policy(precision):
+        self.model = ArtifactSpotter(**config_lib.spotter_kwargs(config, probe),
+                                     name="artifact_spotter")
+        self.model.build()
+      self.ae_opt = player_optimizer(config, "ae_optimizer")
+      self.c_opt = player_optimizer(config, "c_optimizer")
+      self.r_opt = player_optimizer(config, "r_optimizer")
+      self.probe_opt = FusedAdam(config.probe.lr, name="probe_optimizer")
+      m = self.model
+      self.ae_opt.build(m.autoencoder_variables)
+      self.c_opt.build(m.discriminator_variables)
+      self.r_opt.build(m.generator_variables)
+      self.probe_opt.build(m.probe_variables)
+    self.checkpoint = tf.train.Checkpoint(
+        model=self.model, ae_optimizer=self.ae_opt, c_optimizer=self.c_opt,
+        r_optimizer=self.r_opt, probe_optimizer=self.probe_opt)
+
+  @property
+  def ae_step(self) -> int:
+    return int(self.ae_opt.iterations.numpy())
+
+  @property
+  def adv_step(self) -> int:
+    return int(self.c_opt.iterations.numpy())
+
+
+AUTOENCODER_FIELDS = ("stem_filters", "widths", "kernel_size", "decoder_widths")
+
+
+def init_autoencoder(players: Players, config):
+  """Starts phase 2 from another workdir's finished autoencoder.
+
+  Restores the encoder and decoder (weights and batch norm statistics) from the
+  newest checkpoint of ``config.autoencoder.init_from`` and marks phase 1 as
+  done. Raises ValueError naming the problem when that workdir has no
+  checkpoint, a different autoencoder, or an unfinished phase 1.
+  """
+  source = config.autoencoder.init_from
+  latest = checkpoints.newest_readable(
+      os.path.join(source, workdir_lib.CHECKPOINT_DIR))
+  if latest is None:
+    raise ValueError(f"config.autoencoder.init_from={source!r} holds no checkpoint "
+                     f"(expected {os.path.join(source, workdir_lib.CHECKPOINT_DIR)})")
+  theirs = workdir_lib.read_config(source)
+  if theirs is None:
+    raise ValueError(f"config.autoencoder.init_from={source!r} holds checkpoints "
+                     f"but no {workdir_lib.CONFIG_FILE}, so its autoencoder "
+                     f"cannot be checked against this config")
+  ours = config.to_dict()
+  for key in AUTOENCODER_FIELDS + ("resolution", "channels"):
+    mine = ours["autoencoder"].get(key, ours.get(key))
+    other = theirs["autoencoder"].get(key, theirs.get(key))
+    if json.loads(json.dumps(mine)) != other:
+      raise ValueError(
+          f"config.autoencoder.init_from={source!r} has {key}={other}, this "
+          f"config {key}={mine}; the autoencoders must match")
+  # The step count, read through an optimizer made as that run made its own
+  # (never built for variables): with mixed_float16 it lives in the
+  # loss-scale optimizer's inner optimizer.
+  counter = player_optimizer(ml_collections.ConfigDict(theirs), "ae_optimizer")
+  tf.train.Checkpoint(ae_optimizer=counter).restore(latest).expect_partial()
+  steps = int(counter.iterations.numpy())
+  done = max(int(theirs["autoencoder"]["steps"]), int(config.autoencoder.steps))
+  if steps < done:
+    raise ValueError(
+        f"config.autoencoder.init_from={source!r}: its autoencoder has {steps} "
+        f"steps, fewer than {done} (its own config's or this config's "
+        f"autoencoder.steps); finish it first")
+  model = players.model
+  status = tf.train.Checkpoint(
+      model=tf.train.Checkpoint(encoder=model.encoder, decoder=model.decoder),
+  ).restore(latest)
+  status.expect_partial()
+  status.assert_existing_objects_matched()
+  players.ae_opt.iterations.assign(config.autoencoder.steps)
+  logging.info("Autoencoder from %s (%d steps); phase 1 skipped.", latest, steps)
+  return latest
