@@ -24,7 +24,7 @@ class Variant(NamedTuple):
 
 def parse_variant(text):
   """'spotter:64:noxla:float32' -> ('spotter', 64, False, 'float32'): the
-  four-field form (one replica, our step), as before."""
+  four-field form (one replica, our step); parse_row reads the longer rows."""
   parts = text.split(":")
   if (len(parts) != 4 or parts[0] not in PHASES
       or not parts[1].isdigit() or parts[2] not in ("xla", "noxla")
