@@ -342,8 +342,8 @@ def resolve_jit(mode: str, strategy) -> str:
   """``mode`` ("off", "on", "spotter") as it is; ``"auto"`` -> AUTO_JIT's
   choice for the kind of device ``strategy``'s replicas run on
   (distribute.device_kind: "CPU", "GPU" or "TPU"). The table gives "off"
-  for every kind today (reasons in AUTO_JIT), so the strategy changes the
-  answer only once an entry does.
+  for every kind (reasons in AUTO_JIT), so the strategy changes the answer
+  only where an entry differs.
   """
   if mode != "auto":
     return mode
@@ -390,7 +390,7 @@ class CheckpointKeeper:
     next start resumes from the newest intact checkpoint (or from scratch)
     instead of meeting a half-written one. Best effort: the disk may still
     refuse writes, and a leftover is then skipped or refused at the next
-    start as before."""
+    start like any damaged checkpoint."""
     names, state = before
     now, now_state = self._listing()
     for name in sorted(now - names):
@@ -782,8 +782,8 @@ def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
     # other mode is then refused by the comparison below.
     config.distribute.batch_norm = batch_norm
     # Likewise the precision: "auto" is resolved once, when the run starts,
-    # and a resume keeps what config.json recorded (float32 for a workdir
-    # made before "auto" was the default).
+    # and a resume keeps what config.json recorded (float32 for a
+    # config.json that records no precision).
     recorded = workdir_lib.read_config(workdir)
     requested = config.train.precision
     config.train.precision = resolve_precision(
