@@ -152,7 +152,7 @@ class Keeper:
     next start resumes from the newest intact checkpoint (or from scratch)
     instead of meeting a half-written one. Best effort: the disk may still
     refuse writes, and a leftover is then skipped or refused at the next
-    start as before."""
+    start like any damaged checkpoint."""
     names, state = before
     now, now_state = self._listing()
     for name in sorted(now - names):

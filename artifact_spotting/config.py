@@ -33,8 +33,9 @@ RESUME_SAFE_FIELDS = (
     "dataset.manual_dir", "distribute.strategy", "distribute.devices",
     "distribute.tpu", "distribute.logical_cpus",
 )
-# What a run whose config.json predates a field trained with, where that is
-# not the field's default: batch norm was synchronized before it was a choice.
+# The value assumed for a field that a workdir's config.json does not hold,
+# where it differs from the field's default (a config.json without
+# distribute.batch_norm describes a run with synchronized batch norm).
 RECORD_DEFAULTS = {"distribute.batch_norm": "sync", "spotter.repair_init": "zeros",
                    "train.deterministic": False}
 # Step counts a rerun may raise (extending the run), never lower.

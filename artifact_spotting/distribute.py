@@ -116,8 +116,8 @@ def resolve_jit(mode: str, strategy) -> str:
   """``mode`` ("off", "on", "spotter") as it is; ``"auto"`` -> AUTO_JIT's
   choice for the kind of device ``strategy``'s replicas run on
   (device_kind: "CPU", "GPU" or "TPU"). The table gives "off"
-  for every kind today (reasons in AUTO_JIT), so the strategy changes the
-  answer only once an entry does.
+  for every kind (reasons in AUTO_JIT), so the strategy changes the answer
+  only where an entry differs.
   """
   if mode != "auto":
     return mode

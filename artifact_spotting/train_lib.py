@@ -321,8 +321,8 @@ def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
     # other mode is then refused by the comparison below.
     config.distribute.batch_norm = batch_norm
     # Likewise the precision: "auto" is resolved once, when the run starts,
-    # and a resume keeps what config.json recorded (float32 for a workdir
-    # made before "auto" was the default).
+    # and a resume keeps what config.json recorded (float32 for a
+    # config.json that records no precision).
     recorded = workdir_lib.read_config(workdir)
     requested = config.train.precision
     config.train.precision = precision_lib.resolve_precision(

@@ -310,8 +310,8 @@ def resume_changes(old: Dict[str, Any], new: Dict[str, Any], *,
   resume-safe fields may change; step counts may rise, not fall; path fields
   naming the same folder are equal; ``autoencoder.init_from`` may name a moved
   folder once the workdir holds a checkpoint (it is then not read again);
-  a field the record lacks is accepted at its default, or at what runs
-  trained with before the field existed (config.RECORD_DEFAULTS); every other
+  a field the record lacks is accepted at its default, or at the value
+  config.RECORD_DEFAULTS assumes for a record without it; every other
   difference is refused.
   """
   from artifact_spotting import config as config_lib  # pylint: disable=g-import-not-at-top

@@ -24,7 +24,7 @@ class Variant(NamedTuple):
 
 def parse_variant(text):
   """'spotter:64:noxla:float32' -> ('spotter', 64, False, 'float32'): the
-  four-field form (one replica, our step), as before."""
+  four-field form (one replica, our step); parse_row reads the longer rows."""
   parts = text.split(":")
   if (len(parts) != 4 or parts[0] not in PHASES
       or not parts[1].isdigit() or parts[2] not in ("xla", "noxla")
@@ -100,7 +100,7 @@ def build_variant(config, phase: str, batch: int, jit: bool, precision: str,
     from artifact_spotting import evaluation  # pylint: disable=g-import-not-at-top
     extractor = evaluation.discriminator_extractor(model.discriminator, 9216)
     fn = lambda b: {"sum": tf.add_n([tf.reduce_sum(tf.cast(v, tf.float32))
-                                     for v in extractor._fn(b["image"]).values()])}  # pylint: disable=protected-access
+                                     for v in extractor.fn(b["image"]).values()])}
     pp = config.pp.replace("|flip_lr", "")
   ds = pipeline.distributed_dataset(strategy, source, pp, batch,
                                     shuffle_buffer=config.dataset.shuffle_buffer)

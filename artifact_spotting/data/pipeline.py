@@ -11,7 +11,8 @@ from artifact_spotting.data import pp as pp_lib
 from artifact_spotting.data import sources
 
 
-# The contract every source function returns (kept here too for callers).
+# The contract every source function returns, defined in sources; the
+# functions here take and return it, and evaluation names it pipeline.Source.
 Source = sources.Source
 
 

@@ -41,19 +41,20 @@ def pool_flatten(fmap, pooled_dims: int):
 class Extractor:
   """images [B, H, W, C] in [-1, 1] -> {layer: [B, D]} (a tf.function).
 
-  ``checkpoint``: for features of a pretraining workdir, the
+  ``fn``: that tf.function, to call on a tensor inside another traced
+  function. ``checkpoint``: for features of a pretraining workdir, the
   loading.checkpoint_record of the checkpoint they come from, else None."""
 
   def __init__(self, name: str, layers: Sequence[str], fn: Callable, keep=None,
                checkpoint: Optional[Dict] = None):
     self.name = name
     self.layers = tuple(layers)
-    self._fn = tf.function(fn)
+    self.fn = tf.function(fn)
     self._keep = keep  # keeps the owning model alive
     self.checkpoint = checkpoint
 
   def __call__(self, images) -> Dict[str, tf.Tensor]:
-    return self._fn(tf.convert_to_tensor(images, tf.float32))
+    return self.fn(tf.convert_to_tensor(images, tf.float32))
 
 
 def discriminator_extractor(disc: Discriminator, pooled_dims: int, name="discriminator"):

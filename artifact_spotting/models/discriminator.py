@@ -56,7 +56,7 @@ class Discriminator(layers.Layer):
     self.fc_norm = bool(fc_norm)
     dt = self.dtype_policy
     # Named attributes (conv1..conv5, conv1_pool, ...), not lists: see
-    # autoencoder.set_indexed.
+    # blocks.set_indexed.
     for name, spec in zip(FEATURE_NAMES, self.convs):
       setattr(self, name, ConvBlock(
           int(spec["filters"]), int(spec["kernel"]), int(spec["stride"]),

@@ -167,7 +167,7 @@ class ArtifactSpotter(keras.Model):
         blocks.append(RepairBlock(
             w, self.repair_hidden or w, gated=self.gated,
             out_initializer=repair_init, name=f"repair{i + 1}"))
-    # R1..Rn as attributes repair1.. (see autoencoder.set_indexed).
+    # R1..Rn as attributes repair1.. (see blocks.set_indexed).
     self._num_repair = set_indexed(self, "repair", blocks)
     self.generator = None
     if fakes == "gan":
