@@ -341,3 +341,173 @@ def test_ablation_verdict_judges_an_unreplicated_row_on_its_fold_stds():
   for row in ("l", "full"):
     assert quality._ablation_verdict(
         {"k": k, "l": {"below_full_in_stds": 3.1}}, {row}) is None
+
+
+# ------------------------------------------------- the report, byte for byte
+# Two fixed fake roots and the report files the report code wrote from them
+# (tests/data/quality_report/<scenario>.{json,md}, written at commit 36be140,
+# before benchmarks/quality.py was split). The machine, the date and the
+# command line are fixed too, so every byte of both files is the report
+# code's. A deliberate change to the report rewrites them; nothing else may.
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
+                      "quality_report")
+GOLDEN_MACHINE = {"cpu": "Test CPU", "cpu_family": 25, "cpu_model": 1,
+                  "cpu_flags": ["avx2"], "cores": 2, "gpus": 0,
+                  "platform": "Linux-test", "python": "3.11.7",
+                  "tensorflow": "2.99.0"}
+GOLDEN_DATE = "2026-01-02"
+# Each scenario: its command line (flags as benchmarks.quality takes them).
+GOLDEN_ARGS = {
+    # Peer, kNN on an ablation row, the game at the end, a supervised bound
+    # chosen on held-out images, runs and evaluations copied from another
+    # root, one row without kNN.
+    "peer": ["--ablations=full,k,l", "--random_seeds=2"],
+    # A longer headline run, seed replicates (one not evaluated yet), a row
+    # asked for but not evaluated, no peer, no held-out bound, a config
+    # argument and an override.
+    "seeds": ["--ablations=full,k,l,a,g", "--random_seeds=1", "--row_seeds=2",
+              "--replicate=full,k,l", "--spotter_steps=700", "--ours_steps=2000",
+              "--config_arg=grid=8", "--override=spotter.lr=0.001", "--nopeer"],
+}
+CONV = ("conv1", "conv2", "conv3", "conv4", "conv5")
+
+
+def _golden_eval(path, layer_means, full=True, knn=True, output=None):
+  """A linear_eval result with three folds of unequal spread."""
+  folds = {}
+  for i, (l, m) in enumerate(layer_means.items()):
+    per_fold = [m - 0.0071 * (i + 1), m + 0.0023, m + 0.0048 + 0.0013 * i]
+    mean = sum(per_fold) / 3
+    std = (sum((a - mean) ** 2 for a in per_fold) / 3) ** 0.5
+    folds[l] = {"dims": 9216 // (i + 1), "linear": {"mean": mean, "std": std,
+                                                    "per_fold": per_fold},
+                "penalty_per_fold": [10.0, 100.0, 10.0]}
+    if knn:
+      k = [a - 0.0317 for a in per_fold]
+      folds[l]["knn"] = {"mean": sum(k) / 3, "std": std * 1.1, "per_fold": k}
+  res = {"folds": folds, "layers": list(layer_means),
+         "folds_setup": {"num_folds": 3, "fold_size": 1000, "validation_size": 5000,
+                         "test_images": 10000}}
+  if full:
+    res["full"] = {"accuracy": {l: m + 0.0413 for l, m in layer_means.items()},
+                   "max_epochs": 50, "patience": 5, "validation_size": 5000,
+                   "train_images": 55000}
+  if output is not None:
+    res["output"] = output
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(res, f)
+
+
+def _golden_marker(workdir, seconds, made_in):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "train_done.json"), "w") as f:
+    json.dump({"seconds_last_run": seconds, "command": [
+        "python", "-m", "trainers.pretrain", f"--workdir={made_in}"]}, f)
+
+
+def _golden_config(workdir, drop_rate=0.7):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump({"autoencoder": {"batch_size": 128},
+               "spotter": {"batch_size": 64, "lr": 2e-4, "repair_lr": 5e-4,
+                           "drop_rate": drop_rate}, "resolution": 32}, f)
+
+
+def _golden_summary(workdir, real, fake, mask, steps):
+  with open(os.path.join(workdir, "train_summary.json"), "w") as f:
+    json.dump({"spotter": {"steps": steps, "metrics": {
+        "c/real_accuracy": real, "c/fake_accuracy": fake, "c/mask_accuracy": mask,
+        "r/adversarial": 0.7}}}, f)
+
+
+def golden_root(root, scenario):
+  """Writes ``scenario``'s fake root (evaluations, markers, configs) under
+  ``root`` (a path whose name does not reach the report)."""
+  conv = lambda *m: dict(zip(CONV, m))
+  ev = lambda name: os.path.join(root, "eval", name, "eval_results.json")
+  pre = lambda name: os.path.join(root, "pretrain", name)
+  if scenario == "peer":
+    _golden_eval(ev("ours"), conv(.7012, .8034, .8517, .8391, .8288),
+                 output=os.path.join(root, "eval", "ours"))
+    _golden_eval(ev("ablation_k"), conv(.6987, .7522, .7613, .7708, .7344), full=False)
+    _golden_eval(ev("ablation_l"), conv(.7001, .7977, .8420, .8436, .8301),
+                 full=False, knn=False)
+    _golden_eval(ev("random_seed0"), conv(.6954, .7212, .7409, .7333, .7187),
+                 output="/other/eval/random_seed0")
+    _golden_eval(ev("random_seed1"), conv(.6961, .7230, .7587, .7301, .7204),
+                 full=False, knn=False)
+    _golden_eval(ev("autoencoder"), {"stem": .7033, "stage1": .7511, "stage2": .7804,
+                                     "stage3": .7719})
+    _golden_eval(ev("pixels"), {"pixels": .7222})
+    _golden_eval(ev("supervised"), conv(.7514, .8533, .9011, .9187, .9302))
+    _golden_eval(ev("rotnet"), conv(.7021, .7903, .8122, .8004, .7811))
+    _golden_config(pre("full"))
+    _golden_summary(pre("full"), 0.5213, 0.5544, 0.3107, 300)
+    _golden_config(pre("k"), drop_rate=0.5)
+    _golden_summary(pre("k"), 0.6102, 0.4871, 0.5120, 300)
+    _golden_marker(pre("autoencoder"), 612.4, "/other/pretrain/autoencoder")
+    _golden_marker(pre("full"), 1503.6, pre("full"))
+    _golden_marker(pre("k"), 1498.2, pre("k"))
+    _golden_marker(pre("l"), 1511.9, pre("l"))
+    os.makedirs(os.path.join(root, "supervised"), exist_ok=True)
+    with open(os.path.join(root, "supervised", "finetune_results.json"), "w") as f:
+      json.dump({"selected_epoch": 6, "epochs_run": 10, "validation_size": 5000,
+                 "validation_best": 0.9222, "validation_per_epoch": [
+                     0.8812, 0.9013, 0.9107, 0.9154, 0.9188, 0.9222, 0.9201,
+                     0.9199, 0.9215, 0.9190], "eval_accuracy": 0.9111}, f)
+    _golden_marker(os.path.join(root, "supervised"), 3001.0,
+                   os.path.join(root, "supervised"))
+  elif scenario == "seeds":
+    c3 = lambda v: conv(.7012, .8034, v, .8391, .8288)
+    _golden_eval(ev("ours"), c3(.8611))
+    _golden_eval(ev("ablation_full"), c3(.8517), full=False)
+    _golden_eval(ev("ablation_full_s1"), c3(.8473), full=False, knn=False)
+    _golden_eval(ev("ablation_k"), c3(.7613), full=False)
+    _golden_eval(ev("ablation_l"), c3(.7699), full=False)
+    _golden_eval(ev("ablation_l_s1"), c3(.8102), full=False, knn=False)
+    _golden_eval(ev("ablation_a"), c3(.8488), full=False)
+    _golden_eval(ev("random_seed0"), c3(.7409))
+    _golden_eval(ev("autoencoder"), {"stem": .7033, "stage1": .7511})
+    _golden_eval(ev("pixels"), {"pixels": .7222})
+    _golden_eval(ev("supervised"), c3(.9011))
+    _golden_config(pre("full_2000"))
+    _golden_config(pre("full"))
+    _golden_summary(pre("full"), 0.5013, 0.5102, 0.3011, 700)
+    _golden_marker(pre("autoencoder"), 611.0, pre("autoencoder"))
+    _golden_marker(pre("full_2000"), 4012.5, pre("full_2000"))
+  else:
+    raise ValueError(scenario)
+
+
+def test_report_of_fixed_inputs_is_byte_identical(tmp_path, monkeypatch):
+  """The report of a fixed root regenerates identically: the .json and .md
+  written from each golden root equal the committed ones byte for byte."""
+  import sys
+  import time
+  from absl import flags
+  from benchmarks import quality
+  names = [f.name for f in flags.FLAGS.get_key_flags_for_module(quality)]
+
+  def defaults():
+    for name in names:
+      setattr(flags.FLAGS, name, flags.FLAGS[name].default)
+  try:
+    for scenario, args in GOLDEN_ARGS.items():
+      root = str(tmp_path / scenario)
+      golden_root(root, scenario)
+      defaults()
+      flags.FLAGS(["quality", f"--root={root}"] + args, known_only=True)
+      monkeypatch.setattr(quality, "machine", lambda: dict(GOLDEN_MACHINE))
+      monkeypatch.setattr(time, "strftime", lambda fmt: GOLDEN_DATE)
+      monkeypatch.setattr(sys, "argv", ["benchmarks/quality.py", f"--root={root}"]
+                          + args + ["--stages=report"])
+      out = str(tmp_path / "out" / scenario)
+      quality.stage_report(root, out)
+      monkeypatch.undo()
+      for ext in (".json", ".md"):
+        with open(out + ext, "rb") as f, open(os.path.join(GOLDEN, scenario + ext), "rb") as g:
+          assert f.read() == g.read(), scenario + ext
+      assert os.path.getsize(out + ".png") > 1000
+  finally:
+    defaults()
