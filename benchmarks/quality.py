@@ -69,6 +69,12 @@ flags.DEFINE_multi_string("override", list(Options.override),
                           "--override=spotter.lr=0.001 (the autoencoder is "
                           "shared and takes none). Finished runs are not "
                           "retrained: use a fresh --root.")
+flags.DEFINE_bool("deterministic", Options.deterministic, "Pretraining runs "
+                  "(the shared autoencoder and every spotter) with "
+                  "train.deterministic=True: op determinism and a seeded input, "
+                  "so the same command on the same kind of machine retrains the "
+                  "same autoencoder and rows bit for bit (a root can then be "
+                  "rebuilt and extended).")
 flags.DEFINE_integer("row_seeds", Options.row_seeds,
                      "Training seeds per ablation row (--config.seed=0..N-1, "
                      "same shared autoencoder): with 2 or more, the report "
@@ -115,6 +121,8 @@ def run_logged(name, cmd, root):
 
 
 def pretrain_cmd(opts, arg, workdir, overrides, extra=()):
+  if opts.deterministic:
+    overrides = list(overrides) + [("train.deterministic", True)]
   return ([sys.executable, "-m", "trainers.pretrain",
            f"--config={config_spec(opts, arg)}",
            f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides]

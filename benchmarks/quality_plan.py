@@ -26,6 +26,7 @@ class Options:
   ablations: tuple[str, ...] = ("full", "a", "g", "k", "l")
   config_arg: str = ""
   override: tuple[str, ...] = ()
+  deterministic: bool = False
   row_seeds: int = 1
   replicate: tuple[str, ...] = ()
   ablation_knn: bool = True
