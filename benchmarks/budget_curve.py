@@ -24,8 +24,9 @@ import time
 
 from absl import app, flags
 
-from benchmarks import quality
 from benchmarks.machine import machine, write_report
+from benchmarks.quality_plan import Options, ablation_dir, eval_path, row_name
+from benchmarks.quality_report import per_fold
 
 FLAGS = flags.FLAGS
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
@@ -48,14 +49,17 @@ def eval_names(root, row):
   (quality names the full row 'ours', or 'ablation_full' when a longer
   headline run took the name 'ours': then the full row is 'ablation_full')."""
   out = {}
-  candidates = ["ablation_full", "ours"] if row == "full" else [quality.row_name(row)]
+  # Any options: only the full row's seed 0 name depends on them, and that
+  # one is looked for under both names.
+  opts = Options()
+  candidates = ["ablation_full", "ours"] if row == "full" else [row_name(opts, row)]
   for name in candidates:
-    if os.path.exists(quality.eval_path(root, name)):
+    if os.path.exists(eval_path(root, name)):
       out[0] = name
       break
   seed = 1
-  while os.path.exists(quality.eval_path(root, quality.row_name(row, seed))):
-    out[seed] = quality.row_name(row, seed)
+  while os.path.exists(eval_path(root, row_name(opts, row, seed))):
+    out[seed] = row_name(opts, row, seed)
     seed += 1
   return out
 
@@ -78,9 +82,9 @@ def load_root(root, rows):
                        f"(looked for {root}/eval/<name>/eval_results.json)")
     runs[row] = {}
     for seed, name in names.items():
-      with open(quality.eval_path(root, name)) as f:
+      with open(eval_path(root, name)) as f:
         runs[row][seed] = json.load(f)
-      with open(os.path.join(quality.ablation_dir(root, row, seed), "config.json")) as f:
+      with open(os.path.join(ablation_dir(root, row, seed), "config.json")) as f:
         configs[(row, seed)] = json.load(f)
   budgets = {c["spotter"]["steps"] for c in configs.values()}
   if len(budgets) != 1:
@@ -129,10 +133,10 @@ def has_metric(runs, metric):
 
 def row_stats(runs, row, layer, metric):
   """The row's fold mean (over seeds), seed-0 fold std, seed spread."""
-  means = [statistics.mean(quality.per_fold(r, layer, metric))
+  means = [statistics.mean(per_fold(r, layer, metric))
            for _, r in sorted(runs[row].items())]
   return {"mean": statistics.mean(means),
-          "std": statistics.pstdev(quality.per_fold(runs[row][0], layer, metric)),
+          "std": statistics.pstdev(per_fold(runs[row][0], layer, metric)),
           "seed_means": means,
           "seed_std": statistics.stdev(means) if len(means) > 1 else None}
 
@@ -142,8 +146,8 @@ def paired_gap(runs, row, layer, metric):
   units: the larger of the two rows' fold stds and seed spreads."""
   seeds = sorted(set(runs["full"]) & set(runs[row]))
   diffs = [f - a for s in seeds
-           for f, a in zip(quality.per_fold(runs["full"][s], layer, metric),
-                           quality.per_fold(runs[row][s], layer, metric))]
+           for f, a in zip(per_fold(runs["full"][s], layer, metric),
+                           per_fold(runs[row][s], layer, metric))]
   full = row_stats(runs, "full", layer, metric)
   other = row_stats(runs, row, layer, metric)
   floor = max(x for x in (full["std"], other["std"], full["seed_std"],

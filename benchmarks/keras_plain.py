@@ -33,6 +33,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from artifact_spotting import losses
+from benchmarks.flops import forward_flops, step_flops
 
 SLOPE = 0.2  # leaky ReLU slope of every block (the library's negative_slope)
 
@@ -290,11 +291,9 @@ def timed_fit(model, dataset, warm, steps):
   return timer.ends[-1] - timer.ends[warm - 1]
 
 
-def forward_flops_per_image(model, forward_flops, batch=8):
-  """Forward FLOPs per image of each plain network (throughput.model_flops'
-  keys), counted by ``forward_flops`` (throughput.forward_flops, passed in:
-  importing benchmarks.throughput here would define its flags twice when it
-  runs as __main__)."""
+def forward_flops_per_image(model, batch=8):
+  """Forward FLOPs per image of each plain network (flops.model_flops' keys),
+  counted by flops.forward_flops."""
   res, ch = model.encoder.input_shape[1:3], model.encoder.input_shape[3]
   x = tf.TensorSpec([batch, *res, ch], tf.float32)
   phi = tf.TensorSpec([batch, *model.grid, model.encoder.output_shape[-1]], tf.float32)
@@ -313,7 +312,6 @@ def compare(config_spec="configs/fashion_mnist.py", batch=64):
   """Parameters and traced FLOPs per image of one step, plain against ours."""
   from artifact_spotting import train_state  # pylint: disable=g-import-not-at-top
   from artifact_spotting.loading import pretrain_config  # pylint: disable=g-import-not-at-top
-  from benchmarks.throughput import step_flops  # pylint: disable=g-import-not-at-top
   config = pretrain_config(config_spec)
   res, ch = config.resolution, config.channels
   data = {"image": tf.random.uniform([batch, res, res, ch], -1, 1),

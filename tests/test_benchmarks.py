@@ -1,6 +1,9 @@
 """Benchmark code: FLOP counts against hand counts, throughput variants and
-windows, machine info, the budget curve, and mixed precision against float32."""
+windows, machine info, the budget curve, mixed precision against float32,
+and no import circle among the benchmark modules."""
 
+import ast
+import glob
 import json
 import os
 import statistics
@@ -12,20 +15,20 @@ import tensorflow as tf
 from artifact_spotting import config as config_lib
 from artifact_spotting import train_state
 from artifact_spotting.models.discriminator import Discriminator
-from benchmarks import throughput
+from benchmarks import flops, throughput
 from conftest import tiny_config
 
 
 def test_forward_flops_of_a_dense_layer():
   dense = tf.keras.layers.Dense(7, use_bias=False)
-  flops = throughput.forward_flops(dense, tf.TensorSpec([3, 5], tf.float32))
-  assert flops == 2 * 3 * 5 * 7
+  count = flops.forward_flops(dense, tf.TensorSpec([3, 5], tf.float32))
+  assert count == 2 * 3 * 5 * 7
 
 
 def test_discriminator_flops_match_a_hand_count():
   c = tiny_config()
   model = train_state.Players(c, tf.distribute.get_strategy(), probe=False).model
-  f = throughput.model_flops(model, 16, 1, 0.5, True)
+  f = flops.model_flops(model, 16, 1, 0.5, True)
   # tiny discriminator: five 3x3 convs of 8 filters at 16, 8, 4, 4, 4 pixels
   # (pools after conv1 and conv2), inputs 1, 8, 8, 8, 8 channels.
   convs = sum(2 * s * s * 9 * cin * 8
@@ -54,18 +57,18 @@ def test_traced_flops_leave_out_what_the_runtime_prunes():
     return {"y": y}
 
   step(a)
-  per_image, by_type, nested = throughput.step_flops(step, a)
+  per_image, by_type, nested = flops.step_flops(step, a)
   # forward x @ w, and w's gradient x^T @ dy; x's gradient is never asked for.
   assert by_type["MatMul"] * 3 == 2 * (2 * 3 * 5 * 7)
   assert per_image * 3 == pytest.approx(2 * (2 * 3 * 5 * 7), rel=0.01)
   assert nested == []
   # A called tf.function's body is counted; a loop body is reported instead.
   inner = tf.function(lambda x: tf.matmul(x, w))
-  per_image, by_type, nested = throughput.step_flops(lambda x: {"y": inner(x)}, a)
+  per_image, by_type, nested = flops.step_flops(lambda x: {"y": inner(x)}, a)
   assert by_type["MatMul"] * 3 == 2 * 3 * 5 * 7 and nested == []
   loop = lambda x: {"y": tf.while_loop(lambda i, y: i < 2, lambda i, y: (i + 1, y * 2.0),
                                        (0, tf.matmul(x, w)))[1]}
-  assert throughput.step_flops(loop, a)[2] in (["While"], ["StatelessWhile"])
+  assert flops.step_flops(loop, a)[2] in (["While"], ["StatelessWhile"])
 
 
 def _traced_and_hand(phase, onednn, monkeypatch):
@@ -84,8 +87,8 @@ def _traced_and_hand(phase, onednn, monkeypatch):
   fn = {"spotter": lambda b: m.adversarial_step(b, players.c_opt, players.r_opt),
         "autoencoder": lambda b: m.autoencoder_step(b, players.ae_opt)}[phase]
   tf.function(fn)(batch)
-  traced, by_type, nested = throughput.step_flops(fn, batch)
-  hand = throughput.model_flops(m, 16, 1, c.spotter.history_fraction, True)
+  traced, by_type, nested = flops.step_flops(fn, batch)
+  hand = flops.model_flops(m, 16, 1, c.spotter.history_fraction, True)
   assert nested == []
   return traced, by_type, hand
 
@@ -303,14 +306,14 @@ def test_discriminator_views_skip_the_input_gradient_of_undifferentiated_views()
                        fc_norm=True)
   disc.build((None, 32, 32, 1))
   real, fake = (tf.random.stateless_normal([n, 32, 32, 1], seed=(n, 1)) for n in (3, 2))
-  flops = {}
+  count = {}
   for views in (True, False):
     graph = tf.function(lambda r, f, v=views: tf.gradients(
         tf.reduce_sum(disc([r, f] if v else tf.concat([r, f], 0), training=True)["logits"]),
         f)).get_concrete_function(real, fake).graph
-    flops[views] = throughput.graph_flops(graph)[0]
+    count[views] = flops.graph_flops(graph)[0]
   conv1_input_grad_of_real = 2 * 3 * 32 * 32 * 5 * 5 * 1 * 64
-  assert conv1_input_grad_of_real <= flops[False] - flops[True] <= 1.2 * conv1_input_grad_of_real
+  assert conv1_input_grad_of_real <= count[False] - count[True] <= 1.2 * conv1_input_grad_of_real
 
 
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
@@ -334,3 +337,76 @@ def test_mixed_precision_tracks_float32(precision):
   # normalisation turns the rounding of near-zero gradients into full-size
   # differences, so the check is on the whole update, not weight by weight).
   assert cosine > 0.8
+
+
+def benchmark_imports(folder):
+  """{module: benchmark modules it imports} of every benchmarks/*.py, read
+  with ``ast`` (imports inside functions too: a deferred import closes a
+  circle as well)."""
+  paths = glob.glob(os.path.join(folder, "*.py"))
+  names = {os.path.basename(p)[:-3] for p in paths}
+  out = {}
+  for path in paths:
+    deps = set()
+    with open(path) as f:
+      tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Import):
+        deps.update(a.name.split(".")[1] for a in node.names
+                    if a.name.startswith("benchmarks."))
+      elif isinstance(node, ast.ImportFrom):
+        module = node.module or ""
+        if module == "benchmarks" or (node.level and not module):
+          deps.update(a.name for a in node.names)
+        elif module.startswith("benchmarks."):
+          deps.add(module.split(".")[1])
+        elif node.level:
+          deps.add(module.split(".")[0])
+    name = os.path.basename(path)[:-3]
+    out[name] = sorted(deps & names - {name})
+  return out
+
+
+def import_cycle(graph):
+  """One import circle of ``graph`` as [a, b, ..., a], or None."""
+  state = {}
+
+  def visit(node, path):  # path: the open modules, ending with ``node``
+    state[node] = "open"
+    for dep in graph[node]:
+      if state.get(dep) == "open":
+        return path[path.index(dep):] + [dep]
+      if dep not in state:
+        found = visit(dep, path + [dep])
+        if found:
+          return found
+    state[node] = "done"
+    return None
+
+  for node in sorted(graph):
+    if node not in state:
+      found = visit(node, [node])
+      if found:
+        return found
+  return None
+
+
+def test_no_import_circle_among_the_benchmarks():
+  graph = benchmark_imports(os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "benchmarks"))
+  assert "flops" in graph["throughput"] and "flops" in graph["keras_plain"]
+  assert "throughput" not in graph["keras_plain"]
+  # The quality report and plan know nothing of the script that runs them.
+  assert "quality" not in graph["quality_report"] + graph["quality_plan"]
+  assert import_cycle(graph) is None, import_cycle(graph)
+  # The checker sees a circle, deferred imports included.
+  assert import_cycle({"a": ["b"], "b": ["c"], "c": ["a"], "d": ["a"]}) == [
+      "a", "b", "c", "a"]
+
+
+def test_the_import_reader_sees_deferred_and_relative_imports(tmp_path):
+  (tmp_path / "a.py").write_text("def f():\n  from benchmarks import b\n")
+  (tmp_path / "b.py").write_text("from benchmarks.c import x\nimport benchmarks.a\n")
+  (tmp_path / "c.py").write_text("from . import a\nfrom .b import y\nimport os\n")
+  assert benchmark_imports(str(tmp_path)) == {"a": ["b"], "b": ["a", "c"],
+                                              "c": ["a", "b"]}

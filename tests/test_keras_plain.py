@@ -70,7 +70,7 @@ def test_the_plain_step_does_our_work_per_image(monkeypatch):
   traced count); the oneDNN formulation is pinned so the figures above hold
   on either."""
   from artifact_spotting.models import blocks
-  from benchmarks import throughput
+  from benchmarks import flops
   monkeypatch.setattr(blocks, "onednn_enabled", lambda: True)
   out = keras_plain.compare(batch=8)
   plain, ours = out["plain"], out["ours"]
@@ -80,8 +80,8 @@ def test_the_plain_step_does_our_work_per_image(monkeypatch):
   assert plain["by_type"]["Conv2DBackpropInput"] > 0   # TF's own input gradients
   # The hand count composed from the plain networks' forward FLOPs agrees too.
   model = keras_plain.build(fashion_mnist.get_config(""))
-  f = keras_plain.forward_flops_per_image(model, throughput.forward_flops)
-  hand = throughput.step_flops_by_hand(f, 0.5, True)["spotter"]
+  f = keras_plain.forward_flops_per_image(model)
+  hand = flops.step_flops_by_hand(f, 0.5, True)["spotter"]
   assert hand == pytest.approx(plain["flops_per_image"], rel=0.03)
 
 
