@@ -273,20 +273,31 @@ def real(test):
   return lambda v: _is_real(v) and test(v)
 
 
+def check_fields(config, rules, optional: bool = False):
+  """The one field checker of every config kind (pretraining, evaluation,
+  fine-tuning). ``rules``: (dotted field, test, what it must be); ValueError
+  ``config.<field>=<value> must be <what>`` for the first failing one (with
+  "a finite number" added for an inf or nan). A field the config lacks
+  raises KeyError, or is skipped with ``optional`` (configs that may leave
+  it out)."""
+  for dotted, ok, what in rules:
+    node, present = config, True
+    for part in dotted.split("."):
+      if optional and (not hasattr(node, "get") or part not in node):
+        present = False
+        break
+      node = node[part]
+    if present and not ok(node):
+      finite = _non_finite(node) and "finite" not in what
+      raise ValueError(f"config.{dotted}={node!r} must be "
+                       f"{'a finite number ' if finite else ''}{what}")
+
+
 def check_ranges(config):
   """Every numeric field in its range and every choice field one of its
   choices; ValueError naming the field, its value and the range."""
-  def get(dotted):
-    node = config
-    for part in dotted.split("."):
-      node = node[part]
-    return node
-
   def need(dotted, ok, what):
-    value = get(dotted)
-    if not ok(value):
-      raise ValueError(f"config.{dotted}={value!r} must be "
-                       f"{'a finite number ' if _non_finite(value) else ''}{what}")
+    check_fields(config, [(dotted, ok, what)])
 
   need("seed", whole(0), "an integer >= 0")
   need("resolution", whole(1), "a positive integer")

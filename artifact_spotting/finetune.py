@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import keras
 import numpy as np
@@ -33,6 +32,8 @@ from artifact_spotting import workdir as workdir_lib
 from artifact_spotting.data import pipeline
 from artifact_spotting.evaluation.probe import held_out_split
 from artifact_spotting.models.discriminator import FEATURE_NAMES
+
+RESULTS_FILE = "finetune_results.json"
 
 
 def build_classifier(backbone: keras.Model, num_classes: int, freeze_up_to: str,
@@ -160,10 +161,11 @@ class BestEpoch(keras.callbacks.Callback):
 def validate_finetune_config(config):
   """Checks every field of a fine-tuning config (configs/finetune/*.py)
   before a model is loaded or data read; ValueError naming the field."""
-  from artifact_spotting.config import real, whole  # pylint: disable=g-import-not-at-top
+  from artifact_spotting import config as config_lib  # pylint: disable=g-import-not-at-top
+  real, whole = config_lib.real, config_lib.whole
   positive = "an integer >= 1"
   fold = config.get("fold", "")
-  evaluation.check_fields(config, [
+  config_lib.check_fields(config, optional=True, rules=[
       ("seed", whole(0), "an integer >= 0"),
       ("task", lambda v: v in TASKS, f"one of {TASKS}"),
       ("channels", lambda v: v in (1, 3), "1 or 3"),
@@ -227,8 +229,8 @@ def finetune(config, init: str, workdir: str):
              key: mean, "freeze_up_to": config.freeze_up_to, "init": init,
              "epochs_run": max(r["epochs_run"] for r in results),
              "selected_epoch_per_fold": [r["selected_epoch"] for r in results]}
-  with open(os.path.join(workdir, "finetune_results.json"), "w") as fh:
-    json.dump(summary, fh, indent=2)
+  workdir_lib.atomic_write(os.path.join(workdir, RESULTS_FILE),
+                           json.dumps(summary, indent=2))
   return None, summary
 
 
@@ -327,8 +329,8 @@ def finetune_one(config, init: str, workdir: str, fold_indices=None):
   else:
     result.update(selected_epoch=result["epochs_run"], validation_size=0)
   result.update(_score(model, test, multilabel))
-  with open(os.path.join(workdir, "finetune_results.json"), "w") as f:
-    json.dump(result, f, indent=2)
+  workdir_lib.atomic_write(os.path.join(workdir, RESULTS_FILE),
+                           json.dumps(result, indent=2))
   return model, result
 
 

@@ -104,6 +104,7 @@ def setup_errors():
 def main(argv):
   del argv
   from artifact_spotting import evaluation  # pylint: disable=g-import-not-at-top
+  from artifact_spotting import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   # Before any output folder, model or data: a bad field is one error line.
   try:
@@ -125,10 +126,7 @@ def main(argv):
   result["output"] = os.path.abspath(output)
   result["command"] = sys.argv[1:]
   path = os.path.join(output, "eval_results.json")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(result, f, indent=2, default=list)
-  os.replace(tmp, path)
+  workdir_lib.atomic_write(path, json.dumps(result, indent=2, default=list))
   print(f"wrote {path}")
 
 

@@ -20,6 +20,6 @@ from artifact_spotting.evaluation.folds import (fold_validation, folds_protocol,
 from artifact_spotting.evaluation.metrics import (VOC07_RECALL_THRESHOLDS,
                                                   voc07_average_precision, voc07_map)
 from artifact_spotting.evaluation.probe import full_probe
-from artifact_spotting.evaluation.protocol import (check_fields, check_pp, evaluate,
+from artifact_spotting.evaluation.protocol import (check_pp, evaluate,
                                                    fold_indices, split_labels,
                                                    validate_eval_config)

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from artifact_spotting import loading
+from artifact_spotting import config as config_lib
 from artifact_spotting.config import real, whole  # field tests, shared with config.check_ranges
 from artifact_spotting.data import pipeline
 from artifact_spotting.evaluation.features import Extractor, extract
@@ -21,21 +22,6 @@ from artifact_spotting.evaluation.folds import (fold_validation, folds_protocol,
                                                 read_fold_indices, seeded_folds,
                                                 validation_indices)
 from artifact_spotting.evaluation.probe import full_probe
-
-
-def check_fields(config, rules):
-  """``rules``: (dotted field, test, what it must be). Fields the config
-  lacks are skipped (configs may leave optional ones out); ValueError
-  ``config.<field>=<value> must be <what>`` for the first failing one."""
-  for dotted, ok, what in rules:
-    node, present = config, True
-    for part in dotted.split("."):
-      if not hasattr(node, "get") or part not in node:
-        present = False
-        break
-      node = node[part]
-    if present and not ok(node):
-      raise ValueError(f"config.{dotted}={node!r} must be {what}")
 
 
 def check_pp(config, fields=("pp_train", "pp_eval")):
@@ -51,7 +37,7 @@ def validate_eval_config(config):
   """Checks every field of an evaluation config (configs/eval/*.py) before
   any data is read or features computed; ValueError naming the field."""
   positive = "an integer >= 1"
-  check_fields(config, [
+  config_lib.check_fields(config, optional=True, rules=[
       ("seed", whole(0), "an integer >= 0"),
       ("channels", lambda v: v in (1, 3), "1 or 3"),
       ("num_classes", whole(2), "an integer >= 2"),
