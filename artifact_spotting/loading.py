@@ -97,16 +97,16 @@ def restore(workdir: str, config, model=None, **networks) -> Restored:
     raise LoadError(f"no checkpoint in {ckpt_dir}: pretraining has not "
                     f"saved one yet")
   ae_opt = player_optimizer(config, "ae_optimizer")
-  c_opt = player_optimizer(config, "c_optimizer")
+  discriminator_opt = player_optimizer(config, "c_optimizer")
   checkpoint = tf.train.Checkpoint(
       model=model if model is not None else tf.train.Checkpoint(**networks),
-      ae_optimizer=ae_opt, c_optimizer=c_opt)
+      ae_optimizer=ae_opt, c_optimizer=discriminator_opt)
   try:
     path = checkpoints.restore_latest(checkpoint, ckpt_dir)
   except ValueError as e:
     raise LoadError(f"{workdir}: {e}") from e
   return Restored(model if model is not None else networks,
-                  ae_opt.iterations.numpy(), c_opt.iterations.numpy(), path)
+                  ae_opt.iterations.numpy(), discriminator_opt.iterations.numpy(), path)
 
 
 def _precision(config) -> str:

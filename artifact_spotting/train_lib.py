@@ -426,7 +426,7 @@ def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
     probe_opt = players.probe_opt if use_probe else None
     adv_loop = make_loop(
         strategy,
-        lambda b: model.adversarial_step(b, players.c_opt, players.r_opt, probe_opt),
+        lambda b: model.adversarial_step(b, players.discriminator_opt, players.repair_opt, probe_opt),
         jit != "off", batch_norm, stop=stop.flag)
     it = iter(dataset(adv_batch, config.seed + 1, players.adv_step))
     if players.adv_step == 0:
@@ -436,8 +436,8 @@ def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
         step_of=lambda: players.adv_step, total=config.spotter.steps,
         global_batch=adv_batch, log_every=t.log_every,
         checkpoint_every=t.checkpoint_every, keeper=keeper, writer=writer,
-        lr_of={"discriminator": lambda: float(players.c_opt.learning_rate),
-               "repair": lambda: float(players.r_opt.learning_rate)},
+        lr_of={"discriminator": lambda: float(players.discriminator_opt.learning_rate),
+               "repair": lambda: float(players.repair_opt.learning_rate)},
         on_summary=on_summary, summary_every=t.summary_every,
         show=("class_loss", "real_accuracy", "fake_accuracy", "mask_accuracy",
               "adversarial", "accuracy"), stop=stop)

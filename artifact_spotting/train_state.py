@@ -42,17 +42,20 @@ class Players:
                                      name="artifact_spotter")
         self.model.build()
       self.ae_opt = player_optimizer(config, "ae_optimizer")
-      self.c_opt = player_optimizer(config, "c_optimizer")
-      self.r_opt = player_optimizer(config, "r_optimizer")
+      self.discriminator_opt = player_optimizer(config, "c_optimizer")
+      self.repair_opt = player_optimizer(config, "r_optimizer")
       self.probe_opt = FusedAdam(config.probe.lr, name="probe_optimizer")
       m = self.model
       self.ae_opt.build(m.autoencoder_variables)
-      self.c_opt.build(m.discriminator_variables)
-      self.r_opt.build(m.generator_variables)
+      self.discriminator_opt.build(m.discriminator_variables)
+      self.repair_opt.build(m.repair_variables)
       self.probe_opt.build(m.probe_variables)
+    # The checkpoint's names are the paper's C (discriminator) and R
+    # (repair network); every workdir holds them under these names.
     self.checkpoint = tf.train.Checkpoint(
-        model=self.model, ae_optimizer=self.ae_opt, c_optimizer=self.c_opt,
-        r_optimizer=self.r_opt, probe_optimizer=self.probe_opt)
+        model=self.model, ae_optimizer=self.ae_opt,
+        c_optimizer=self.discriminator_opt, r_optimizer=self.repair_opt,
+        probe_optimizer=self.probe_opt)
 
   @property
   def ae_step(self) -> int:
@@ -60,7 +63,7 @@ class Players:
 
   @property
   def adv_step(self) -> int:
-    return int(self.c_opt.iterations.numpy())
+    return int(self.discriminator_opt.iterations.numpy())
 
 
 AUTOENCODER_FIELDS = ("stem_filters", "widths", "kernel_size", "decoder_widths")

@@ -268,7 +268,7 @@ def ours_param_counts(model, moving=False):
             "probe": _size(model.probe_variables)}
   return {"autoencoder": _size(model.autoencoder_variables),
           "discriminator": _size(model.discriminator_variables),
-          "repair": _size(model.generator_variables),
+          "repair": _size(model.repair_variables),
           "probe": _size(model.probe_variables)}
 
 
@@ -318,7 +318,7 @@ def compare(config_spec="configs/fashion_mnist.py", batch=64):
           "label": tf.zeros([batch], tf.int32)}
   players = train_state.Players(config, tf.distribute.get_strategy())
   ours = players.model
-  fn = lambda b: ours.adversarial_step(b, players.c_opt, players.r_opt, players.probe_opt)
+  fn = lambda b: ours.adversarial_step(b, players.discriminator_opt, players.repair_opt, players.probe_opt)
   tf.function(fn)(data)
   plain = build(config)
   plain.fit(tf.data.Dataset.from_tensors(data).repeat(), steps_per_epoch=1, verbose=0)

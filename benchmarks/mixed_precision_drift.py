@@ -49,14 +49,14 @@ def steps_from(precision, init, batches):
                                 "discriminator.dropout": 0.0})
   players = train_state.Players(c, tf.distribute.get_strategy(), probe=False)
   players.model.set_weights(init)
-  for opt in (players.ae_opt, players.c_opt, players.r_opt):
+  for opt in (players.ae_opt, players.discriminator_opt, players.repair_opt):
     if isinstance(opt, keras.optimizers.LossScaleOptimizer):
       # Start below the default 2**15, which overflows on the first steps and
       # (correctly) skips them; here every step should apply.
       opt.dynamic_scale.assign(256.0)
   ae = tf.function(lambda b: players.model.autoencoder_step(b, players.ae_opt))
   adv = tf.function(lambda b: players.model.adversarial_step(
-      b, players.c_opt, players.r_opt))
+      b, players.discriminator_opt, players.repair_opt))
   for x in batches[:2]:
     ae({"image": x})
   return players, [{k: float(v) for k, v in adv({"image": x}).items()}
@@ -82,7 +82,7 @@ def drift(precision, seed):
   start = {v.path: w for v, w in zip(base.model.weights, init)}
 
   def update(players):
-    vs = players.model.discriminator_variables + players.model.generator_variables
+    vs = players.model.discriminator_variables + players.model.repair_variables
     return np.concatenate([(v.numpy() - start[v.path]).ravel() for v in vs])
   d_ref, d_got = update(ref), update(got)
   cosine = float(d_ref @ d_got / (np.linalg.norm(d_ref) * np.linalg.norm(d_got)))

@@ -158,7 +158,7 @@ def run_variant(phase: str, batch: int, jit: bool, precision: str,
   params = {
       "autoencoder": int(sum(v.numpy().size for v in model.autoencoder_variables)),
       "discriminator": int(sum(v.numpy().size for v in model.discriminator_variables)),
-      "repair": int(sum(v.numpy().size for v in model.generator_variables)),
+      "repair": int(sum(v.numpy().size for v in model.repair_variables)),
       "probe": int(sum(v.numpy().size for v in model.probe_variables)),
   }
   return row_result(

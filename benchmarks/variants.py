@@ -93,7 +93,7 @@ def build_variant(config, phase: str, batch: int, jit: bool, precision: str,
     fn = lambda b: model.autoencoder_step(b, players.ae_opt)
     pp = config.pp
   elif phase == "spotter":
-    fn = lambda b: model.adversarial_step(b, players.c_opt, players.r_opt,
+    fn = lambda b: model.adversarial_step(b, players.discriminator_opt, players.repair_opt,
                                           players.probe_opt)
     pp = config.pp
   else:

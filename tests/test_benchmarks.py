@@ -84,7 +84,7 @@ def _traced_and_hand(phase, onednn, monkeypatch):
   players = train_state.Players(c, tf.distribute.get_strategy(), probe=False)
   m = players.model
   batch = {"image": tf.random.uniform([8, 16, 16, 1], -1, 1)}
-  fn = {"spotter": lambda b: m.adversarial_step(b, players.c_opt, players.r_opt),
+  fn = {"spotter": lambda b: m.adversarial_step(b, players.discriminator_opt, players.repair_opt),
         "autoencoder": lambda b: m.autoencoder_step(b, players.ae_opt)}[phase]
   tf.function(fn)(batch)
   traced, by_type, nested = flops.step_flops(fn, batch)
@@ -325,7 +325,7 @@ def test_mixed_precision_tracks_float32(precision):
   conv = got.model.discriminator.conv2.conv
   assert conv.compute_dtype == precision.split("_")[1] and conv.kernel.dtype == "float32"
   if precision == "mixed_float16":
-    assert isinstance(got.c_opt, keras.optimizers.LossScaleOptimizer)
+    assert isinstance(got.discriminator_opt, keras.optimizers.LossScaleOptimizer)
   assert got.adv_step == ref.adv_step == 3
   # The first adversarial step's losses (weights apart only by the two
   # autoencoder steps and rounding). Later steps' losses are not compared: a

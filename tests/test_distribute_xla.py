@@ -73,7 +73,7 @@ def _train(config, strategy, init, xla, batch_norm="sync", ae_steps=2,
   players = train_state.Players(config, strategy)
   for v, value in zip(players.model.weights, init):
     v.assign(value)
-  for opt in (players.ae_opt, players.c_opt, players.r_opt):
+  for opt in (players.ae_opt, players.discriminator_opt, players.repair_opt):
     if isinstance(opt, keras.optimizers.LossScaleOptimizer):
       # Below the default 2**15, which overflows in the first float16 steps
       # and (correctly) skips them; here every step should apply.
@@ -93,7 +93,7 @@ def _train(config, strategy, init, xla, batch_norm="sync", ae_steps=2,
   phases = {
       "ae": (ae_steps, lambda b: model.autoencoder_step(b, players.ae_opt)),
       "adv": (adv_steps, lambda b: model.adversarial_step(
-          b, players.c_opt, players.r_opt, players.probe_opt)),
+          b, players.discriminator_opt, players.repair_opt, players.probe_opt)),
   }
   metrics = {}
   for seed, (name, (steps, step)) in enumerate(phases.items()):

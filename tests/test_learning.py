@@ -124,13 +124,13 @@ def frozen_c_adversarial_loss(config, workdir, steps=80, lr=1e-2):
     return float(np.mean(np.logaddexp(0.0, -fake_logits)))  # -log s(l)
 
   frozen = FusedAdam(learning_rate=0.0)
-  r_opt = FusedAdam(learning_rate=lr, beta_1=config.optimizer.beta1)
+  repair_opt = FusedAdam(learning_rate=lr, beta_1=config.optimizer.beta1)
   c_before = [v.numpy().copy() for v in model.discriminator_variables]
   train = pipeline.make_dataset(pipeline.open_source(config.dataset, config.channels),
                                 config.pp, config.spotter.batch_size, training=True,
                                 shuffle_buffer=config.dataset.shuffle_buffer,
                                 seed=config.seed + 2)
-  step = tf.function(lambda batch: model.adversarial_step(batch, frozen, r_opt))
+  step = tf.function(lambda batch: model.adversarial_step(batch, frozen, repair_opt))
   before = adversarial_loss()
   for batch, _ in zip(train, range(steps)):
     step(batch)

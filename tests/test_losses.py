@@ -290,7 +290,7 @@ def test_adversarial_step_reports_each_loss_as_written_out(released_code):
   sp = c.spotter
   x = _images(1)
   b = int(x.shape[0])
-  c_opt = FusedAdam(1e-3)
+  discriminator_opt = FusedAdam(1e-3)
   # The step's damage mask: its stateless draw for step 0.
   keep = sample_keep_mask(model._seed(spotter_lib._MASK, 0), b, model.grid,  # pylint: disable=protected-access
                           sp.drop_rate)
@@ -315,7 +315,7 @@ def test_adversarial_step_reports_each_loss_as_written_out(released_code):
   if released_code:
     confusion = (-0.5 * np_log_sigmoid(fake_l) - 0.5 * np_log_sigmoid(-fake_l)).mean()
     r_loss += confusion + sp.mask_weight * mask_fake
-  metrics = model.adversarial_step({"image": x}, c_opt, FusedAdam(1e-3))
+  metrics = model.adversarial_step({"image": x}, discriminator_opt, FusedAdam(1e-3))
   got = {k: float(v) for k, v in metrics.items()}
   assert got["c/class_loss"] == pytest.approx(class_loss, rel=1e-4)
   assert got["c/mask_loss"] == pytest.approx(mask_fake, rel=1e-4)

@@ -380,7 +380,7 @@ def test_every_ablation_row_builds_and_steps(row):
   after = model.discriminator_variables
   assert any(not np.allclose(a, b.numpy()) for a, b in zip(before, after))
   if row == "k":
-    assert model.generator_variables == []
+    assert model.repair_variables == []
   if row == "l":
     assert model.generator is not None and not model.repair_blocks
   if row == "b":

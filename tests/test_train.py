@@ -180,7 +180,7 @@ def test_mirrored_step_matches_single_device(idx_dir, fill, lr_fraction):
   steps = {
       "ae": lambda p: (lambda b: p.model.autoencoder_step(b, p.ae_opt)),
       "adv": lambda p: (lambda b: p.model.adversarial_step(
-          b, p.c_opt, p.r_opt, p.probe_opt)),
+          b, p.discriminator_opt, p.repair_opt, p.probe_opt)),
   }
   for name in ("ae", "adv"):
     f1 = tf.function(steps[name](p1))

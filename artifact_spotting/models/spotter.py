@@ -210,7 +210,7 @@ class ArtifactSpotter(keras.Model):
     return self.encoder.trainable_variables + self.decoder.trainable_variables
 
   @property
-  def generator_variables(self):
+  def repair_variables(self):
     if self.generator is not None:
       return self.generator.trainable_variables
     return [v for b in self.repair_blocks for v in b.trainable_variables]
@@ -326,7 +326,7 @@ class ArtifactSpotter(keras.Model):
     arguments and the variables, and runs no collective."""
     part = self.replica_batch(batch["image"], history=True)
     c_vars = self.discriminator_variables
-    r_vars = self.generator_variables
+    r_vars = self.repair_variables
     train_probe = (self.probe is not None and probe_optimizer is not None
                    and "label" in batch)
     step = c_optimizer.iterations
