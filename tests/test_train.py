@@ -313,12 +313,19 @@ def test_jit_compile_option_trains(idx_dir, tmp_path):
     train_lib.train(c, str(tmp_path / "xla2"), strategy=mirrored)
 
 
-def test_jit_auto_picks_the_measured_faster_choice():
+def test_jit_auto_follows_the_device_kind_table(monkeypatch):
+  """"auto" reads AUTO_JIT for the kind of device the replicas run on (its
+  entries are the measured choices); an explicit mode passes through."""
   one = tf.distribute.get_strategy()
   mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-  assert distribute.resolve_jit("auto", one) == "off"          # CPU: measured slower
-  assert distribute.resolve_jit("auto", mirrored) == "off"     # CPU replicas too
-  assert distribute.resolve_jit("on", one) == "on"
+  assert set(distribute.AUTO_JIT) == {"CPU", "GPU", "TPU"}
+  for choice in ("spotter", "on", "off"):
+    monkeypatch.setitem(distribute.AUTO_JIT, "CPU", choice)
+    monkeypatch.setitem(distribute.AUTO_JIT, "GPU", "bogus")  # never read here
+    assert distribute.resolve_jit("auto", one) == choice
+    assert distribute.resolve_jit("auto", mirrored) == choice
+  for mode in ("off", "on", "spotter"):
+    assert distribute.resolve_jit(mode, one) == mode
   from artifact_spotting import config as config_lib
   from conftest import tiny_config
   with pytest.raises(ValueError, match="jit_compile='fast' must be one of"):
