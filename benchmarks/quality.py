@@ -23,6 +23,21 @@ that result exists; training runs resume from their checkpoints. Kill it and
 run the same command again. Each training run is its own process (its log is
 ``<root>/logs/<name>.log``).
 
+A root outlives its machine through an archive of its report inputs (no
+checkpoints, a few hundred kB):
+
+  python -m benchmarks.quality --root=R --deterministic ... --stages=evaluate,archive \
+      --archive=results/quality_inputs/NAME
+  # later, on a fresh machine of the same kind:
+  python -m benchmarks.quality --root=R2 --deterministic ... \
+      --stages=restore,pretrain,peer,supervised,evaluate,report \
+      --archive=results/quality_inputs/NAME
+
+The restored runs are neither trained nor evaluated again; the shared
+autoencoder is retrained and must hash as archived (it does with
+--deterministic on the same kind of machine), so new rows train against the
+same autoencoder as the archived ones.
+
 This module runs the stages (its command line above); the report is
 benchmarks/quality_report.py's (``python -m benchmarks.quality
 --stages=report`` writes it again from a root's evaluations), and where each
@@ -34,6 +49,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +57,7 @@ import time
 from absl import app, flags
 
 from benchmarks import quality_report
+from benchmarks.machine import isa_tag, machine
 from benchmarks.quality_plan import (EVAL_CONFIG, NO_KNN, Options, ablation_dir,
                                      autoencoder_dir, config_spec, done_marker,
                                      eval_path, models, ours_dir, ours_long,
@@ -101,7 +118,20 @@ flags.DEFINE_bool("peer", Options.peer,
                   "(configs/finetune/fashion_mnist.py:rotnet): the same "
                   "discriminator, preprocessing and number of images as ours.")
 flags.DEFINE_string("stages", "pretrain,ours,peer,supervised,evaluate,report",
-                    "Comma-separated stages to run.")
+                    "Comma-separated stages to run; also 'archive' (the last "
+                    "stage: --archive gets the root's report inputs) and "
+                    "'restore' (the first: a root gets an archive's finished "
+                    "runs).")
+flags.DEFINE_string("archive", "", "Folder of a root's report inputs for the "
+                    "archive and restore stages: every evaluation's "
+                    "eval_results.json and its training run's record files "
+                    "(config.json, train_done.json, train_summary.json, "
+                    "finetune_results.json; never checkpoints), and a hash of "
+                    "the shared autoencoder's checkpoint. Restored into a "
+                    "fresh root (with --deterministic, on the same kind of "
+                    "machine), finished runs are neither trained nor "
+                    "evaluated again, the autoencoder is retrained and must "
+                    "hash as archived, and new rows train against it.")
 
 
 def log(msg):
@@ -129,6 +159,94 @@ def pretrain_cmd(opts, arg, workdir, overrides, extra=()):
           + [f"--config.{o}" for o in extra])
 
 
+# ----------------------------------------------------------------- archive
+RECORD_FILES = ("config.json", "train_done.json", "train_summary.json",
+                "finetune_results.json")
+MANIFEST = "MANIFEST.json"
+AE_HASH = "autoencoder_checkpoint.json"
+
+
+def report_inputs(root, opts):
+  """Paths (relative to ``root``) of what the report reads of every model
+  evaluated so far: its eval_results.json and its training run's record
+  files. The shared autoencoder's own files are left out (a restored root
+  retrains it; its evaluation is kept)."""
+  out = []
+  for name, (_, _, needs) in models(root, opts).items():
+    path = eval_path(root, name)
+    if not os.path.exists(path):
+      continue
+    out.append(os.path.relpath(path, root))
+    workdir = os.path.dirname(needs) if needs else None
+    if workdir and workdir != autoencoder_dir(root):
+      out += [os.path.relpath(os.path.join(workdir, f), root) for f in RECORD_FILES
+              if os.path.exists(os.path.join(workdir, f))]
+  return sorted(set(out))
+
+
+def autoencoder_hash(root):
+  """{variable: hash} of the shared autoencoder's newest checkpoint."""
+  from benchmarks.fingerprints import checkpoint_hashes  # pylint: disable=g-import-not-at-top
+  return checkpoint_hashes(autoencoder_dir(root))
+
+
+def stage_archive(root, opts, archive, machine_info):
+  files = report_inputs(root, opts)
+  for rel in files:
+    os.makedirs(os.path.dirname(os.path.join(archive, rel)), exist_ok=True)
+    shutil.copyfile(os.path.join(root, rel), os.path.join(archive, rel))
+  with open(os.path.join(archive, AE_HASH), "w") as f:
+    json.dump(autoencoder_hash(root), f, indent=1, sort_keys=True)
+  with open(os.path.join(archive, MANIFEST), "w") as f:
+    json.dump({"machine": machine_info, "options": dataclasses.asdict(opts),
+               "files": files}, f, indent=1, sort_keys=True)
+  log(f"archive: {len(files)} files of {root} in {archive}")
+
+
+def machine_kind(m):
+  return f"{m.get('cores')}-core {isa_tag(m) or 'unknown ISA'}"
+
+
+def stage_restore(root, archive, machine_info):
+  """Copies an archive's files into ``root`` where absent; refuses an archive
+  made on another kind of machine (cores and best ISA of ``machine_info``,
+  this machine's)."""
+  with open(os.path.join(archive, MANIFEST)) as f:
+    manifest = json.load(f)
+  theirs, ours = machine_kind(manifest["machine"]), machine_kind(machine_info)
+  if theirs != ours:
+    raise RuntimeError(f"{archive} was measured on a {theirs} machine, this is a "
+                       f"{ours} one: runs of two machine kinds are not mixed in "
+                       f"one report; use a fresh root without the restore stage")
+  copied = 0
+  for rel in manifest["files"] + [AE_HASH]:
+    dest = os.path.join(root, rel)
+    if not os.path.exists(dest):
+      os.makedirs(os.path.dirname(dest) or root, exist_ok=True)
+      shutil.copyfile(os.path.join(archive, rel), dest)
+      copied += 1
+  log(f"restore: {copied} files from {archive} into {root}")
+
+
+def check_autoencoder(root):
+  """After the autoencoder trained in a restored root: it must be the
+  archived one, bit for bit, or the restored rows were trained against
+  another autoencoder than new rows would be."""
+  path = os.path.join(root, AE_HASH)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    archived = json.load(f)
+  differ = sorted(k for k, v in autoencoder_hash(root).items() if archived.get(k) != v)
+  if differ:
+    raise RuntimeError(
+        f"the autoencoder trained in {root} is not the archived one ({len(differ)} "
+        f"variables differ, e.g. {differ[:2]}): the restored runs cannot be "
+        f"mixed with new ones (was --deterministic off, or the machine another "
+        f"kind?); use a fresh root without the restore stage")
+  log("autoencoder: identical to the archived one")
+
+
 def train_once(name, cmd, workdir, root):
   """Runs a (resumable) training command unless its marker says it finished."""
   marker = done_marker(workdir)
@@ -145,6 +263,7 @@ def stage_pretrain(root, opts):
   train_once("autoencoder", pretrain_cmd(
       opts, "ablation=full", ae, [("autoencoder.steps", opts.ae_steps),
                                   ("spotter.steps", 0)]), ae, root)
+  check_autoencoder(root)
   for row, seed in row_runs(opts):
     wd = ablation_dir(root, row, seed)
     train_once(f"spotter_{os.path.basename(wd)}", pretrain_cmd(
@@ -239,7 +358,11 @@ def main(argv):
   root = FLAGS.root
   os.makedirs(root, exist_ok=True)
   stages = FLAGS.stages.split(",")
+  if {"archive", "restore"} & set(stages) and not FLAGS.archive:
+    raise app.UsageError("the archive and restore stages need --archive=DIR")
   t0 = time.time()
+  if "restore" in stages:
+    stage_restore(root, FLAGS.archive, machine())
   if "pretrain" in stages:
     stage_pretrain(root, opts)
   if "pretrain" in stages or "ours" in stages:
@@ -252,6 +375,8 @@ def main(argv):
     stage_evaluate(root, opts)
   if "report" in stages:
     stage_report(root, FLAGS.report, opts, command_line(sys.argv[1:]))
+  if "archive" in stages:
+    stage_archive(root, opts, FLAGS.archive, machine())
   log(f"stages {stages} finished in {time.time() - t0:.0f} s")
 
 

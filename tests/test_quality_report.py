@@ -540,3 +540,69 @@ def test_quality_flags_give_the_options():
   fv(["quality"])
   assert quality.options_from_flags(fv) == Options()
   assert quality.command_line([]) == "python -m benchmarks.quality"
+
+
+def _fake_autoencoder_checkpoint(root, value):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  v = tf.Variable([value, 2.0])
+  tf.train.Checkpoint(v=v).save(os.path.join(quality_plan.autoencoder_dir(root),
+                                             "checkpoints", "ckpt"))
+
+
+def test_archive_restores_finished_runs_into_a_fresh_root(tmp_path, monkeypatch):
+  """The archive of a root holds what its report reads, no checkpoint; a
+  fresh root restored from it makes the same report, skips the finished
+  runs, retrains the autoencoder and refuses one that differs or an archive
+  of another machine kind."""
+  from benchmarks import quality  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(quality, "log", lambda msg: None)
+  opts = GOLDEN_OPTIONS["peer"]
+  root, fresh, archive = (str(tmp_path / n) for n in ("root", "fresh", "archive"))
+  golden_root(root, "peer")
+  _fake_autoencoder_checkpoint(root, 1.0)
+  quality.stage_archive(root, opts, archive, dict(GOLDEN_MACHINE))
+  files = quality.report_inputs(root, opts)
+  assert "eval/ours/eval_results.json" in files
+  assert "pretrain/full/config.json" in files and "pretrain/k/train_done.json" in files
+  assert "supervised/finetune_results.json" in files
+  assert not [f for f in files if f.startswith("pretrain/autoencoder/")
+              or "checkpoint" in f]
+  assert "pretrain/l/train_done.json" in files
+  other = dict(GOLDEN_MACHINE, cpu_flags=["avx512_bf16"])
+  with pytest.raises(RuntimeError, match="2-core avx2 machine, this is a "
+                     "2-core avx512_bf16 one"):
+    quality.stage_restore(fresh, archive, other)
+  assert not os.path.exists(fresh)
+  quality.stage_restore(fresh, archive, dict(GOLDEN_MACHINE))
+  for rel in files:
+    with open(os.path.join(root, rel), "rb") as f, open(os.path.join(fresh, rel), "rb") as g:
+      assert f.read() == g.read(), rel
+  # The restored runs are finished: no training command is started for them.
+  started = []
+  monkeypatch.setattr(quality, "run_logged",
+                      lambda name, cmd, r: started.append(name) or 1.0)
+  quality.train_once("spotter_full", ["true"], quality_plan.ablation_dir(fresh, "full"),
+                     fresh)
+  assert started == []
+  # The autoencoder retrained in the fresh root must be the archived one.
+  _fake_autoencoder_checkpoint(fresh, 1.0)
+  quality.check_autoencoder(fresh)
+  shutil_root = str(tmp_path / "fresh2")
+  quality.stage_restore(shutil_root, archive, dict(GOLDEN_MACHINE))
+  _fake_autoencoder_checkpoint(shutil_root, 1.5)
+  with pytest.raises(RuntimeError, match="not the archived one"):
+    quality.check_autoencoder(shutil_root)
+  # Both roots give the same figures; the restored one names the runs it
+  # did not make (and the autoencoder's time is the retrained one's).
+  reports = {}
+  for r, out in ((root, "a"), (fresh, "b")):
+    quality_report.write(r, str(tmp_path / out), opts, command="c",
+                         machine_info=dict(GOLDEN_MACHINE), date=GOLDEN_DATE)
+    with open(tmp_path / (out + ".json")) as f:
+      reports[out] = json.load(f)
+  for report in reports.values():
+    report["budget"]["train_seconds"].pop("pretrain/autoencoder", None)
+  made = reports["b"].pop("provenance")
+  assert "pretrain/full" in json.dumps(made) and root in json.dumps(made)
+  reports["a"].pop("provenance", None)
+  assert reports["a"] == reports["b"]
