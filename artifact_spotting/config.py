@@ -288,7 +288,8 @@ def check_fields(config, rules, optional: bool = False):
         break
       node = node[part]
     if present and not ok(node):
-      finite = _non_finite(node) and "finite" not in what
+      finite = (_non_finite(node) and "finite" not in what
+                and "integer" not in what)
       raise ValueError(f"config.{dotted}={node!r} must be "
                        f"{'a finite number ' if finite else ''}{what}")
 

@@ -83,7 +83,12 @@ def init_autoencoder(players: Players, config):
   if latest is None:
     raise ValueError(f"config.autoencoder.init_from={source!r} holds no checkpoint "
                      f"(expected {os.path.join(source, workdir_lib.CHECKPOINT_DIR)})")
-  theirs = workdir_lib.read_config(source)
+  try:
+    theirs = workdir_lib.read_config(source)
+  except workdir_lib.WorkdirError as e:
+    raise ValueError(f"config.autoencoder.init_from={source!r}: its "
+                     f"{workdir_lib.CONFIG_FILE} is not valid JSON "
+                     f"({e.__cause__})") from e
   if theirs is None:
     raise ValueError(f"config.autoencoder.init_from={source!r} holds checkpoints "
                      f"but no {workdir_lib.CONFIG_FILE}, so its autoencoder "

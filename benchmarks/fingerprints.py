@@ -32,6 +32,8 @@ import time
 
 from absl import app, flags
 
+from benchmarks.checkpoint_hash import checkpoint_hashes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "", "Write the fingerprints (JSON) here.")
@@ -115,23 +117,6 @@ def _data_flags(spec, root):
   return [], True
 
 
-def checkpoint_hashes(workdir):
-  """{variable key: sha256 of its value} of the newest checkpoint."""
-  import tensorflow as tf
-  path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-  if path is None:
-    raise RuntimeError(f"no checkpoint under {workdir}")
-  reader = tf.train.load_checkpoint(path)
-  out = {}
-  for key in sorted(reader.get_variable_to_shape_map()):
-    if key.startswith("_CHECKPOINTABLE_OBJECT_GRAPH"):
-      continue
-    value = reader.get_tensor(key)
-    digest = hashlib.sha256(getattr(value, "tobytes", lambda: repr(value).encode())())
-    out[key] = digest.hexdigest()[:16]
-  return out
-
-
 def fingerprint(name, spec, extra, root):
   workdir = os.path.join(root, name)
   data, uses_tfds = _data_flags(spec, root)
@@ -160,7 +145,8 @@ def compare(new, old):
     if name not in new or name not in old:
       lines.append(f"{name}: only in {'new' if name in new else 'old'}")
       continue
-    a, b = new[name]["variables"], old[name]["variables"]
+    a, b = ({k: v for k, v in r[name]["variables"].items()
+             if not k.startswith("save_counter")} for r in (new, old))
     if a == b:
       continue
     moved = sorted(k for k in set(a) & set(b) if a[k] != b[k])

@@ -186,7 +186,7 @@ def report_inputs(root, opts):
 
 def autoencoder_hash(root):
   """{variable: hash} of the shared autoencoder's newest checkpoint."""
-  from benchmarks.fingerprints import checkpoint_hashes  # pylint: disable=g-import-not-at-top
+  from benchmarks.checkpoint_hash import checkpoint_hashes  # pylint: disable=g-import-not-at-top
   return checkpoint_hashes(autoencoder_dir(root))
 
 
@@ -319,6 +319,10 @@ def stage_evaluate(root, opts):
       if NO_KNN[0] in flags_ or _has_knn(path):
         log(f"eval {name}: done already")
         continue
+      if needs and not os.path.isdir(os.path.join(os.path.dirname(needs), "checkpoints")):
+        log(f"eval {name}: kept without kNN (restored from an archive: its "
+            f"training run has no checkpoints here)")
+        continue
       log(f"eval {name}: evaluating again, with kNN")
     if needs and not os.path.exists(needs):
       log(f"eval {name}: skipped, its training has not finished ({needs})")
@@ -337,9 +341,9 @@ def stage_report(root, out, opts, command=quality_report.COMMAND):
 
 def command_line(argv):
   """The command a report names: this module with ``argv`` (the command
-  line's arguments), less --root and --stages."""
+  line's arguments), less --root, --stages and --archive."""
   return " ".join([quality_report.COMMAND] + [
-      a for a in argv if not a.startswith(("--root", "--stages"))])
+      a for a in argv if not a.startswith(("--root", "--stages", "--archive"))])
 
 
 def options_from_flags(flag_values):

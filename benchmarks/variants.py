@@ -67,9 +67,8 @@ def build_variant(config, phase: str, batch: int, jit: bool, precision: str,
   """(model, multi-step loop, real-input dataset, (strategy, source,
   preprocessing, one-step function)) of a variant.
 
-  ``loop(iterator, n)`` runs n steps of ``phase`` in one tf.function; shared
-  with benchmarks/profile_ops.py so both time the same step. ``replicas`` >
-  1 mirrors over that many logical CPU devices, as distribute.logical_cpus
+  ``loop(iterator, n)`` runs n steps of ``phase`` in one tf.function.
+  ``replicas`` > 1 mirrors over that many logical CPU devices, as distribute.logical_cpus
   does (call before anything starts TensorFlow's runtime), with batch norm
   as config.distribute.batch_norm="auto" chooses (replica.resolve_batch_norm).
   """
