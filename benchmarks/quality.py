@@ -164,6 +164,7 @@ RECORD_FILES = ("config.json", "train_done.json", "train_summary.json",
                 "finetune_results.json")
 MANIFEST = "MANIFEST.json"
 AE_HASH = "autoencoder_checkpoint.json"
+RESTORED = "restored.json"  # in a training run's folder: from an archive
 
 
 def report_inputs(root, opts):
@@ -225,6 +226,9 @@ def stage_restore(root, archive, machine_info):
       os.makedirs(os.path.dirname(dest) or root, exist_ok=True)
       shutil.copyfile(os.path.join(archive, rel), dest)
       copied += 1
+      if os.path.basename(rel) == "train_done.json":  # a run without checkpoints
+        with open(os.path.join(os.path.dirname(dest), RESTORED), "w") as f:
+          json.dump({"archive": os.path.abspath(archive)}, f)
   log(f"restore: {copied} files from {archive} into {root}")
 
 
@@ -319,7 +323,7 @@ def stage_evaluate(root, opts):
       if NO_KNN[0] in flags_ or _has_knn(path):
         log(f"eval {name}: done already")
         continue
-      if needs and not os.path.isdir(os.path.join(os.path.dirname(needs), "checkpoints")):
+      if needs and os.path.exists(os.path.join(os.path.dirname(needs), RESTORED)):
         log(f"eval {name}: kept without kNN (restored from an archive: its "
             f"training run has no checkpoints here)")
         continue

@@ -515,7 +515,7 @@ def test_quality_flags_are_the_options():
   stages to run."""
   fv = _quality_flag_values()
   fields = {f.name for f in dataclasses.fields(Options)}
-  assert set(fv) == fields | {"root", "report", "stages"}
+  assert set(fv) == fields | {"root", "report", "stages", "archive"}
   for name in fields:
     default = fv[name].default
     assert (tuple(default) if isinstance(default, list) else default) == getattr(
@@ -585,6 +585,8 @@ def test_archive_restores_finished_runs_into_a_fresh_root(tmp_path, monkeypatch)
   quality.train_once("spotter_full", ["true"], quality_plan.ablation_dir(fresh, "full"),
                      fresh)
   assert started == []
+  assert os.path.exists(os.path.join(quality_plan.ablation_dir(fresh, "full"),
+                                     quality.RESTORED))
   # The autoencoder retrained in the fresh root must be the archived one
   # (saved once more, as a run stopped by a signal and resumed is: the same).
   _fake_autoencoder_checkpoint(fresh, 1.0, saves=2)

@@ -250,8 +250,9 @@ def _closed_port():
 def test_offline_first_run_stops_fast_naming_the_install_command(tmp_path):
   """Debian's Fashion-MNIST folder empty, the tfds fallback on (the default)
   and its download host unreachable (the probe pointed at a closed local
-  port): pretrain, linear_eval and finetune each stop within 10 s, from
-  start to exit, with one error line naming the apt-get command, without
+  port): pretrain, linear_eval and finetune each stop within 10 s (or
+  TensorFlow's import time plus 4 s on a machine where the import alone
+  takes over 6 s), from start to exit, with one error line naming the apt-get command, without
   tfds' download retries or a warning naming the download host, and leave
   no output folder."""
   debian = str(tmp_path / "fashion-mnist")
@@ -273,6 +274,13 @@ def test_offline_first_run_stops_fast_naming_the_install_command(tmp_path):
   }
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
              ARTIFACT_SPOTTING_DOWNLOAD_PROBE=f"http://127.0.0.1:{_closed_port()}/")
+  # Each binary imports TensorFlow before it reads its config (7.8-8.4 s on
+  # a 2-core AVX2-only AMD EPYC, less on avx512 machines): the bound is 10 s,
+  # or that import plus 4 s where the import alone takes more than 6 s.
+  t0 = time.monotonic()
+  subprocess.run([sys.executable, "-c", "import tensorflow"], env=env, check=True,
+                 capture_output=True, timeout=120)
+  bound = max(10.0, time.monotonic() - t0 + 4.0)
   for name, args in commands.items():
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, "-c", code] + args, cwd=ROOT, env=env,
@@ -282,7 +290,7 @@ def test_offline_first_run_stops_fast_naming_the_install_command(tmp_path):
     assert r.returncode == 2, (name, r.stderr[-3000:])
     assert last.startswith("error: Fashion-MNIST is not installed"), (name, last)
     assert "sudo apt-get install dataset-fashion-mnist" in last, (name, last)
-    assert elapsed < 10, (name, elapsed)
+    assert elapsed < bound, (name, elapsed, bound)
     for noise in ("Traceback", "Retrying", "amazonaws", "Dl Completed"):
       assert noise not in r.stderr, (name, noise, r.stderr[-3000:])
     assert not os.path.exists(out), name
