@@ -93,6 +93,7 @@ def _traced_and_hand(phase, onednn, monkeypatch):
   return traced, by_type, hand
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase", ["spotter", "autoencoder"])
 def test_traced_step_flops_match_the_hand_count(phase, monkeypatch):
   """Two independent counts of a training step: the traced graph (what the
@@ -113,6 +114,7 @@ def test_traced_step_flops_match_the_hand_count(phase, monkeypatch):
     assert coupling > 2 * rel * traced
 
 
+@pytest.mark.slow
 def test_traced_step_flops_of_the_formulation_without_onednn(monkeypatch):
   """Without oneDNN the layers take TF's own input gradient for conv1 (one
   input channel) instead of a matmul plus shifted sums, and find each max
@@ -200,6 +202,7 @@ def test_throughput_rounds_merge_to_the_median_window():
   assert out["phase"] == "spotter"
 
 
+@pytest.mark.slow
 def test_throughput_variant_child_pairs_its_windows():
   # The real child process on the tiny config: both sides of every pair
   # timed, the step's FLOPs counted, input wait from the pairs.
@@ -316,6 +319,7 @@ def test_discriminator_views_skip_the_input_gradient_of_undifferentiated_views()
   assert conv1_input_grad_of_real <= count[False] - count[True] <= 1.2 * conv1_input_grad_of_real
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_tracks_float32(precision):
   """Bounds: benchmarks/mixed_precision_drift.py measures their spread over

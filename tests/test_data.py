@@ -899,6 +899,7 @@ def test_config_validate_accepts_good_pp(tiny, good):
   config_lib.validate(c)
 
 
+@pytest.mark.slow
 def test_bad_pp_fails_before_the_workdir_is_written(idx_dir, tmp_path):
   """pretrain with a bad pp: exit 2, one `error:` line, no config.json (so
   the corrected rerun is not refused as another run)."""

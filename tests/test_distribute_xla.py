@@ -141,6 +141,7 @@ def _assert_same_metrics(ref, got, rel=1e-4, grad_norms=True):
         assert got[phase][i][k] == pytest.approx(v, rel=tol, abs=1e-5), (phase, i, k)
 
 
+@pytest.mark.slow
 def test_xla_steps_match_non_xla_steps_on_one_replica():
   """Two autoencoder and three adversarial steps with the compute compiled by
   XLA equal the same steps without XLA (weights, batch-norm moving
@@ -158,6 +159,7 @@ def test_xla_steps_match_non_xla_steps_on_one_replica():
   _assert_same_metrics(ref_m, got_m)
 
 
+@pytest.mark.slow
 def test_xla_steps_match_non_xla_steps_on_two_replicas():
   """The same for three adversarial steps on 2 replicas with per-replica
   batch norm (synchronized batch norm is refused under XLA with several
@@ -186,6 +188,7 @@ def test_xla_steps_match_non_xla_steps_on_two_replicas():
     assert not np.allclose(copies[0], initial[w.path]), w.path  # it trained
 
 
+@pytest.mark.slow
 def test_two_replicas_with_xla_match_one_replica():
   """2 replicas with XLA equal one device without XLA on the same global
   batches, for adversarial steps without batch norm in training mode (no
@@ -210,6 +213,7 @@ def test_two_replicas_with_xla_match_one_replica():
   _assert_same_metrics(ref_m, got_m, grad_norms=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_xla_matches_its_non_xla_run(precision):
   """Three adversarial steps in mixed precision with XLA against the same
@@ -322,6 +326,7 @@ def test_resolve_jit_by_device_kind():
       assert distribute.resolve_jit(mode, fake(devices)) == mode
 
 
+@pytest.mark.slow
 def test_pretrain_binary_on_logical_cpus_with_xla(idx_dir, tmp_path):
   """The documented command on 2 logical CPUs: mirrored, XLA on (batch norm
   per replica by "auto", logged) and mixed_float16, the multi-GPU

@@ -292,6 +292,7 @@ def _eval_flags(idx_dir):
           "--config.pp_eval=resize(16)|value_range(-1, 1)"]
 
 
+@pytest.mark.slow
 def test_linear_eval_binary_writes_per_layer_results(idx_dir, tmp_path):
   out = tmp_path / "eval"
   r = _run(["trainers.linear_eval"] + _eval_flags(idx_dir) + [
@@ -318,6 +319,7 @@ def test_linear_eval_binary_writes_per_layer_results(idx_dir, tmp_path):
   assert res["output"] == str(out) and "--features=random" in res["command"]
 
 
+@pytest.mark.slow
 def test_linear_eval_names_bad_inputs(idx_dir, tmp_path):
   r = _run(["trainers.linear_eval"] + _eval_flags(idx_dir) + [
       "--features=keras", f"--keras_file={tmp_path}/nope.keras", f"--output={tmp_path}/o"])
@@ -328,6 +330,7 @@ def test_linear_eval_names_bad_inputs(idx_dir, tmp_path):
   assert not os.path.exists(f"{tmp_path}/nothing")
 
 
+@pytest.mark.slow
 def test_linear_eval_records_the_checkpoint_it_evaluated(idx_dir, tmp_path):
   """eval_results.json and the console name the checkpoint evaluated and
   both phases' steps (done and configured): an evaluation of a mid-training
@@ -377,6 +380,7 @@ def _mock_finetune_config(name, **updates):
   return cfg
 
 
+@pytest.mark.slow
 def test_voc07_finetune_under_mock_data(tmp_path):
   import tensorflow_datasets as tfds
   from artifact_spotting import finetune
@@ -400,6 +404,7 @@ def test_voc07_finetune_under_mock_data(tmp_path):
   assert os.path.exists(tmp_path / "voc" / "final.keras")
 
 
+@pytest.mark.slow
 def test_stl10_folds_finetune_under_mock_data(tmp_path):
   import tensorflow_datasets as tfds
   from artifact_spotting import finetune
@@ -477,6 +482,7 @@ def test_best_epoch_keeps_the_best_and_its_choice_survives_a_resume(tmp_path):
   assert loss.state["best_epoch"] == 2 and not model.stop_training
 
 
+@pytest.mark.slow
 def test_finetune_chooses_the_epoch_on_held_out_training_images(idx_dir, tmp_path):
   from artifact_spotting import finetune
   from configs.finetune import fashion_mnist as ft
@@ -643,6 +649,7 @@ def _one_error_line(r, needle):
   assert "Traceback" not in r.stderr, r.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_eval_and_finetune_binaries_reject_bad_fields_in_one_line(idx_dir, tmp_path):
   out = tmp_path / "eval"
   r = _run(["trainers.linear_eval"] + _eval_flags(idx_dir) + [

@@ -28,6 +28,9 @@ import pytest
 
 from conftest import make_idx_dir
 
+# Slow as a whole (binaries, several processes): the full suite only.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MOCK_EXAMPLES = 24
 

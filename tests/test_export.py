@@ -48,6 +48,7 @@ def trained(tmp_path_factory):
   return workdir, root
 
 
+@pytest.mark.slow
 def test_export_loads_in_a_fresh_process_and_matches(trained, tmp_path):
   workdir, _ = trained
   path = export_lib.export(workdir, str(tmp_path / "serving"))
@@ -120,6 +121,7 @@ np.savez(out, **res)
 '''
 
 
+@pytest.mark.slow
 def test_signatures_take_empty_batches_and_resize_other_sizes(trained, tmp_path):
   """In a fresh process: an empty batch (0, H, W, C) gives empty outputs
   shaped as a batch's, at the training size or another; images of another
@@ -157,6 +159,7 @@ def test_signatures_take_empty_batches_and_resize_other_sizes(trained, tmp_path)
     assert empty.shape == (0, 16, 16, 1) and empty.dtype == np.uint8, key
   assert "height and width must be at least 1" in str(got["zero_height_error"])
 
+@pytest.mark.slow
 def test_saved_model_cli_lists_signatures(trained, tmp_path):
   workdir, _ = trained
   path = export_lib.export(workdir, str(tmp_path / "serving"), version=7)
@@ -175,6 +178,7 @@ def test_saved_model_cli_lists_signatures(trained, tmp_path):
   assert "shape: (-1, 4, 4)" in mask
 
 
+@pytest.mark.slow
 def test_keras_file_loads_in_safe_mode(trained, tmp_path):
   workdir, _ = trained
   path = export_lib.export(workdir, str(tmp_path / "serving"))
@@ -188,6 +192,7 @@ def test_keras_file_loads_in_safe_mode(trained, tmp_path):
     np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bad_inputs_fail_at_the_signature(trained, tmp_path):
   workdir, _ = trained
   path = export_lib.export(workdir, str(tmp_path / "serving"))
@@ -203,6 +208,7 @@ def test_bad_inputs_fail_at_the_signature(trained, tmp_path):
     sig(images=tf.zeros([16, 16, 1], tf.uint8))
 
 
+@pytest.mark.slow
 def test_bad_workdirs_name_what_is_missing(trained, tmp_path):
   workdir, _ = trained
   with pytest.raises(loading.LoadError, match="does not exist"):
@@ -237,6 +243,7 @@ def test_failed_export_leaves_nothing(trained, tmp_path, monkeypatch):
   assert os.listdir(tmp_path / "serving") == []
 
 
+@pytest.mark.slow
 def test_export_binary(trained, tmp_path):
   workdir, _ = trained
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -266,6 +273,7 @@ def _ft_config(idx_path):
   return c
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["keras_file", "workdir"])
 def test_finetune_starts_from_export_or_workdir(trained, tmp_path, source):
   from artifact_spotting import finetune as ft_lib
@@ -328,6 +336,7 @@ def test_loading_restores_only_the_network_asked_for(trained, tmp_path):
     loading.discriminator(str(tmp_path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
 def test_loading_spotter_builds_the_model_and_step_counters_only(trained, tmp_path,
                                                                  precision):

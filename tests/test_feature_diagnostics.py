@@ -58,6 +58,7 @@ def test_recalibrated_batch_norm_normalises_the_calibration_images():
       h = pool(h, training=False)
 
 
+@pytest.mark.slow
 def test_feature_diagnostics_end_to_end(tmp_path):
   """A tiny pretraining run, then the script: every view and an earlier
   checkpoint evaluated, a report written; the earlier checkpoint differs

@@ -33,6 +33,7 @@ def _values(weights):
   return [np.array(w.numpy()) for w in weights]
 
 
+@pytest.mark.slow
 def test_one_train_step_trains_the_spotter_and_the_repair_only():
   config = fashion_mnist.get_config("tiny")
   plain = keras_plain.build(config)
@@ -59,6 +60,7 @@ def test_one_train_step_trains_the_spotter_and_the_repair_only():
   assert plain.r_optimizer.iterations.numpy() == 1
 
 
+@pytest.mark.slow
 def test_the_plain_step_does_our_work_per_image(monkeypatch):
   """Traced FLOPs per image of one step (ops the runtime prunes left out)
   within a few percent of ours on configs/fashion_mnist.py (batch 8; at 64,

@@ -55,7 +55,9 @@ DROP_RATE = 0.5
 LOG_EVERY = 50
 EVAL_PP = "resize(16)|value_range(-1, 1)"
 
-pytestmark = pytest.mark.usefixtures("fashion_mnist")
+# Every test here reads one real training run (a module fixture of minutes):
+# the full suite only.
+pytestmark = [pytest.mark.usefixtures("fashion_mnist"), pytest.mark.slow]
 
 
 def learning_config(seed=SEED):

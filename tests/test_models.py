@@ -32,6 +32,7 @@ def _randomize(layer, seed=0):
     ("fashion_mnist", "smoke,grid=8", 32, 8, 1),
     ("stl10", "smoke", 96, 6, 3), ("imagenet", "smoke", 96, 6, 3),
     ("image_folder", "smoke", 96, 6, 3)])
+@pytest.mark.slow
 def test_output_shapes_per_config(name, arg, res, grid, channels):
   c = importlib.import_module(f"configs.{name}").get_config(arg)
   c.discriminator.fc_units = 8
@@ -365,6 +366,7 @@ def test_bad_geometry_fails_with_field_names():
     ArtifactSpotter(**kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row", sorted(config_lib.ABLATIONS))
 def test_every_ablation_row_builds_and_steps(row):
   c = tiny_config()

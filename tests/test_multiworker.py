@@ -9,6 +9,10 @@ import sys
 import time
 
 import tensorflow as tf
+import pytest
+
+# Slow as a whole (binaries, several processes): the full suite only.
+pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

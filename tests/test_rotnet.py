@@ -63,6 +63,7 @@ def _read_idx(path):
   return np.frombuffer(data[4 + 4 * dims:], np.uint8).reshape(shape)
 
 
+@pytest.mark.slow
 def test_rotnet_learns_rotations_through_the_finetune_binary(tmp_path, fashion_mnist):
   # 2,000 real training images and 500 test images, so the run takes seconds.
   data = tmp_path / "idx"

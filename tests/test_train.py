@@ -27,6 +27,7 @@ from conftest import tiny_idx_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_train_end_to_end_then_resume(idx_dir, tmp_path):
   workdir = str(tmp_path / "run")
   c = tiny_idx_config(idx_dir)
@@ -61,6 +62,7 @@ def test_train_end_to_end_then_resume(idx_dir, tmp_path):
   assert train_lib.train(c, workdir) == {}
 
 
+@pytest.mark.slow
 def test_resume_restores_phase_two_weights_exactly(idx_dir, tmp_path):
   workdir = str(tmp_path / "run")
   c = tiny_idx_config(idx_dir)
@@ -98,6 +100,7 @@ def test_config_seed_fixes_initial_weights(idx_dir):
     assert not np.array_equal(a[i], other[i])
 
 
+@pytest.mark.slow
 def test_changed_architecture_does_not_silently_resume(idx_dir, tmp_path):
   workdir = str(tmp_path / "run")
   c = tiny_idx_config(idx_dir)
@@ -144,6 +147,7 @@ def _copy_weights(src, dst):
     b.assign(a.numpy())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fill,lr_fraction", [("average", 0.0), ("blur", 0.5)])
 def test_mirrored_step_matches_single_device(idx_dir, fill, lr_fraction):
   """Two replicas on 2 logical CPUs, each with half of a global batch of 8,
@@ -202,6 +206,7 @@ def test_mirrored_step_matches_single_device(idx_dir, fill, lr_fraction):
   assert checked == len(p1.model.weights)
 
 
+@pytest.mark.slow
 def test_smoke_config_end_to_end_binary(tmp_path, fashion_mnist):
   """The README command with the smoke config on real Fashion-MNIST."""
   workdir = str(tmp_path / "smoke")
@@ -220,6 +225,7 @@ def test_smoke_config_end_to_end_binary(tmp_path, fashion_mnist):
   assert "spotter: 40 steps" in r.stdout and "autoencoder:" not in r.stdout
 
 
+@pytest.mark.slow
 def test_pretrain_binary_names_the_install_command_on_a_first_run(tmp_path):
   """Debian's Fashion-MNIST folder empty and no tfds: one error line naming
   the apt-get command, exit status 2; nothing is installed (the library runs
@@ -247,6 +253,7 @@ def _closed_port():
     return s.getsockname()[1]  # nothing listens there once closed
 
 
+@pytest.mark.slow
 def test_offline_first_run_stops_fast_naming_the_install_command(tmp_path):
   """Debian's Fashion-MNIST folder empty, the tfds fallback on (the default)
   and its download host unreachable (the probe pointed at a closed local
@@ -295,6 +302,7 @@ def test_offline_first_run_stops_fast_naming_the_install_command(tmp_path):
       assert noise not in r.stderr, (name, noise, r.stderr[-3000:])
     assert not os.path.exists(out), name
 
+@pytest.mark.slow
 def test_binary_reports_bad_config_field(tmp_path):
   cmd = [sys.executable, "-m", "trainers.pretrain",
          "--config=configs/fashion_mnist.py:smoke", f"--workdir={tmp_path}",
@@ -304,6 +312,7 @@ def test_binary_reports_bad_config_field(tmp_path):
   assert "config.resolution=30" in r.stderr
 
 
+@pytest.mark.slow
 def test_jit_compile_option_trains(idx_dir, tmp_path):
   c = tiny_idx_config(idx_dir)
   c.train.jit_compile = "on"
@@ -370,6 +379,7 @@ def test_lr_schedule_stays_ours_not_keras_polynomial_decay():
   assert a[0] == np.float32(lr) and np.all(a[decay:] == a[decay])
 
 
+@pytest.mark.slow
 def test_init_from_reuses_a_finished_autoencoder(idx_dir, tmp_path):
   from artifact_spotting import export
   source = str(tmp_path / "ae")
@@ -422,6 +432,7 @@ def test_bf16_warning_on_cpus_without_bf16_units(tmp_path, monkeypatch):
   assert precision_lib.warn_slow_precision("mixed_bfloat16") is None
 
 
+@pytest.mark.slow
 def test_auto_precision_resolves_once_and_resumes_as_recorded(idx_dir, tmp_path,
                                                              monkeypatch):
   from artifact_spotting import hardware
@@ -474,6 +485,7 @@ def _newest_checkpoint_values(workdir):
           if "save_counter" not in name and not name.startswith("_CHECKPOINTABLE")}
 
 
+@pytest.mark.slow
 def test_deterministic_run_killed_and_resumed_ends_as_the_uninterrupted_one(
     idx_dir, tmp_path):
   """train.deterministic=True: kill -9 in the adversarial phase, rerun the

@@ -122,6 +122,7 @@ def _each_one_line_error(cases, timeout, env=None):
 
 
 # ------------------------------------------------ 4. one trainer per workdir
+@pytest.mark.slow
 def test_second_trainer_is_refused_and_a_killed_ones_lock_is_taken_over(trained, tmp_path):
   """Two trainers on one workdir: the second exits at once naming the
   first (pid, host); after kill -9 of the first a rerun takes the workdir
@@ -196,6 +197,7 @@ def _adversarial_step(checkpoint):
       checkpoint, "c_optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"))
 
 
+@pytest.mark.slow
 def test_sigterm_and_sigint_checkpoint_at_a_step_and_the_rerun_resumes(trained, tmp_path):
   """SIGTERM during phase 2, mid log interval: the trainer stops at the next
   step boundary, writes a checkpoint of that step, prints one line naming
@@ -287,6 +289,7 @@ def test_lock_file_that_is_a_link_or_garbage(tmp_path):
 
 
 # ------------------------------------------------ 5. a resume never mixes runs
+@pytest.mark.slow
 def test_rerun_with_other_data_or_training_is_refused_logistics_may_change(trained, tmp_path):
   workdir = _copy(trained, tmp_path / "a" / "run")
   _, idx, _ = trained
@@ -379,6 +382,7 @@ def _tree(path):
   return out
 
 
+@pytest.mark.slow
 def test_start_refused_for_bad_data_leaves_nothing(trained, tmp_path):
   """pretrain refused for its data (a missing IDX folder, an image folder
   without images): on a new workdir no folder and no trainer.lock are left,
@@ -461,6 +465,7 @@ def test_resume_rules_field_by_field():
   assert check()[1] == ["probe.enabled: True -> False", "seed: 0 -> 1"]
 
 
+@pytest.mark.slow
 def test_workdir_recorded_before_max_pixels_resumes(trained, tmp_path):
   """A config.json written before dataset.max_pixels existed resumes at the
   field's default (the start log names it as not recorded); another cap is
@@ -541,6 +546,7 @@ def test_validate_accepts_the_shipped_configs():
       "spotter.steps": 0, "spotter.history_size": 0, "spotter.drop_rate": 0.0}))
 
 
+@pytest.mark.slow
 def test_binaries_end_user_mistakes_in_one_line(trained, tmp_path):
   """A missing config file, an unknown field, a bad value, a read-only or
   unusable workdir, a full disk, a missing workdir or --init: each binary
@@ -634,6 +640,7 @@ def test_config_file_that_is_not_valid_python_is_one_line(tmp_path):
   _each_one_line_error(cases, timeout=120)
 
 
+@pytest.mark.slow
 def test_path_and_version_mistakes_are_one_line(trained, tmp_path):
   workdir, idx, _ = trained
   a_file = tmp_path / "a_file"
@@ -672,6 +679,7 @@ _cli.guard({"diverged": diverged, "bug": bug}[sys.argv[1]],
 """
 
 
+@pytest.mark.slow
 def test_guard_ends_divergence_in_one_line_and_keeps_bugs_tracebacks():
   # In a fresh process: importing trainers.pretrain defines its absl flags,
   # which other modules of the test session define too.
@@ -789,6 +797,7 @@ def _break(workdir, ckpt, how):
   return prefix
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["missing_data", "truncated_data", "corrupt_index"])
 def test_unreadable_latest_checkpoint_falls_back_to_the_one_before(trained, tmp_path, how,
                                                                    caplog):
@@ -802,6 +811,7 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_one_before(trained, tmp_
   assert os.path.basename(path) == "2"
 
 
+@pytest.mark.slow
 def test_resume_skips_an_unreadable_checkpoint_and_refuses_another_model(trained, tmp_path):
   workdir = _copy(trained, tmp_path / "run")
   _, idx, _ = trained
@@ -832,6 +842,7 @@ def test_resume_skips_an_unreadable_checkpoint_and_refuses_another_model(trained
   assert _snapshot(workdir) == before
 
 
+@pytest.mark.slow
 def test_orphaned_temp_folders_are_removed_at_the_next_start(trained, tmp_path):
   workdir = _copy(trained, tmp_path / "run")
   _, idx, config = trained
@@ -887,6 +898,7 @@ def test_exports_are_readable_by_other_users(trained, tmp_path):
   assert not bad
 
 
+@pytest.mark.slow
 def test_missing_input_paths_are_one_line(tmp_path):
   """A path a binary reads that does not exist (a .keras --init, a workdir,
   a pretraining config, a fold file): `error: ...` naming it, exit 2, no
