@@ -414,3 +414,33 @@ def test_the_import_reader_sees_deferred_and_relative_imports(tmp_path):
   (tmp_path / "c.py").write_text("from . import a\nfrom .b import y\nimport os\n")
   assert benchmark_imports(str(tmp_path)) == {"a": ["b"], "b": ["a", "c"],
                                               "c": ["a", "b"]}
+
+
+@pytest.mark.slow
+def test_fingerprints_binary_finds_a_changed_variable(tmp_path):
+  """benchmarks.fingerprints end to end on the tiny default row: run twice,
+  the second run compares identical (exit 0); against a record with one
+  variable's hash changed it names the run and exits 1."""
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  first = tmp_path / "first.json"
+  cmd = [sys.executable, "-m", "benchmarks.fingerprints", "--only=tiny_full"]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  r = subprocess.run(cmd + [f"--out={first}"], cwd=root, env=env,
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  record = json.loads(first.read_text())
+  variables = record["runs"]["tiny_full"]["variables"]
+  assert len(variables) > 100
+  r = subprocess.run(cmd + [f"--compare={first}"], cwd=root, env=env,
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0 and "1/1 runs identical" in r.stdout, r.stdout + r.stderr[-2000:]
+  key = sorted(variables)[0]
+  variables[key] = "0" * 16
+  changed = tmp_path / "changed.json"
+  changed.write_text(json.dumps(record))
+  r = subprocess.run(cmd + [f"--compare={changed}"], cwd=root, env=env,
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 1, r.stdout + r.stderr[-2000:]
+  assert "DIFFERS tiny_full: 1 variables differ" in r.stdout, r.stdout
