@@ -20,11 +20,9 @@ the last bits: compare fingerprints from one machine only.
 from __future__ import annotations
 
 import glob
-import gzip
 import hashlib
 import json
 import os
-import struct
 import subprocess
 import sys
 import tempfile
@@ -49,25 +47,17 @@ COMMON = ["train.deterministic=True", "train.precision=float32",
           "train.log_every=1000"]
 
 
-def _write_idx(path, array):
-  import numpy as np
-  array = np.asarray(array, np.uint8)
-  header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(
-      ">" + "I" * array.ndim, *array.shape)
-  with gzip.open(path + ".gz", "wb") as f:
-    f.write(header + array.tobytes())
-
-
 def idx_dir(root):
   import numpy as np
+  from artifact_spotting.data.sources import write_idx  # pylint: disable=g-import-not-at-top
   path = os.path.join(root, "idx")
   if not os.path.isdir(path):
     os.makedirs(path)
     rng = np.random.default_rng(0)
     for split, n in (("train", 300), ("t10k", 100)):
-      _write_idx(os.path.join(path, f"{split}-images-idx3-ubyte"),
+      write_idx(os.path.join(path, f"{split}-images-idx3-ubyte"),
                  rng.integers(0, 256, (n, 28, 28)))
-      _write_idx(os.path.join(path, f"{split}-labels-idx1-ubyte"),
+      write_idx(os.path.join(path, f"{split}-labels-idx1-ubyte"),
                  rng.integers(0, 10, (n,)))
   return path
 

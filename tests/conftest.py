@@ -15,6 +15,7 @@ tf.config.set_logical_device_configuration(
 import pytest  # noqa: E402
 
 from artifact_spotting import config as config_lib  # noqa: E402
+from artifact_spotting.data import sources  # noqa: E402
 
 
 tiny_config = config_lib.tiny_config
@@ -25,16 +26,7 @@ def tiny():
   return tiny_config
 
 
-def write_idx(path, array):
-  """Writes a uint8 array as a gzipped IDX file (the real format)."""
-  import gzip
-  import struct
-  import numpy as np
-  array = np.asarray(array, np.uint8)
-  header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(
-      ">" + "I" * array.ndim, *array.shape)
-  with gzip.open(path + ".gz", "wb") as f:
-    f.write(header + array.tobytes())
+write_idx = sources.write_idx
 
 
 def make_idx_dir(path, train=256, test=64):

@@ -84,6 +84,16 @@ def _open(path):
   raise FileNotFoundError(path)
 
 
+def write_idx(path: str, array):
+  """Writes a uint8 array as a gzipped IDX file ``path + ".gz"`` (the format
+  read_idx reads; for generated test and benchmark data)."""
+  array = np.asarray(array, np.uint8)
+  header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(
+      ">" + "I" * array.ndim, *array.shape)
+  with gzip.open(path + ".gz", "wb") as f:
+    f.write(header + array.tobytes())
+
+
 def read_idx(path: str) -> np.ndarray:
   """Reads an IDX file (optionally .gz) into a numpy array."""
   with _open(path) as f:
