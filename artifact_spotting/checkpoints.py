@@ -5,6 +5,10 @@ loading (evaluation, export, fine-tuning) and the benchmarks share these.
 A checkpoint that cannot be read (a data file missing or truncated, a corrupt
 index) is named in a warning and the one before it is used; a readable one
 that does not fit the model is refused with the reason.
+
+Each checkpoint holds the two phases' step counts as variables of their own
+(``steps/autoencoder``, ``steps/adversarial``: train_state.StepCounters);
+``steps_of`` reads them straight from the files, building nothing.
 """
 
 from __future__ import annotations
@@ -58,8 +62,40 @@ def checkpoint_problem(path: str, read_all: bool = False) -> Optional[str]:
   return None
 
 
+# Where a checkpoint keeps each phase's step count: train_state.StepCounters,
+# saved as ``steps``. Checkpoints written before the counters existed hold
+# the count only as the phase's optimizer's iterations (with mixed_float16 in
+# the loss-scale optimizer's inner optimizer): the fallbacks, in that order.
+STEP_KEYS = {
+    "autoencoder": ("steps/autoencoder", "ae_optimizer/inner_optimizer/_iterations",
+                    "ae_optimizer/_iterations"),
+    "adversarial": ("steps/adversarial", "c_optimizer/inner_optimizer/_iterations",
+                    "c_optimizer/_iterations"),
+}
+_VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def has_step_counters(path: str) -> bool:
+  """Whether checkpoint ``path`` holds train_state.StepCounters (else it
+  predates them and ``steps_of`` reads its optimizers' iterations)."""
+  return tf.train.load_checkpoint(path).has_tensor(STEP_KEYS["adversarial"][0] + _VALUE)
+
+
+def steps_of(path: str) -> dict:
+  """{"autoencoder": steps done, "adversarial": steps done} of checkpoint
+  ``path``, read from its files (nothing is built or restored)."""
+  reader = tf.train.load_checkpoint(path)
+  out = {}
+  for phase, keys in STEP_KEYS.items():
+    found = [k for k in keys if reader.has_tensor(k + _VALUE)]
+    out[phase] = int(reader.get_tensor(found[0] + _VALUE)) if found else 0
+  return out
+
+
 def restore_newest(checkpoint, directory):
-  """Restores the newest readable checkpoint in ``directory``.
+  """Restores the newest readable checkpoint in ``directory`` into
+  ``checkpoint`` (a tf.train.Checkpoint, or a function of a checkpoint's path
+  giving the one to read it with).
 
   Returns (its path or None when the folder holds no checkpoint, the skipped
   unreadable ones as "name (why)"). A checkpoint that cannot be read (a data
@@ -74,7 +110,8 @@ def restore_newest(checkpoint, directory):
     problem = checkpoint_problem(path)
     if problem is None:
       try:
-        status = checkpoint.restore(path)
+        reader = checkpoint(path) if callable(checkpoint) else checkpoint
+        status = reader.restore(path)
         status.assert_existing_objects_matched()
         status.expect_partial()
       except Exception as e:  # pylint: disable=broad-except
@@ -116,7 +153,10 @@ class Keeper:
   """Periodic/final checkpoints in workdir/checkpoints; only the chief keeps
   them (other workers write to a scratch dir that is removed again)."""
 
-  def __init__(self, checkpoint, workdir, strategy, max_to_keep=3):
+  def __init__(self, checkpoint, workdir, strategy, max_to_keep=3, reader=None):
+    """``checkpoint``: what is saved; ``reader``: a function of a checkpoint's
+    path giving the checkpoint to restore it with (default: ``checkpoint``)."""
+    self.reader = reader or checkpoint
     self.chief = distribute.is_chief(strategy)
     directory = os.path.join(workdir, workdir_lib.CHECKPOINT_DIR)
     if not self.chief:
@@ -129,7 +169,7 @@ class Keeper:
     self.skipped = []
 
   def restore(self) -> Optional[str]:
-    path, self.skipped = restore_newest(self.checkpoint, self.main_dir)
+    path, self.skipped = restore_newest(self.reader, self.main_dir)
     return path
 
   def _listing(self):

@@ -33,7 +33,6 @@ from artifact_spotting import workdir as workdir_lib
 from artifact_spotting.models.autoencoder import Encoder
 from artifact_spotting.models.discriminator import Discriminator
 from artifact_spotting.models.spotter import ArtifactSpotter
-from artifact_spotting.optimizers import player_optimizer
 
 class LoadError(RuntimeError):
   """What was asked for cannot be loaded; the message names what is missing."""
@@ -83,30 +82,26 @@ class Restored:
     self.path = path
 
 
-def restore(workdir: str, config, model=None, **networks) -> Restored:
+def restore(workdir: str, model=None, **networks) -> Restored:
   """Restores ``model`` (a whole built ArtifactSpotter) or ``networks``
   (attribute name on the ArtifactSpotter -> a built network, e.g.
-  ``discriminator=disc``) and the two phases' step counters
-  from the workdir's newest readable checkpoint (an unreadable newer one is
-  named in a warning), leaving everything else in it unread.
-
-  The step counters are read through ``optimizers.player_optimizer``s, never
-  built for variables, so no moment estimates are created."""
+  ``discriminator=disc``) from the workdir's newest readable checkpoint (an
+  unreadable newer one is named in a warning), leaving everything else in it
+  unread; the two phases' step counts are read from that checkpoint's files
+  (checkpoints.steps_of: no optimizer is made)."""
   ckpt_dir = os.path.join(workdir, workdir_lib.CHECKPOINT_DIR)
   if not checkpoints.checkpoint_paths(ckpt_dir):
     raise LoadError(f"no checkpoint in {ckpt_dir}: pretraining has not "
                     f"saved one yet")
-  ae_opt = player_optimizer(config, "ae_optimizer")
-  discriminator_opt = player_optimizer(config, "c_optimizer")
   checkpoint = tf.train.Checkpoint(
-      model=model if model is not None else tf.train.Checkpoint(**networks),
-      ae_optimizer=ae_opt, c_optimizer=discriminator_opt)
+      model=model if model is not None else tf.train.Checkpoint(**networks))
   try:
     path = checkpoints.restore_latest(checkpoint, ckpt_dir)
   except ValueError as e:
     raise LoadError(f"{workdir}: {e}") from e
+  steps = checkpoints.steps_of(path)
   return Restored(model if model is not None else networks,
-                  ae_opt.iterations.numpy(), discriminator_opt.iterations.numpy(), path)
+                  steps["autoencoder"], steps["adversarial"], path)
 
 
 def _precision(config) -> str:
@@ -169,7 +164,7 @@ def trained_discriminator(workdir: str) -> Tuple[Discriminator, Dict[str, Any]]:
   alone read; the checkpoint_record of the checkpoint they came from)."""
   config = workdir_config(workdir)
   disc = new_discriminator(config)
-  restored = restore(workdir, config, discriminator=disc)
+  restored = restore(workdir, discriminator=disc)
   _require_spotter(workdir, restored)
   return disc, checkpoint_record(config, restored)
 
@@ -185,7 +180,7 @@ def trained_encoder(workdir: str) -> Tuple[Encoder, Dict[str, Any]]:
   checkpoint_record of the checkpoint it came from)."""
   config = workdir_config(workdir)
   model = _new_spotter(config, probe=False)
-  restored = restore(workdir, config, encoder=model.encoder)
+  restored = restore(workdir, encoder=model.encoder)
   if restored.ae_step == 0:
     raise LoadError(f"{workdir}: the autoencoder is untrained")
   return model.encoder, checkpoint_record(config, restored)
@@ -200,8 +195,7 @@ def spotter(workdir: str, require_spotter: bool = True):
   """(config, Restored with ``model`` the whole ArtifactSpotter) of a
   pretraining workdir; no optimizer is built for variables."""
   config = workdir_config(workdir)
-  restored = restore(workdir, config,
-                     _new_spotter(config, probe=bool(config.probe.enabled)))
+  restored = restore(workdir, _new_spotter(config, probe=bool(config.probe.enabled)))
   if require_spotter:
     _require_spotter(workdir, restored)
   return config, restored

@@ -65,10 +65,8 @@ def make_adam(lr: float, steps: int, opt_cfg, name: str, precision="float32"):
 def player_optimizer(config, name: str):
   """The optimizer the trainer makes for ``name`` (ae_optimizer: the
   autoencoder; c_optimizer / r_optimizer: the discriminator / the repair
-  network) from ``config``, unbuilt. Reading a checkpoint's step counts
-  through one (never built for variables) finds them under the names and
-  wrappers the trainer saved them with (mixed_float16: the loss-scale
-  optimizer's inner optimizer)."""
+  network) from ``config``, unbuilt (mixed_float16: wrapped in a
+  loss-scale optimizer)."""
   lr, steps = {"ae_optimizer": (config.autoencoder.lr, config.autoencoder.steps),
                "c_optimizer": (config.spotter.lr, config.spotter.steps),
                "r_optimizer": (config.spotter.repair_lr, config.spotter.steps),

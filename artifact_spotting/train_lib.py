@@ -5,8 +5,8 @@ check; workdir.open_workdir) -> input -> train state (train_state.Players:
 model and optimizers) -> restore (checkpoints.Keeper) -> config record ->
 phase loops (make_loop, run_phase). Restore order: the workdir's newest
 readable checkpoint (resume), else from scratch. Each phase's step count is
-its optimizer's ``iterations``, so a rerun continues whichever phase is
-unfinished.
+a variable of the train state (train_state.StepCounters), so a rerun
+continues whichever phase is unfinished.
 """
 
 from __future__ import annotations
@@ -340,8 +340,9 @@ def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
     use_probe = bool(config.probe.enabled and source.has_label)
     players = Players(config, strategy, probe=use_probe)
     keeper = checkpoints.Keeper(players.checkpoint, workdir, strategy,
-                              config.train.keep_checkpoints)
+                                config.train.keep_checkpoints, reader=players.reader)
     restored = keeper.restore()
+    players.restored(restored)
     if "autoencoder.steps" in changes and players.adv_step > 0:
       old_steps, new_steps = changes["autoencoder.steps"]
       raise ValueError(
@@ -397,7 +398,7 @@ def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
   # --- phase 1: autoencoder
   ae_batch = config.autoencoder.batch_size
   if players.ae_step < config.autoencoder.steps:
-    ae_loop = make_loop(strategy, lambda b: model.autoencoder_step(b, players.ae_opt),
+    ae_loop = make_loop(strategy, players.autoencoder_step,
                         jit == "on", batch_norm, stop=stop.flag)
     it = iter(dataset(ae_batch, config.seed, players.ae_step))
     results["autoencoder"] = run_phase(
@@ -426,7 +427,7 @@ def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
     probe_opt = players.probe_opt if use_probe else None
     adv_loop = make_loop(
         strategy,
-        lambda b: model.adversarial_step(b, players.discriminator_opt, players.repair_opt, probe_opt),
+        lambda b: players.adversarial_step(b, probe_opt),
         jit != "off", batch_norm, stop=stop.flag)
     it = iter(dataset(adv_batch, config.seed + 1, players.adv_step))
     if players.adv_step == 0:

@@ -1,8 +1,10 @@
-"""The train state: the model and one optimizer per player, built for a
-config inside a strategy's scope, and one checkpoint of them all. Each phase's
-step count is its optimizer's ``iterations`` (``Players.ae_step``,
-``Players.adv_step``). ``init_autoencoder`` starts phase 2 from another
-workdir's finished autoencoder."""
+"""The train state: the model, one optimizer per player and the two phases'
+step counters (``StepCounters``), built for a config inside a strategy's
+scope, and one checkpoint of them all. The counters are what resume,
+``init_from``, loading and export read (checkpoints.steps_of); the optimizers'
+own ``iterations`` drive their learning-rate schedules only.
+``init_autoencoder`` starts phase 2 from another workdir's finished
+autoencoder."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import json
 import os
 
 import keras
-import ml_collections
 import tensorflow as tf
 from absl import logging
 
@@ -20,6 +21,27 @@ from artifact_spotting import precision as precision_lib
 from artifact_spotting import workdir as workdir_lib
 from artifact_spotting.models.spotter import ArtifactSpotter
 from artifact_spotting.optimizers import FusedAdam, player_optimizer
+
+
+class StepCounters(tf.Module):
+  """Steps done in each phase: int64 variables saved in every checkpoint as
+  ``steps/autoencoder`` and ``steps/adversarial``. A step counts once it ran,
+  whether or not its optimizer applied it (mixed_float16 skips an update
+  whose gradients overflow; the data, masks and noise of the step are used
+  all the same)."""
+
+  def __init__(self):
+    super().__init__(name="steps")
+    # Written once per global step, as an optimizer's iterations are.
+    kw = dict(dtype=tf.int64, trainable=False,
+              aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    self.autoencoder = tf.Variable(0, name="autoencoder", **kw)
+    self.adversarial = tf.Variable(0, name="adversarial", **kw)
+
+  def set(self, steps: dict):
+    """Sets both counters from checkpoints.steps_of's dict."""
+    self.autoencoder.assign(steps["autoencoder"])
+    self.adversarial.assign(steps["adversarial"])
 
 
 class Players:
@@ -50,20 +72,49 @@ class Players:
       self.discriminator_opt.build(m.discriminator_variables)
       self.repair_opt.build(m.repair_variables)
       self.probe_opt.build(m.probe_variables)
+      self.steps = StepCounters()
     # The checkpoint's names are the paper's C (discriminator) and R
     # (repair network); every workdir holds them under these names.
-    self.checkpoint = tf.train.Checkpoint(
-        model=self.model, ae_optimizer=self.ae_opt,
-        c_optimizer=self.discriminator_opt, r_optimizer=self.repair_opt,
-        probe_optimizer=self.probe_opt)
+    parts = dict(model=self.model, ae_optimizer=self.ae_opt,
+                 c_optimizer=self.discriminator_opt, r_optimizer=self.repair_opt,
+                 probe_optimizer=self.probe_opt)
+    self._without_steps = tf.train.Checkpoint(**parts)
+    self.checkpoint = tf.train.Checkpoint(steps=self.steps, **parts)
 
   @property
   def ae_step(self) -> int:
-    return int(self.ae_opt.iterations.numpy())
+    return int(self.steps.autoencoder.numpy())
 
   @property
   def adv_step(self) -> int:
-    return int(self.discriminator_opt.iterations.numpy())
+    return int(self.steps.adversarial.numpy())
+
+  def reader(self, path):
+    """The checkpoint to restore ``path`` with: ``self.checkpoint``, or for
+    a checkpoint written before the step counters existed, the same less
+    them (``restored`` then sets them)."""
+    return (self.checkpoint if checkpoints.has_step_counters(path)
+            else self._without_steps)
+
+  def restored(self, path):
+    """After ``path`` was restored (through ``reader``): a checkpoint
+    written before the step counters existed gives them from its
+    optimizers' iterations."""
+    if path and not checkpoints.has_step_counters(path):
+      self.steps.set(checkpoints.steps_of(path))
+
+  # One replica's step of each phase (for make_loop), counted.
+  def autoencoder_step(self, batch):
+    metrics = self.model.autoencoder_step(batch, self.ae_opt)
+    self.steps.autoencoder.assign_add(1)
+    return metrics
+
+  def adversarial_step(self, batch, probe_opt=None):
+    metrics = self.model.adversarial_step(
+        batch, self.discriminator_opt, self.repair_opt, probe_opt,
+        step=self.steps.adversarial)
+    self.steps.adversarial.assign_add(1)
+    return metrics
 
 
 AUTOENCODER_FIELDS = ("stem_filters", "widths", "kernel_size", "decoder_widths")
@@ -101,12 +152,7 @@ def init_autoencoder(players: Players, config):
       raise ValueError(
           f"config.autoencoder.init_from={source!r} has {key}={other}, this "
           f"config {key}={mine}; the autoencoders must match")
-  # The step count, read through an optimizer made as that run made its own
-  # (never built for variables): with mixed_float16 it lives in the
-  # loss-scale optimizer's inner optimizer.
-  counter = player_optimizer(ml_collections.ConfigDict(theirs), "ae_optimizer")
-  tf.train.Checkpoint(ae_optimizer=counter).restore(latest).expect_partial()
-  steps = int(counter.iterations.numpy())
+  steps = checkpoints.steps_of(latest)["autoencoder"]
   done = max(int(theirs["autoencoder"]["steps"]), int(config.autoencoder.steps))
   if steps < done:
     raise ValueError(
@@ -119,6 +165,6 @@ def init_autoencoder(players: Players, config):
   ).restore(latest)
   status.expect_partial()
   status.assert_existing_objects_matched()
-  players.ae_opt.iterations.assign(config.autoencoder.steps)
+  players.steps.autoencoder.assign(config.autoencoder.steps)
   logging.info("Autoencoder from %s (%d steps); phase 1 skipped.", latest, steps)
   return latest

@@ -1,5 +1,6 @@
-"""A hash of every variable in a workdir's newest checkpoint (shared by
-benchmarks/fingerprints.py and benchmarks/quality.py's archive; no flags)."""
+"""Hashes of every variable in a workdir's newest checkpoint, and the comparison
+of two sets of them (shared by benchmarks/fingerprints.py and
+benchmarks/quality.py's archive; no flags)."""
 
 from __future__ import annotations
 
@@ -24,3 +25,24 @@ def checkpoint_hashes(workdir):
     digest = hashlib.sha256(getattr(value, "tobytes", lambda: repr(value).encode())())
     out[key] = digest.hexdigest()[:16]
   return out
+
+
+def compare(new, old, allow_new=()):
+  """Lines naming every run and variable that differ (empty: identical);
+  variables only in ``new`` whose key starts with one of ``allow_new`` are
+  no difference."""
+  lines = []
+  for name in sorted(set(new) | set(old)):
+    if name not in new or name not in old:
+      lines.append(f"{name}: only in {'new' if name in new else 'old'}")
+      continue
+    a, b = ({k: v for k, v in r[name]["variables"].items()
+             if not k.startswith("save_counter")} for r in (new, old))
+    a = {k: v for k, v in a.items() if k in b or not k.startswith(tuple(allow_new))}
+    if a == b:
+      continue
+    moved = sorted(k for k in set(a) & set(b) if a[k] != b[k])
+    lines.append(f"{name}: {len(moved)} variables differ, "
+                 f"{len(set(a) - set(b))} new, {len(set(b) - set(a))} gone; "
+                 f"e.g. {(moved or sorted(set(a) ^ set(b)))[:3]}")
+  return lines

@@ -150,18 +150,16 @@ def discriminator_at(workdir, step):
   checkpoint), or its newest one when step is None."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from artifact_spotting import checkpoints  # pylint: disable=g-import-not-at-top
-  from artifact_spotting import optimizers  # pylint: disable=g-import-not-at-top
   from artifact_spotting import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from artifact_spotting import loading  # pylint: disable=g-import-not-at-top
   if step is None:
     return loading.discriminator(workdir)
   config = loading.workdir_config(workdir)
   for path in checkpoints.checkpoint_paths(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR)):
-    disc = loading.new_discriminator(config)
-    opt = optimizers.player_optimizer(config, "c_optimizer")
-    tf.train.Checkpoint(model=tf.train.Checkpoint(discriminator=disc),
-                        c_optimizer=opt).read(path).expect_partial()
-    if int(opt.iterations.numpy()) == step:
+    if checkpoints.steps_of(path)["adversarial"] == step:
+      disc = loading.new_discriminator(config)
+      tf.train.Checkpoint(model=tf.train.Checkpoint(discriminator=disc)).read(
+          path).expect_partial()
       return disc
   raise ValueError(f"{workdir} keeps no checkpoint at adversarial step {step}")
 

@@ -30,7 +30,7 @@ import time
 
 from absl import app, flags
 
-from benchmarks.checkpoint_hash import checkpoint_hashes
+from benchmarks.checkpoint_hash import checkpoint_hashes, compare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
@@ -39,6 +39,10 @@ flags.DEFINE_string("compare", "", "Fingerprints to compare against; exit 1 "
                     "when any run differs.")
 flags.DEFINE_list("only", [], "Run only these run names (default: all).")
 flags.DEFINE_integer("steps", 3, "Steps of each phase.")
+flags.DEFINE_list("allow_new", [], "With --compare: variables whose key starts "
+                  "with one of these are allowed to be new (e.g. steps/, what "
+                  "a change adds to the train state); any other new, missing "
+                  "or changed variable is a difference.")
 
 MOCK_EXAMPLES = 24
 # Everything that makes a run fast and reproducible; the model is the config's.
@@ -128,24 +132,6 @@ def fingerprint(name, spec, extra, root):
   return {"config": spec, "overrides": overrides, "total": total, "variables": hashes}
 
 
-def compare(new, old):
-  """Lines naming every run and variable that differ (empty: identical)."""
-  lines = []
-  for name in sorted(set(new) | set(old)):
-    if name not in new or name not in old:
-      lines.append(f"{name}: only in {'new' if name in new else 'old'}")
-      continue
-    a, b = ({k: v for k, v in r[name]["variables"].items()
-             if not k.startswith("save_counter")} for r in (new, old))
-    if a == b:
-      continue
-    moved = sorted(k for k in set(a) & set(b) if a[k] != b[k])
-    lines.append(f"{name}: {len(moved)} variables differ, "
-                 f"{len(set(a) - set(b))} new, {len(set(b) - set(a))} gone; "
-                 f"e.g. {(moved or sorted(set(a) ^ set(b)))[:3]}")
-  return lines
-
-
 def main(argv):
   del argv
   sys.path.insert(0, ROOT)
@@ -166,7 +152,8 @@ def main(argv):
   if FLAGS.compare:
     with open(FLAGS.compare) as f:
       old = json.load(f)["runs"]
-    lines = compare(results, {n: r for n, r in old.items() if n in results})
+    lines = compare(results, {n: r for n, r in old.items() if n in results},
+                    FLAGS.allow_new)
     for line in lines:
       print("DIFFERS", line)
     print(f"{len(results) - len(lines)}/{len(results)} runs identical")

@@ -444,3 +444,17 @@ def test_fingerprints_binary_finds_a_changed_variable(tmp_path):
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 1, r.stdout + r.stderr[-2000:]
   assert "DIFFERS tiny_full: 1 variables differ" in r.stdout, r.stdout
+
+
+def test_fingerprint_compare_allows_only_the_named_new_variables():
+  from benchmarks.checkpoint_hash import compare
+  old = {"r": {"variables": {"w": "1", "save_counter/x": "5"}}}
+  grown = {"r": {"variables": {"w": "1", "steps/adversarial": "3", "save_counter/x": "6"}}}
+  assert compare(grown, old, allow_new=("steps/",)) == []
+  assert compare(grown, old) == [
+      "r: 0 variables differ, 1 new, 0 gone; e.g. ['steps/adversarial']"]
+  # An allowed prefix excuses new variables only, never a changed one.
+  moved = {"r": {"variables": {"w": "2", "steps/adversarial": "3"}}}
+  assert compare(moved, old, allow_new=("steps/",)) == [
+      "r: 1 variables differ, 0 new, 0 gone; e.g. ['w']"]
+  assert compare({}, old) == ["r: only in old"]

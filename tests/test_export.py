@@ -325,8 +325,7 @@ def test_loading_restores_only_the_network_asked_for(trained, tmp_path):
   backbone = loading.backbone(workdir)
   assert same(loading.discriminator_of(backbone), full.discriminator)
   # Nothing else is read: a checkpoint holds optimizers, history, probe.
-  alone = loading.restore(workdir, loading.workdir_config(workdir),
-                          discriminator=fresh)
+  alone = loading.restore(workdir, discriminator=fresh)
   assert (alone.ae_step, alone.adv_step) == (restored.ae_step, 4)
   assert alone.path == spotter.path
   assert same(fresh, full.discriminator)

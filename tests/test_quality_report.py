@@ -542,9 +542,11 @@ def test_quality_flags_give_the_options():
   assert quality.command_line([]) == "python -m benchmarks.quality"
 
 
-def _fake_autoencoder_checkpoint(root, value, saves=1):
+def _fake_autoencoder_checkpoint(root, value, saves=1, **more):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  checkpoint = tf.train.Checkpoint(v=tf.Variable([value, 2.0]))
+  variables = {"v": tf.Variable([value, 2.0])} if value is not None else {}
+  variables.update({k: tf.Variable(x) for k, x in more.items()})
+  checkpoint = tf.train.Checkpoint(**variables)
   for _ in range(saves):
     checkpoint.save(os.path.join(quality_plan.autoencoder_dir(root),
                                  "checkpoints", "ckpt"))
@@ -596,6 +598,17 @@ def test_archive_restores_finished_runs_into_a_fresh_root(tmp_path, monkeypatch)
   _fake_autoencoder_checkpoint(shutil_root, 1.5)
   with pytest.raises(RuntimeError, match="not the archived one"):
     quality.check_autoencoder(shutil_root)
+  # A newer train state may hold more variables (step counters): accepted
+  # while every archived one is there and equal; one missing is refused.
+  for name, value, ok in (("grown", 1.0, True), ("shrunk", None, False)):
+    other_root = str(tmp_path / name)
+    quality.stage_restore(other_root, archive, dict(GOLDEN_MACHINE))
+    _fake_autoencoder_checkpoint(other_root, value, steps=3)
+    if ok:
+      quality.check_autoencoder(other_root)
+    else:
+      with pytest.raises(RuntimeError, match="not the archived one"):
+        quality.check_autoencoder(other_root)
   # Both roots give the same figures; the restored one names the runs it
   # did not make (and the autoencoder's time is the retrained one's).
   reports = {}

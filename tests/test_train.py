@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -181,10 +182,9 @@ def test_mirrored_step_matches_single_device(idx_dir, fill, lr_fraction):
                           (ctx.replica_id_in_sync_group + 1) * 4]
                      for k, v in batch.items()})
 
-  steps = {
-      "ae": lambda p: (lambda b: p.model.autoencoder_step(b, p.ae_opt)),
-      "adv": lambda p: (lambda b: p.model.adversarial_step(
-          b, p.discriminator_opt, p.repair_opt, p.probe_opt)),
+  steps = {  # the trainer's steps: counted in the train state
+      "ae": lambda p: p.autoencoder_step,
+      "adv": lambda p: (lambda b: p.adversarial_step(b, p.probe_opt)),
   }
   for name in ("ae", "adv"):
     f1 = tf.function(steps[name](p1))
@@ -204,6 +204,8 @@ def test_mirrored_step_matches_single_device(idx_dir, fill, lr_fraction):
   assert "moving_mean" in names and "history/images" in names
   assert int(p2.model.history.count.numpy()) == 24
   assert checked == len(p1.model.weights)
+  # One count per global step, not per replica.
+  assert (p1.ae_step, p1.adv_step) == (p2.ae_step, p2.adv_step) == (3, 3)
 
 
 @pytest.mark.slow
@@ -519,5 +521,78 @@ def test_deterministic_run_killed_and_resumed_ends_as_the_uninterrupted_one(
   assert "Resumed from" in r.stderr and "adversarial step 10" in r.stderr, r.stderr[-3000:]
   a, b = _newest_checkpoint_values(whole), _newest_checkpoint_values(killed)
   assert set(a) == set(b) and len(a) > 50
+  differ = [k for k in a if not np.array_equal(a[k], b[k])]
+  assert not differ, differ[:10]
+
+
+# A workdir written before the train state had step counters of its own
+# (tiny config, deterministic, stopped at adversarial step 2 of 4; made by
+# tests/data/workdir_before_step_counters/README.md's command).
+BEFORE_STEP_COUNTERS = os.path.join(ROOT, "tests", "data", "workdir_before_step_counters")
+
+
+def test_counters_are_checkpoint_variables_read_without_optimizers(idx_dir, tmp_path):
+  """Each phase's step count is a variable of the checkpoint (steps/...),
+  equal to its optimizer's iterations in float32, and what loading reads."""
+  workdir = str(tmp_path / "run")
+  train_lib.train(tiny_idx_config(idx_dir, **{"spotter.steps": 3}), workdir)
+  path = checkpoints.checkpoint_paths(os.path.join(workdir, "checkpoints"))[0]
+  reader = tf.train.load_checkpoint(path)
+  value = lambda key: int(reader.get_tensor(key + "/.ATTRIBUTES/VARIABLE_VALUE"))
+  assert (value("steps/autoencoder"), value("steps/adversarial")) == (4, 3)
+  assert value("c_optimizer/_iterations") == 3
+  assert checkpoints.has_step_counters(path)
+  assert checkpoints.steps_of(path) == {"autoencoder": 4, "adversarial": 3}
+  _, restored = loading.spotter(workdir)
+  assert (restored.ae_step, restored.adv_step) == (4, 3)
+
+
+def test_legacy_checkpoint_counts_come_from_its_optimizers(idx_dir, tmp_path):
+  """A checkpoint without steps/ (written before the counters): steps_of
+  reads its optimizers' iterations, and a resumed Players takes them."""
+  path = os.path.join(BEFORE_STEP_COUNTERS, "checkpoints", "ckpt-3")
+  assert not checkpoints.has_step_counters(path)
+  assert checkpoints.steps_of(path) == {"autoencoder": 4, "adversarial": 2}
+  workdir = str(tmp_path / "old")
+  shutil.copytree(BEFORE_STEP_COUNTERS, workdir)
+  config = loading.workdir_config(workdir)
+  players = train_state.Players(config, tf.distribute.get_strategy())
+  keeper = checkpoints.Keeper(players.checkpoint, workdir, tf.distribute.get_strategy(),
+                              reader=players.reader)
+  restored = keeper.restore()
+  assert restored == os.path.join(workdir, "checkpoints", "ckpt-3")
+  assert (players.ae_step, players.adv_step) == (0, 0)  # not in the file ...
+  players.restored(restored)
+  assert (players.ae_step, players.adv_step) == (4, 2)  # ... but in its optimizers
+  _, restored = loading.spotter(workdir)
+  assert (restored.ae_step, restored.adv_step) == (4, 2)
+
+
+@pytest.mark.slow
+def test_workdir_before_step_counters_resumes_as_the_uninterrupted_run(idx_dir, tmp_path):
+  """The old workdir, rerun with the command that made it less its
+  spotter.steps=2 (so 4), continues from adversarial step 2 and ends with
+  every variable of the same two commands run wholly by today's code."""
+  old = str(tmp_path / "old")
+  shutil.copytree(BEFORE_STEP_COUNTERS, old)
+  record = json.load(open(os.path.join(old, "config.json")))
+  record["dataset"]["path"] = idx_dir  # the fixture's data, made here
+  with open(os.path.join(old, "config.json"), "w") as f:
+    json.dump(record, f)
+  flags = ["--config=configs/fashion_mnist.py:tiny", f"--config.dataset.path={idx_dir}",
+           "--config.train.deterministic=True"]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  run = lambda wd, *extra: subprocess.run(
+      [sys.executable, "-m", "trainers.pretrain", f"--workdir={wd}"] + flags + list(extra),
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  r = run(old)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "adversarial step 2)" in r.stderr and "steps 2 -> 4" in r.stderr, r.stderr[-3000:]
+  whole = str(tmp_path / "whole")
+  for extra in (["--config.spotter.steps=2"], []):
+    r = run(whole, *extra)
+    assert r.returncode == 0, r.stderr[-3000:]
+  a, b = _newest_checkpoint_values(whole), _newest_checkpoint_values(old)
+  assert set(a) == set(b) and "steps/adversarial/.ATTRIBUTES/VARIABLE_VALUE" in a
   differ = [k for k in a if not np.array_equal(a[k], b[k])]
   assert not differ, differ[:10]

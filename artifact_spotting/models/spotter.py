@@ -310,7 +310,7 @@ class ArtifactSpotter(keras.Model):
     return metrics
 
   def adversarial_step(self, batch, c_optimizer, r_optimizer,
-                       probe_optimizer=None):
+                       probe_optimizer=None, step=None):
     """One replica's phase-2 step: C and R (or G) updated simultaneously
     from a single forward pass of C over [reals, fakes, history].
 
@@ -329,7 +329,9 @@ class ArtifactSpotter(keras.Model):
     r_vars = self.repair_variables
     train_probe = (self.probe is not None and probe_optimizer is not None
                    and "label" in batch)
-    step = c_optimizer.iterations
+    # The steps done before this one (train_state.StepCounters; here, by
+    # default, C's optimizer's): it seeds the step's random draws.
+    step = tf.convert_to_tensor(c_optimizer.iterations if step is None else step)
     keep, noise, history_slots = self._random_draws(step, part)
 
     def compute(batch, keep, noise, history_slots):
@@ -368,7 +370,8 @@ class ArtifactSpotter(keras.Model):
     if r_vars:
       _apply_gradients(r_optimizer, r_grads, r_vars)
     if self.history is not None:
-      self._update_history(step, fakes, keep, part)
+      # Seeded by the steps done once this one is (the history's own stream).
+      self._update_history(step + 1, fakes, keep, part)
     if train_probe:
       probe_optimizer.apply_gradients(zip(probe_grads, self.probe_variables))
     return metrics
