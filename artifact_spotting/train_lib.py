@@ -342,7 +342,6 @@ def _train(config, workdir: str, strategy, held: contextlib.ExitStack):
     keeper = checkpoints.Keeper(players.checkpoint, workdir, strategy,
                                 config.train.keep_checkpoints, reader=players.reader)
     restored = keeper.restore()
-    players.restored(restored)
     if "autoencoder.steps" in changes and players.adv_step > 0:
       old_steps, new_steps = changes["autoencoder.steps"]
       raise ValueError(

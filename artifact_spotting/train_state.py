@@ -90,18 +90,14 @@ class Players:
     return int(self.steps.adversarial.numpy())
 
   def reader(self, path):
-    """The checkpoint to restore ``path`` with: ``self.checkpoint``, or for
-    a checkpoint written before the step counters existed, the same less
-    them (``restored`` then sets them)."""
-    return (self.checkpoint if checkpoints.has_step_counters(path)
-            else self._without_steps)
-
-  def restored(self, path):
-    """After ``path`` was restored (through ``reader``): a checkpoint
-    written before the step counters existed gives them from its
-    optimizers' iterations."""
-    if path and not checkpoints.has_step_counters(path):
-      self.steps.set(checkpoints.steps_of(path))
+    """The checkpoint to restore ``path`` with (checkpoints.Keeper's
+    ``reader``): ``self.checkpoint``; for a checkpoint written before the
+    step counters existed, the same less them, the counters set here from
+    its optimizers' iterations."""
+    if checkpoints.has_step_counters(path):
+      return self.checkpoint
+    self.steps.set(checkpoints.steps_of(path))
+    return self._without_steps
 
   # One replica's step of each phase (for make_loop), counted.
   def autoencoder_step(self, batch):
