@@ -54,9 +54,8 @@ def steps_from(precision, init, batches):
       # Start below the default 2**15, which overflows on the first steps and
       # (correctly) skips them; here every step should apply.
       opt.dynamic_scale.assign(256.0)
-  ae = tf.function(lambda b: players.model.autoencoder_step(b, players.ae_opt))
-  adv = tf.function(lambda b: players.model.adversarial_step(
-      b, players.discriminator_opt, players.repair_opt))
+  ae = tf.function(players.autoencoder_step)  # the trainer's steps, counted
+  adv = tf.function(players.adversarial_step)
   for x in batches[:2]:
     ae({"image": x})
   return players, [{k: float(v) for k, v in adv({"image": x}).items()}

@@ -89,11 +89,10 @@ def build_variant(config, phase: str, batch: int, jit: bool, precision: str,
   players = train_state.Players(config, strategy, probe=source.has_label)
   model = players.model
   if phase == "autoencoder":
-    fn = lambda b: model.autoencoder_step(b, players.ae_opt)
+    fn = players.autoencoder_step  # the trainer's steps, counted
     pp = config.pp
   elif phase == "spotter":
-    fn = lambda b: model.adversarial_step(b, players.discriminator_opt, players.repair_opt,
-                                          players.probe_opt)
+    fn = lambda b: players.adversarial_step(b, players.probe_opt)
     pp = config.pp
   else:
     from artifact_spotting import evaluation  # pylint: disable=g-import-not-at-top
